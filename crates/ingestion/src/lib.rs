@@ -1,0 +1,158 @@
+//! Leadflow ingestion: the front door for profile and activity data.
+//!
+//! It validates every field, deduplicates by message id, links anonymous visitors to known
+//! leads, merges leads, serves leads and timelines, and publishes every change to scoring
+//! through its transactional outbox.
+
+pub mod api;
+pub mod convert;
+pub mod domain;
+pub mod error;
+pub mod sink;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use leadflow_proto::ingestion::v1::ingestion_internal_service_server::IngestionInternalServiceServer;
+use leadflow_proto::ingestion::v1::ingestion_service_server::IngestionServiceServer;
+use leadflow_runtime::auth::{AuthArgs, Keys};
+use leadflow_runtime::clock::SharedClock;
+use leadflow_runtime::outbox::{OutboxArgs, Relay, Wakeup};
+use leadflow_runtime::server::{self, Health, MAX_MESSAGE_BYTES};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+use tonic::service::interceptor::InterceptedService;
+
+use crate::api::IngestionApi;
+use crate::sink::ScoringSink;
+use crate::store::Store;
+
+/// The service's name in logs, spans and metrics.
+pub const SERVICE: &str = "ingestion";
+
+/// Ingestion's configuration: flags, or `LEADFLOW_…` environment variables.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Config {
+    /// Address the gRPC server listens on.
+    #[arg(
+        long,
+        env = "LEADFLOW_INGESTION_LISTEN_ADDR",
+        default_value = "127.0.0.1:50051"
+    )]
+    pub listen_addr: SocketAddr,
+    /// Database URL (`sqlite://…` or `postgres://…`); defaults to `<data-dir>/ingestion.db`.
+    #[arg(long, env = "LEADFLOW_INGESTION_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Folder of the default SQLite files.
+    #[arg(long, env = "LEADFLOW_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Most pooled PostgreSQL connections.
+    #[arg(long, env = "LEADFLOW_DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub database_max_connections: u32,
+    /// Scoring's address, where lead events are delivered.
+    #[arg(
+        long,
+        env = "LEADFLOW_SCORING_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub scoring_url: String,
+    /// API keys.
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// Outbox relay settings.
+    #[command(flatten)]
+    pub outbox: OutboxArgs,
+}
+
+impl Config {
+    /// The database URL in effect.
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("ingestion.db").display()))
+    }
+}
+
+/// Runs ingestion on `listener` until `shutdown` fires: migrates its store, serves the public
+/// and internal gRPC services with health and reflection, and relays its outbox to scoring.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    clock: SharedClock,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let keys = Keys::from_args(&config.auth).context("api keys")?;
+    keys.log_mode(SERVICE);
+    let db = leadflow_runtime::db::connect(&config.database_url(), config.database_max_connections)
+        .await
+        .context("connect to the ingestion database")?;
+    leadflow_runtime::db::migrate::<store::migrations::Migrator>(&db)
+        .await
+        .context("migrate the ingestion database")?;
+
+    let wakeup = Wakeup::new();
+    let store = Store::new(db.clone(), wakeup.clone());
+    let api = IngestionApi::new(store, clock);
+    let public = InterceptedService::new(
+        IngestionServiceServer::new(api.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        keys.public(),
+    );
+    let internal = InterceptedService::new(
+        IngestionInternalServiceServer::new(api).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        keys.internal(),
+    );
+    let routes = Routes::new(public).add_service(internal);
+
+    let health = Health::new(vec![
+        <IngestionServiceServer<IngestionApi> as NamedService>::NAME,
+        <IngestionInternalServiceServer<IngestionApi> as NamedService>::NAME,
+    ]);
+    health.set(store::ping(&db).await).await;
+    let health_watch = tokio::spawn(watch_store(db.clone(), health.clone(), shutdown.clone()));
+
+    let sink = ScoringSink::new(&config.scoring_url, keys.internal_key())?;
+    let relay = Relay::new(
+        db.clone(),
+        sink,
+        config.outbox.relay_config(store::SCORING),
+        wakeup,
+    );
+    let relay = tokio::spawn(relay.run(shutdown.clone()));
+
+    tracing::info!(service = SERVICE, addr = %listener.local_addr()?, "listening");
+    let served = server::serve(SERVICE, listener, routes, health, shutdown.clone()).await;
+    shutdown.cancel();
+    relay.await.context("outbox relay task")?;
+    health_watch.await.context("health watch task")?;
+    db.close().await.context("close the database")?;
+    tracing::info!(service = SERVICE, "stopped");
+    Ok(served?)
+}
+
+/// Keeps health in step with the store: `NOT_SERVING` while it does not answer.
+async fn watch_store(db: sea_orm::DatabaseConnection, health: Health, shutdown: CancellationToken) {
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        let now_serving = store::ping(&db).await;
+        if now_serving != serving {
+            tracing::warn!(
+                service = SERVICE,
+                serving = now_serving,
+                "store health changed"
+            );
+            health.set(now_serving).await;
+            serving = now_serving;
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Ingestion's schema, applied at start-up.
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::schema::{
+    big_integer, big_integer_null, string, string_null, text, timestamp_with_time_zone,
+};
+
+/// Ingestion's migrator: its own tables plus the shared outbox and inbox.
+#[derive(Debug)]
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(leadflow_runtime::outbox::CreateOutboxAndInbox),
+            Box::new(M20261123CreateIngestionTables),
+        ]
+    }
+}
+
+/// Creates leads, identities, activities and requests.
+#[derive(Debug, DeriveMigrationName)]
+struct M20261123CreateIngestionTables;
+
+#[derive(DeriveIden)]
+enum Leads {
+    Table,
+    TenantId,
+    LeadId,
+    Profile,
+    MergedInto,
+    CreatedAt,
+    UpdatedAt,
+    LastActivityUs,
+    ActivityCount,
+}
+
+#[derive(DeriveIden)]
+enum Identities {
+    Table,
+    TenantId,
+    Kind,
+    ExternalId,
+    LeadId,
+}
+
+#[derive(DeriveIden)]
+enum Activities {
+    Table,
+    ActivityId,
+    TenantId,
+    LeadId,
+    OriginalLeadId,
+    ActivityType,
+    OccurredAtUs,
+    ReceivedAt,
+    Properties,
+}
+
+#[derive(DeriveIden)]
+enum Requests {
+    Table,
+    TenantId,
+    MessageId,
+    LeadId,
+    ActivityId,
+    MergedLeadIds,
+    CreatedAt,
+}
+
+#[async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait signature of sea-orm-migration elides it
+impl MigrationTrait for M20261123CreateIngestionTables {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(Leads::Table)
+                    .if_not_exists()
+                    .col(string(Leads::TenantId))
+                    .col(string(Leads::LeadId))
+                    .col(text(Leads::Profile))
+                    .col(string_null(Leads::MergedInto))
+                    .col(timestamp_with_time_zone(Leads::CreatedAt))
+                    .col(timestamp_with_time_zone(Leads::UpdatedAt))
+                    .col(big_integer_null(Leads::LastActivityUs))
+                    .col(big_integer(Leads::ActivityCount))
+                    .primary_key(Index::create().col(Leads::TenantId).col(Leads::LeadId))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("leads_merged_into")
+                    .table(Leads::Table)
+                    .col(Leads::TenantId)
+                    .col(Leads::MergedInto)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(Identities::Table)
+                    .if_not_exists()
+                    .col(string(Identities::TenantId))
+                    .col(string(Identities::Kind))
+                    .col(string(Identities::ExternalId))
+                    .col(string(Identities::LeadId))
+                    .primary_key(
+                        Index::create()
+                            .col(Identities::TenantId)
+                            .col(Identities::Kind)
+                            .col(Identities::ExternalId),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("identities_lead")
+                    .table(Identities::Table)
+                    .col(Identities::TenantId)
+                    .col(Identities::LeadId)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(Activities::Table)
+                    .if_not_exists()
+                    .col(string(Activities::ActivityId).primary_key())
+                    .col(string(Activities::TenantId))
+                    .col(string(Activities::LeadId))
+                    .col(string(Activities::OriginalLeadId))
+                    .col(string(Activities::ActivityType))
+                    .col(big_integer(Activities::OccurredAtUs))
+                    .col(timestamp_with_time_zone(Activities::ReceivedAt))
+                    .col(text(Activities::Properties))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("activities_timeline")
+                    .table(Activities::Table)
+                    .col(Activities::TenantId)
+                    .col(Activities::LeadId)
+                    .col(Activities::OccurredAtUs)
+                    .col(Activities::ActivityId)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(Requests::Table)
+                    .if_not_exists()
+                    .col(string(Requests::TenantId))
+                    .col(string(Requests::MessageId))
+                    .col(string(Requests::LeadId))
+                    .col(string_null(Requests::ActivityId))
+                    .col(text(Requests::MergedLeadIds))
+                    .col(timestamp_with_time_zone(Requests::CreatedAt))
+                    .primary_key(
+                        Index::create()
+                            .col(Requests::TenantId)
+                            .col(Requests::MessageId),
+                    )
+                    .to_owned(),
+            )
+            .await
+    }
+}

@@ -1,0 +1,108 @@
+//! Database connection and migrations: SQLite (a file, WAL) for laptops and tests, PostgreSQL in
+//! production. Every service connects through [`connect`] and migrates through [`migrate`].
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, DbErr,
+    Statement, TransactionTrait,
+};
+use sea_orm_migration::MigratorTrait;
+
+/// Lock key under which PostgreSQL migrations run, so pods starting together take turns.
+const MIGRATION_LOCK_KEY: i64 = 0x6c65_6164_666c_6f77; // "leadflow"
+
+/// Why the store could not be opened or migrated.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The URL is neither `sqlite:` nor `postgres:`.
+    #[error("unsupported database url scheme (expected sqlite: or postgres:)")]
+    UnsupportedUrl,
+    /// The SQLite file's folder could not be created.
+    #[error("cannot create the database folder {path}: {source}")]
+    CreateDir {
+        /// The folder.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The database refused or failed.
+    #[error(transparent)]
+    Db(#[from] DbErr),
+}
+
+/// Opens a connection pool for `url`.
+///
+/// SQLite (`sqlite://path/to/file.db`, or `sqlite::memory:`): the file and its folder are
+/// created if missing; WAL journal, `synchronous=NORMAL` (durable across a process crash; the
+/// last commits may be lost on power failure, the usual trade-off with WAL), foreign keys on, a
+/// 5 s busy timeout, and a single pooled connection so writers never race (SQLite allows one
+/// writer at a time anyway). PostgreSQL (`postgres://…`): a pool of up to `max_connections`.
+/// SQL text is kept out of spans: it may carry personal data.
+pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, DbError> {
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .sqlx_logging(false)
+        .record_stmt_in_spans(false)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(30));
+    if url.starts_with("sqlite:") {
+        let sqlite = SqliteConnectOptions::from_str(url)
+            .map_err(|err| DbErr::Custom(format!("invalid sqlite url: {err}")))?;
+        let path = sqlite.get_filename();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            create_dir(dir)?;
+        }
+        options
+            .max_connections(1)
+            .min_connections(1)
+            .map_sqlx_sqlite_opts(|opts| {
+                opts.create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .foreign_keys(true)
+                    .busy_timeout(Duration::from_secs(5))
+            });
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        options.max_connections(max_connections.max(2));
+    } else {
+        return Err(DbError::UnsupportedUrl);
+    }
+    Ok(Database::connect(options).await?)
+}
+
+fn create_dir(dir: &Path) -> Result<(), DbError> {
+    std::fs::create_dir_all(dir).map_err(|source| DbError::CreateDir {
+        path: dir.display().to_string(),
+        source,
+    })
+}
+
+/// Runs the pending migrations of `M`.
+///
+/// On PostgreSQL they run in one transaction holding an advisory lock, so two replicas starting
+/// at once apply them exactly once (the second waits, then finds nothing to do).
+pub async fn migrate<M: MigratorTrait>(db: &DatabaseConnection) -> Result<(), DbError> {
+    match db.get_database_backend() {
+        DatabaseBackend::Postgres => {
+            let txn = db.begin().await?;
+            txn.execute_raw(Statement::from_string(
+                DatabaseBackend::Postgres,
+                format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"),
+            ))
+            .await?;
+            M::up(&txn, None).await?;
+            txn.commit().await?;
+        }
+        _ => M::up(db, None).await?,
+    }
+    Ok(())
+}
+
+/// True when `db` is PostgreSQL (row locking and advisory locks are available).
+pub fn is_postgres(db: &impl ConnectionTrait) -> bool {
+    db.get_database_backend() == DatabaseBackend::Postgres
+}

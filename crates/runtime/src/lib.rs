@@ -1,0 +1,13 @@
+//! Plumbing every Leadflow service shares, and only that: configuration pieces, telemetry,
+//! authentication, database connection and migrations, error mapping, the transactional outbox,
+//! health and reflection wiring, graceful shutdown, and an injectable clock.
+
+pub mod auth;
+pub mod client;
+pub mod clock;
+pub mod db;
+pub mod error;
+pub mod outbox;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;

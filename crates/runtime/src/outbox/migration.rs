@@ -1,0 +1,94 @@
+//! The migration every service adds to its migrator to get the `outbox` and `inbox` tables.
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::schema::{
+    big_pk_auto, blob, integer, string, string_uniq, text, text_null, timestamp_with_time_zone,
+};
+
+/// Creates `outbox` (messages to deliver) and `inbox` (message ids already applied).
+#[derive(Debug, DeriveMigrationName)]
+pub struct CreateOutboxAndInbox;
+
+#[derive(DeriveIden)]
+enum Outbox {
+    Table,
+    Id,
+    Destination,
+    MessageId,
+    TenantId,
+    PartitionKey,
+    Payload,
+    TraceContext,
+    CreatedAt,
+    Attempts,
+    NextAttemptAt,
+    LastError,
+}
+
+#[derive(DeriveIden)]
+enum Inbox {
+    Table,
+    MessageId,
+    TenantId,
+    ProcessedAt,
+}
+
+#[async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait signature of sea-orm-migration elides it
+impl MigrationTrait for CreateOutboxAndInbox {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(Outbox::Table)
+                    .if_not_exists()
+                    .col(big_pk_auto(Outbox::Id))
+                    .col(string(Outbox::Destination))
+                    .col(string_uniq(Outbox::MessageId))
+                    .col(string(Outbox::TenantId))
+                    .col(string(Outbox::PartitionKey))
+                    .col(blob(Outbox::Payload))
+                    .col(text(Outbox::TraceContext))
+                    .col(timestamp_with_time_zone(Outbox::CreatedAt))
+                    .col(integer(Outbox::Attempts))
+                    .col(timestamp_with_time_zone(Outbox::NextAttemptAt))
+                    .col(text_null(Outbox::LastError))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("outbox_destination_id")
+                    .table(Outbox::Table)
+                    .col(Outbox::Destination)
+                    .col(Outbox::Id)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("outbox_destination_partition")
+                    .table(Outbox::Table)
+                    .col(Outbox::Destination)
+                    .col(Outbox::PartitionKey)
+                    .col(Outbox::Id)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(Inbox::Table)
+                    .if_not_exists()
+                    .col(string(Inbox::MessageId).primary_key())
+                    .col(string(Inbox::TenantId))
+                    .col(timestamp_with_time_zone(Inbox::ProcessedAt))
+                    .to_owned(),
+            )
+            .await
+    }
+}

@@ -1,0 +1,152 @@
+//! The transactional outbox: the one mechanism every asynchronous hop between Leadflow services
+//! uses.
+//!
+//! A service writes its state change and the messages announcing it in one database transaction
+//! ([`enqueue`]); a [`Relay`] delivers pending messages to the receiving service in batches,
+//! at least once, in order per partition key (a lead), with exponential backoff on failure and
+//! across restarts; the receiver applies each message id at most once ([`inbox::claim`]).
+
+mod entity;
+pub mod inbox;
+mod migration;
+mod relay;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ActiveValue::Set, ConnectionTrait, DbErr, EntityTrait};
+use tokio::sync::Notify;
+
+pub use entity::{inbox_message, outbox_message};
+pub use migration::CreateOutboxAndInbox;
+pub use relay::{DeliveryError, OutboxSink, Relay, RelayConfig, RelayError, RelayPass};
+
+/// A message to enqueue.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// Where it goes, e.g. `scoring`.
+    pub destination: &'static str,
+    /// Unique id the receiver deduplicates by.
+    pub message_id: String,
+    /// The tenant it belongs to.
+    pub tenant_id: String,
+    /// Messages with the same key are delivered in order (a lead id).
+    pub partition_key: String,
+    /// The encoded protobuf message.
+    pub payload: Vec<u8>,
+}
+
+/// A message as the relay hands it to an [`OutboxSink`].
+#[derive(Debug, Clone)]
+pub struct OutboxMessage {
+    /// Position in the queue.
+    pub id: i64,
+    /// Unique id the receiver deduplicates by.
+    pub message_id: String,
+    /// The tenant it belongs to.
+    pub tenant_id: String,
+    /// Its ordering key.
+    pub partition_key: String,
+    /// The encoded protobuf message.
+    pub payload: Vec<u8>,
+    /// W3C trace context (traceparent, tracestate) of the operation that produced it.
+    pub trace_context: HashMap<String, String>,
+    /// When it was enqueued.
+    pub created_at: DateTime<Utc>,
+    /// Failed attempts before this one.
+    pub attempts: i32,
+}
+
+/// Writes `messages` inside the caller's transaction `txn`, each with the current trace context,
+/// so they exist if and only if the state change they announce is committed.
+pub async fn enqueue<C: ConnectionTrait>(
+    txn: &C,
+    messages: Vec<NewMessage>,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let trace_context = serde_json::to_string(&crate::telemetry::current_trace_context())
+        .map_err(|err| DbErr::Custom(format!("trace context does not serialise: {err}")))?;
+    let rows = messages.into_iter().map(|m| outbox_message::ActiveModel {
+        destination: Set(m.destination.to_owned()),
+        message_id: Set(m.message_id),
+        tenant_id: Set(m.tenant_id),
+        partition_key: Set(m.partition_key),
+        payload: Set(m.payload),
+        trace_context: Set(trace_context.clone()),
+        created_at: Set(now),
+        attempts: Set(0),
+        next_attempt_at: Set(now),
+        last_error: Set(None),
+        ..Default::default()
+    });
+    outbox_message::Entity::insert_many(rows).exec(txn).await?;
+    Ok(())
+}
+
+/// Wakes a relay as soon as new messages are committed, instead of at its next poll.
+#[derive(Debug, Clone, Default)]
+pub struct Wakeup(Arc<Notify>);
+
+impl Wakeup {
+    /// A new, unconnected wake-up handle; give a clone to the relay.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Call after committing a transaction that enqueued messages.
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+
+    pub(crate) async fn woken(&self) {
+        self.0.notified().await;
+    }
+}
+
+/// Relay settings every service shares, from flags or environment.
+#[derive(clap::Args, Debug, Clone)]
+pub struct OutboxArgs {
+    /// How often an idle relay looks for new messages, in milliseconds (a commit wakes it
+    /// sooner in the same process).
+    #[arg(long, env = "LEADFLOW_OUTBOX_POLL_MS", default_value_t = 1000)]
+    pub outbox_poll_ms: u64,
+    /// Most messages per delivery call.
+    #[arg(long, env = "LEADFLOW_OUTBOX_BATCH_SIZE", default_value_t = 100)]
+    pub outbox_batch_size: usize,
+    /// Backoff after the first failed delivery, in milliseconds; doubled after each further one.
+    #[arg(long, env = "LEADFLOW_OUTBOX_BACKOFF_MS", default_value_t = 200)]
+    pub outbox_backoff_ms: u64,
+    /// Longest backoff, in milliseconds.
+    #[arg(long, env = "LEADFLOW_OUTBOX_BACKOFF_MAX_MS", default_value_t = 60_000)]
+    pub outbox_backoff_max_ms: u64,
+}
+
+impl Default for OutboxArgs {
+    fn default() -> Self {
+        Self {
+            outbox_poll_ms: 1000,
+            outbox_batch_size: 100,
+            outbox_backoff_ms: 200,
+            outbox_backoff_max_ms: 60_000,
+        }
+    }
+}
+
+impl OutboxArgs {
+    /// The relay configuration for `destination`.
+    pub fn relay_config(&self, destination: &'static str) -> RelayConfig {
+        let batch_size = self.outbox_batch_size.max(1);
+        RelayConfig {
+            destination,
+            batch_size,
+            window: batch_size * 4,
+            poll_interval: std::time::Duration::from_millis(self.outbox_poll_ms.max(1)),
+            backoff_base: std::time::Duration::from_millis(self.outbox_backoff_ms.max(1)),
+            backoff_max: std::time::Duration::from_millis(self.outbox_backoff_max_ms.max(1)),
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Serving a Leadflow gRPC service: the same tonic settings, telemetry layer, health and
+//! reflection for every service, on a listener bound beforehand (port 0 in tests), until the
+//! shutdown token fires.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::telemetry::GrpcServerLayer;
+
+/// Largest request or response message a service accepts, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Binds `addr`; port 0 picks a free port (read it back with `local_addr`).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// The health of one service process: `SERVING` for the process (`""`) and for each of its
+/// gRPC services once the store is migrated and answers, `NOT_SERVING` while shutting down.
+#[derive(Debug, Clone)]
+pub struct Health {
+    reporter: HealthReporter,
+    services: Vec<&'static str>,
+}
+
+impl Health {
+    /// A reporter for the given fully qualified gRPC service names; all start `NOT_SERVING`.
+    pub fn new(services: Vec<&'static str>) -> Self {
+        Self {
+            reporter: HealthReporter::new(),
+            services,
+        }
+    }
+
+    /// Marks the process and its services serving or not.
+    pub async fn set(&self, serving: bool) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.reporter.set_service_status("", status).await;
+        for service in &self.services {
+            self.reporter.set_service_status(*service, status).await;
+        }
+    }
+}
+
+/// Serves `routes` plus `grpc.health.v1` and server reflection (v1 and v1alpha) on `listener`
+/// until `shutdown` is cancelled; then reports `NOT_SERVING`, stops accepting and lets
+/// in-flight calls finish.
+pub async fn serve(
+    service: &'static str,
+    listener: TcpListener,
+    routes: Routes,
+    health: Health,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let health_service = tonic_health::pb::health_server::HealthServer::new(
+        tonic_health::server::HealthService::from_health_reporter(health.reporter.clone()),
+    );
+    let routes = routes
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?);
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let drain = {
+        let health = health.clone();
+        async move {
+            shutdown.cancelled().await;
+            health.set(false).await;
+            tracing::info!(service, "draining in-flight calls");
+        }
+    };
+    Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .max_connection_age(Duration::from_secs(300))
+        .layer(GrpcServerLayer::new(service))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, drain)
+        .await?;
+    Ok(())
+}
+
+/// Why a server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The descriptor sets for reflection do not decode (a build problem).
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(leadflow_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+}

@@ -1,0 +1,133 @@
+//! Test helpers shared by every Leadflow crate: a fresh database per test on SQLite or
+//! PostgreSQL, and a macro that runs one test body on both.
+//!
+//! PostgreSQL tests read the server URL from `LEADFLOW_TEST_POSTGRES_URL` (for example
+//! `postgres://postgres@127.0.0.1:5432/postgres`) and create a database of their own on it.
+//! Without the variable they are skipped, unless `CI` is set: in CI a missing PostgreSQL fails.
+
+use std::path::PathBuf;
+
+use sea_orm::{ConnectionTrait, Database};
+
+/// The environment variable naming the PostgreSQL server tests create databases on.
+pub const POSTGRES_URL_VAR: &str = "LEADFLOW_TEST_POSTGRES_URL";
+
+/// Which store a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// An SQLite file in a fresh temporary folder.
+    Sqlite,
+    /// A fresh PostgreSQL database.
+    Postgres,
+}
+
+/// A database made for one test.
+#[derive(Debug)]
+pub struct TestDb {
+    /// Its URL, for the service's configuration.
+    pub url: String,
+    /// Its backend.
+    pub backend: Backend,
+    dir: Option<PathBuf>,
+}
+
+impl TestDb {
+    /// A fresh database on `backend`, or `None` when PostgreSQL is not configured outside CI.
+    ///
+    /// # Panics
+    /// When PostgreSQL is asked for in CI without `LEADFLOW_TEST_POSTGRES_URL`, or the server
+    /// refuses: a test that cannot get its database must fail, not pass silently.
+    pub async fn new(backend: Backend) -> Option<Self> {
+        match backend {
+            Backend::Sqlite => Some(Self::sqlite("service")),
+            Backend::Postgres => Self::postgres().await,
+        }
+    }
+
+    /// A fresh SQLite database file named `name`.db in its own temporary folder.
+    pub fn sqlite(name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("leadflow-test-{}", uuid::Uuid::new_v4().simple()));
+        let url = format!("sqlite://{}", dir.join(format!("{name}.db")).display());
+        Self {
+            url,
+            backend: Backend::Sqlite,
+            dir: Some(dir),
+        }
+    }
+
+    /// A fresh PostgreSQL database, or `None` outside CI without a configured server.
+    pub async fn postgres() -> Option<Self> {
+        let Some(server) = postgres_server_url() else {
+            eprintln!("skipping: {POSTGRES_URL_VAR} is not set");
+            return None;
+        };
+        let name = format!("leadflow_test_{}", uuid::Uuid::new_v4().simple());
+        #[allow(clippy::expect_used)]
+        let admin = Database::connect(&server)
+            .await
+            .expect("connect to the postgresql server of LEADFLOW_TEST_POSTGRES_URL");
+        #[allow(clippy::expect_used)]
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create a test database");
+        let _ = admin.close().await;
+        let base = server
+            .rsplit_once('/')
+            .map_or(server.as_str(), |(base, _)| base)
+            .to_owned();
+        Some(Self {
+            url: format!("{base}/{name}"),
+            backend: Backend::Postgres,
+            dir: None,
+        })
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// The PostgreSQL server URL for tests.
+///
+/// # Panics
+/// In CI (`CI` set) when the variable is missing.
+pub fn postgres_server_url() -> Option<String> {
+    match std::env::var(POSTGRES_URL_VAR) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("{POSTGRES_URL_VAR} must be set in CI: postgresql tests may not be skipped")
+        }
+        _ => None,
+    }
+}
+
+/// Runs an async test body `fn(TestDb)` on SQLite and on PostgreSQL, as two tests named
+/// `<name>::sqlite` and `<name>::postgres`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident => $body:ident;)+) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    if let Some(db) = $crate::TestDb::new($crate::Backend::Sqlite).await {
+                        super::$body(db).await;
+                    }
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    if let Some(db) = $crate::TestDb::new($crate::Backend::Postgres).await {
+                        super::$body(db).await;
+                    }
+                }
+            }
+        )+
+    };
+}
