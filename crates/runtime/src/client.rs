@@ -33,7 +33,7 @@ impl ServiceInterceptor {
     pub fn new(credential: Option<&str>) -> Result<Self, Status> {
         Ok(Self {
             bearer: BearerInterceptor::new(credential)?,
-            trace: TraceContextInterceptor::default(),
+            trace: TraceContextInterceptor,
         })
     }
 }

@@ -19,8 +19,14 @@ impl MigratorTrait for Migrator {
 }
 
 /// Creates leads, identities, activities and requests.
-#[derive(Debug, DeriveMigrationName)]
+#[derive(Debug)]
 struct M20261123CreateIngestionTables;
+
+impl MigrationName for M20261123CreateIngestionTables {
+    fn name(&self) -> &str {
+        "m20261123_000002_create_ingestion_tables"
+    }
+}
 
 #[derive(DeriveIden)]
 enum Leads {

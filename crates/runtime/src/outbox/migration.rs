@@ -6,8 +6,14 @@ use sea_orm_migration::schema::{
 };
 
 /// Creates `outbox` (messages to deliver) and `inbox` (message ids already applied).
-#[derive(Debug, DeriveMigrationName)]
+#[derive(Debug)]
 pub struct CreateOutboxAndInbox;
+
+impl MigrationName for CreateOutboxAndInbox {
+    fn name(&self) -> &str {
+        "m20261123_000001_create_outbox_and_inbox"
+    }
+}
 
 #[derive(DeriveIden)]
 enum Outbox {

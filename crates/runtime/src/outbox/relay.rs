@@ -227,7 +227,7 @@ impl<S: OutboxSink> Relay<S> {
                 ..RelayPass::default()
             });
         }
-        let messages: Vec<OutboxMessage> = ready.iter().map(|row| to_message(row)).collect();
+        let messages: Vec<OutboxMessage> = ready.iter().map(to_message).collect();
         let ids: Vec<i64> = messages.iter().map(|m| m.id).collect();
         let span = tracing::info_span!(
             "outbox.deliver",

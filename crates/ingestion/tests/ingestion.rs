@@ -1,0 +1,938 @@
+//! Ingestion over real gRPC clients against servers on port-0 listeners, on SQLite and
+//! PostgreSQL: round trips, validation, idempotency, identity linking and merges, the outbox to
+//! scoring, authentication and tenancy, health, reflection, shutdown and trace propagation.
+
+mod harness;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use harness::{Ingestion, Options, ScoringReceiver, activity, identify, track};
+use leadflow_proto::common::v1 as common;
+use leadflow_proto::ingestion::v1::{self as pb, batch_item_result::Result as ItemResult};
+use leadflow_runtime::error::field_violations;
+use leadflow_test_support::{TestDb, on_both_backends};
+use tonic::Code;
+
+fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    field_violations(status)
+        .into_iter()
+        .map(|v| v.field)
+        .collect()
+}
+
+async fn identify_track_and_read_back(db: TestDb) {
+    let server = Ingestion::start(&db, Options::default()).await;
+    let mut client = server.client(None);
+    let profile = common::Profile {
+        email: Some("Ana@Acme.io".into()),
+        title: Some("Marketing Manager".into()),
+        company_size: Some(120),
+        country: Some("de".into()),
+        seniority: common::Seniority::Manager as i32,
+        ..Default::default()
+    };
+    let lead_id = client
+        .identify(identify("m1", "user-ana", "", profile))
+        .await
+        .expect("identify")
+        .into_inner()
+        .lead_id;
+    let tracked = client
+        .track(track(
+            "m2",
+            "user-ana",
+            "",
+            activity("content_download", 3, &[("asset_id", "guide-7")]),
+        ))
+        .await
+        .expect("track")
+        .into_inner();
+    assert_eq!(tracked.lead_id, lead_id);
+    assert!(!tracked.activity_id.is_empty());
+
+    let lead = client
+        .get_lead(pb::GetLeadRequest {
+            lead_id: lead_id.clone(),
+        })
+        .await
+        .expect("get lead")
+        .into_inner();
+    assert!(!lead.merged);
+    let lead = lead.lead.expect("lead");
+    let profile = lead.profile.expect("profile");
+    assert_eq!(
+        profile.email.as_deref(),
+        Some("ana@acme.io"),
+        "e-mail normalised"
+    );
+    assert_eq!(profile.country.as_deref(), Some("DE"));
+    assert_eq!(lead.user_ids, ["user-ana"]);
+    assert_eq!(lead.activity_count, 1);
+
+    let timeline = client
+        .get_timeline(pb::GetTimelineRequest {
+            lead_id: lead_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("timeline")
+        .into_inner();
+    assert_eq!(timeline.entries.len(), 1);
+    let entry = &timeline.entries[0];
+    assert_eq!(entry.activity_id, tracked.activity_id);
+    let stored = entry.activity.as_ref().expect("activity");
+    assert_eq!(stored.r#type, "content_download");
+    assert_eq!(
+        stored.properties.get("asset_id").map(String::as_str),
+        Some("guide-7")
+    );
+
+    let missing = client
+        .get_lead(pb::GetLeadRequest {
+            lead_id: "nope".into(),
+        })
+        .await
+        .expect_err("unknown lead");
+    assert_eq!(missing.code(), Code::NotFound);
+    server.stop().await;
+}
+
+async fn timeline_pages_and_filters(db: TestDb) {
+    let server = Ingestion::start(&db, Options::default()).await;
+    let mut client = server.client(None);
+    // Ten activities, one hour apart, alternating types; hours_ago 10..1.
+    let mut lead_id = String::new();
+    for i in 0..10 {
+        let kind = if i % 2 == 0 {
+            "page_view"
+        } else {
+            "email_open"
+        };
+        lead_id = client
+            .track(track(
+                &format!("t{i}"),
+                "u",
+                "",
+                activity(kind, 10 - i, &[]),
+            ))
+            .await
+            .expect("track")
+            .into_inner()
+            .lead_id;
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .get_timeline(pb::GetTimelineRequest {
+                lead_id: lead_id.clone(),
+                page_size: 3,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("page")
+            .into_inner();
+        assert!(page.entries.len() <= 3);
+        seen.extend(page.entries.iter().map(|e| {
+            e.activity
+                .as_ref()
+                .expect("a")
+                .occurred_at
+                .expect("t")
+                .seconds
+        }));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen.len(), 10, "every activity once across pages");
+    assert!(seen.windows(2).all(|w| w[0] > w[1]), "newest first");
+
+    let opens = client
+        .get_timeline(pb::GetTimelineRequest {
+            lead_id: lead_id.clone(),
+            types: vec!["email_open".into()],
+            start_time: Some(harness::hours_ago(6)),
+            ..Default::default()
+        })
+        .await
+        .expect("filtered")
+        .into_inner();
+    let hours: Vec<i64> = opens
+        .entries
+        .iter()
+        .map(harness::age_hours)
+        .collect();
+    assert_eq!(hours, [1, 3, 5], "email opens of the last six hours");
+    server.stop().await;
+}
+
+async fn each_validation_rule_names_its_field(db: TestDb) {
+    let server = Ingestion::start(&db, Options::default()).await;
+    let mut client = server.client(None);
+    let cases: Vec<(pb::TrackRequest, &str)> = vec![
+        (
+            track("", "u", "", activity("page_view", 0, &[])),
+            "message_id",
+        ),
+        (
+            track(&"m".repeat(200), "u", "", activity("page_view", 0, &[])),
+            "message_id",
+        ),
+        (
+            track("m", "", "", activity("page_view", 0, &[])),
+            "identity.user_id",
+        ),
+        (
+            track("m", &"u".repeat(300), "", activity("page_view", 0, &[])),
+            "identity.user_id",
+        ),
+        (
+            track("m", "u", "", activity("signup", 0, &[])),
+            "activity.type",
+        ),
+        (
+            track("m", "u", "", activity("custom.Bad-Name", 0, &[])),
+            "activity.type",
+        ),
+        (
+            track("m", "u", "", activity("page_view", -48, &[])),
+            "activity.occurred_at",
+        ),
+        (
+            track("m", "u", "", activity("page_view", 0, &[("", "x")])),
+            "activity.properties[]",
+        ),
+        (
+            pb::TrackRequest {
+                activity: None,
+                ..track("m", "u", "", activity("page_view", 0, &[]))
+            },
+            "activity",
+        ),
+    ];
+    for (request, field) in cases {
+        let status = client.track(request).await.expect_err(field);
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}");
+        assert!(
+            violated_fields(&status).contains(&field.to_owned()),
+            "{field}: {:?}",
+            violated_fields(&status)
+        );
+    }
+    let big_properties: Vec<(String, String)> =
+        (0..60).map(|i| (format!("k{i}"), "v".into())).collect();
+    let refs: Vec<(&str, &str)> = big_properties
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let status = client
+        .track(track("m", "u", "", activity("page_view", 0, &refs)))
+        .await
+        .expect_err("too many properties");
+    assert_eq!(violated_fields(&status), ["activity.properties"]);
+
+    let profile_cases: Vec<(common::Profile, &str)> = vec![
+        (
+            common::Profile {
+                email: Some("not-an-email".into()),
+                ..Default::default()
+            },
+            "profile.email",
+        ),
+        (
+            common::Profile {
+                country: Some("Germany".into()),
+                ..Default::default()
+            },
+            "profile.country",
+        ),
+        (
+            common::Profile {
+                company_size: Some(-5),
+                ..Default::default()
+            },
+            "profile.company_size",
+        ),
+        (
+            common::Profile {
+                title: Some("x".repeat(300)),
+                ..Default::default()
+            },
+            "profile.title",
+        ),
+        (
+            common::Profile {
+                company_domain: Some("no domain".into()),
+                ..Default::default()
+            },
+            "profile.company_domain",
+        ),
+        (
+            common::Profile {
+                seniority: 99,
+                ..Default::default()
+            },
+            "profile.seniority",
+        ),
+    ];
+    for (profile, field) in profile_cases {
+        let status = client
+            .identify(identify("m", "u", "", profile))
+            .await
+            .expect_err(field);
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}");
+        assert_eq!(violated_fields(&status), [field]);
+    }
+
+    let status = client
+        .batch(pb::BatchRequest { items: vec![] })
+        .await
+        .expect_err("empty batch");
+    assert_eq!(violated_fields(&status), ["items"]);
+    let too_many = (0..501)
+        .map(|i| pb::BatchItem {
+            item: Some(pb::batch_item::Item::Track(track(
+                &format!("b{i}"),
+                "u",
+                "",
+                activity("page_view", 0, &[]),
+            ))),
+        })
+        .collect();
+    let status = client
+        .batch(pb::BatchRequest { items: too_many })
+        .await
+        .expect_err("too big");
+    assert_eq!(violated_fields(&status), ["items"]);
+
+    let status = client
+        .get_timeline(pb::GetTimelineRequest {
+            lead_id: "x".into(),
+            page_token: "garbage".into(),
+            page_size: 5000,
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad page");
+    assert_eq!(violated_fields(&status), ["page_size", "page_token"]);
+    server.stop().await;
+}
+
+async fn a_bad_batch_item_fails_alone(db: TestDb) {
+    let server = Ingestion::start(&db, Options::default()).await;
+    let mut client = server.client(None);
+    let items = vec![
+        pb::batch_item::Item::Identify(identify(
+            "b1",
+            "u1",
+            "",
+            common::Profile {
+                email: Some("a@b.io".into()),
+                ..Default::default()
+            },
+        )),
+        pb::batch_item::Item::Track(track("b2", "u1", "", activity("unknown_thing", 0, &[]))),
+        pb::batch_item::Item::Track(track("b3", "u1", "", activity("pricing_view", 0, &[]))),
+    ];
+    let response = client
+        .batch(pb::BatchRequest {
+            items: items
+                .into_iter()
+                .map(|i| pb::BatchItem { item: Some(i) })
+                .collect(),
+        })
+        .await
+        .expect("batch")
+        .into_inner();
+    assert_eq!((response.accepted_count, response.rejected_count), (2, 1));
+    let results: Vec<ItemResult> = response
+        .results
+        .into_iter()
+        .map(|r| r.result.expect("result"))
+        .collect();
+    let ItemResult::Identify(first) = &results[0] else {
+        panic!("identify answer expected")
+    };
+    let ItemResult::Error(error) = &results[1] else {
+        panic!("error expected")
+    };
+    assert_eq!(error.code, Code::InvalidArgument as i32);
+    assert_eq!(
+        error.field_violations[0].field,
+        "items[1].track.activity.type"
+    );
+    let ItemResult::Track(third) = &results[2] else {
+        panic!("track answer expected")
+    };
+    assert_eq!(third.lead_id, first.lead_id);
+    let timeline = client
+        .get_timeline(pb::GetTimelineRequest {
+            lead_id: first.lead_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("timeline")
+        .into_inner();
+    assert_eq!(
+        timeline.entries.len(),
+        1,
+        "only the valid track was recorded"
+    );
+    server.stop().await;
+}
+
+async fn a_replayed_message_id_has_no_second_effect(db: TestDb) {
+    let receiver = ScoringReceiver::start(0).await;
+    let server = Ingestion::start(
+        &db,
+        Options {
+            scoring_url: Some(receiver.url()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut client = server.client(None);
+    let request = track("same-id", "u1", "", activity("email_open", 1, &[]));
+    let first = client
+        .track(request.clone())
+        .await
+        .expect("first")
+        .into_inner();
+    let again = client.track(request).await.expect("replay").into_inner();
+    assert!(!first.duplicate);
+    assert!(again.duplicate);
+    assert_eq!(
+        (again.lead_id.as_str(), again.activity_id.as_str()),
+        (first.lead_id.as_str(), first.activity_id.as_str())
+    );
+    let lead = client
+        .get_lead(pb::GetLeadRequest {
+            lead_id: first.lead_id.clone(),
+        })
+        .await
+        .expect("lead")
+        .into_inner();
+    assert_eq!(lead.lead.expect("lead").activity_count, 1);
+    // One more distinct message, so that once it arrives the replay would have arrived too.
+    client
+        .track(track("other-id", "u1", "", activity("email_open", 0, &[])))
+        .await
+        .expect("other");
+    let events = receiver.wait_for(2).await;
+    assert_eq!(events.len(), 2, "the replay enqueued nothing");
+    server.stop().await;
+}
+
+async fn anonymous_history_joins_the_known_lead(db: TestDb) {
+    let server = Ingestion::start(&db, Options::default()).await;
+    let mut client = server.client(None);
+    // A visitor browses anonymously, then identifies.
+    let anonymous_lead = client
+        .track(track("a1", "", "cookie-1", activity("page_view", 5, &[])))
+        .await
+        .expect("t")
+        .into_inner()
+        .lead_id;
+    client
+        .track(track(
+            "a2",
+            "",
+            "cookie-1",
+            activity("pricing_view", 4, &[]),
+        ))
+        .await
+        .expect("t");
+    let known = client
+        .identify(identify(
+            "a3",
+            "user-1",
+            "cookie-1",
+            common::Profile {
+                email: Some("bo@acme.io".into()),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("identify")
+        .into_inner();
+    assert_eq!(
+        known.lead_id, anonymous_lead,
+        "the anonymous lead became known"
+    );
+
+    // A known user with history, and separately an anonymous visitor: identify links them.
+    let user_lead = client
+        .track(track("b1", "user-2", "", activity("email_open", 6, &[])))
+        .await
+        .expect("t")
+        .into_inner()
+        .lead_id;
+    let stranger = client
+        .track(track(
+            "b2",
+            "",
+            "cookie-2",
+            activity("content_download", 3, &[]),
+        ))
+        .await
+        .expect("t")
+        .into_inner()
+        .lead_id;
+    assert_ne!(user_lead, stranger);
+    let linked = client
+        .identify(identify(
+            "b3",
+            "user-2",
+            "cookie-2",
+            common::Profile::default(),
+        ))
+        .await
+        .expect("identify")
+        .into_inner();
+    assert_eq!(linked.lead_id, user_lead);
+    assert_eq!(linked.merged_lead_ids, std::slice::from_ref(&stranger));
+    client
+        .track(track(
+            "b4",
+            "",
+            "cookie-2",
+            activity("pricing_view", 1, &[]),
+        ))
+        .await
+        .expect("t");
+
+    let timeline = client
+        .get_timeline(pb::GetTimelineRequest {
+            lead_id: user_lead.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("tl")
+        .into_inner();
+    let types: Vec<&str> = timeline
+        .entries
+        .iter()
+        .map(|e| e.activity.as_ref().expect("a").r#type.as_str())
+        .collect();
+    assert_eq!(
+        types,
+        ["pricing_view", "content_download", "email_open"],
+        "one ordered history"
+    );
+    assert_eq!(timeline.entries[1].original_lead_id, stranger);
+
+    let merged = client
+        .get_lead(pb::GetLeadRequest {
+            lead_id: stranger.clone(),
+        })
+        .await
+        .expect("merged lead")
+        .into_inner();
+    assert!(merged.merged, "the merged id answers as merged");
+    assert_eq!(merged.lead.expect("lead").lead_id, user_lead);
+    server.stop().await;
+}
+
+async fn two_known_leads_merge(db: TestDb) {
+    let receiver = ScoringReceiver::start(0).await;
+    let server = Ingestion::start(
+        &db,
+        Options {
+            scoring_url: Some(receiver.url()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut client = server.client(None);
+    let a = client
+        .identify(identify(
+            "m1",
+            "crm-1",
+            "",
+            common::Profile {
+                email: Some("ana@acme.io".into()),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("a")
+        .into_inner()
+        .lead_id;
+    let b = client
+        .identify(identify(
+            "m2",
+            "web-9",
+            "",
+            common::Profile {
+                title: Some("CMO".into()),
+                email: Some("ana.old@acme.io".into()),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("b")
+        .into_inner()
+        .lead_id;
+    client
+        .track(track("m3", "crm-1", "", activity("email_open", 2, &[])))
+        .await
+        .expect("t");
+    client
+        .track(track(
+            "m4",
+            "web-9",
+            "",
+            activity("webinar_attended", 1, &[]),
+        ))
+        .await
+        .expect("t");
+    let merge = pb::MergeLeadsRequest {
+        message_id: "merge-1".into(),
+        source_lead_id: b.clone(),
+        target_lead_id: a.clone(),
+    };
+    let merged = client
+        .merge_leads(merge.clone())
+        .await
+        .expect("merge")
+        .into_inner();
+    let lead = merged.lead.expect("lead");
+    assert_eq!(lead.lead_id, a);
+    assert_eq!(lead.merged_lead_ids, std::slice::from_ref(&b));
+    assert_eq!(lead.user_ids, ["crm-1", "web-9"]);
+    let profile = lead.profile.expect("profile");
+    assert_eq!(
+        profile.email.as_deref(),
+        Some("ana@acme.io"),
+        "the survivor's attributes win"
+    );
+    assert_eq!(
+        profile.title.as_deref(),
+        Some("CMO"),
+        "gaps are filled from the merged lead"
+    );
+    assert_eq!(lead.activity_count, 2);
+    assert!(
+        client
+            .merge_leads(merge)
+            .await
+            .expect("replay")
+            .into_inner()
+            .duplicate
+    );
+
+    let again = pb::MergeLeadsRequest {
+        message_id: "merge-2".into(),
+        source_lead_id: b.clone(),
+        target_lead_id: a.clone(),
+    };
+    assert_eq!(
+        client
+            .merge_leads(again)
+            .await
+            .expect_err("already merged")
+            .code(),
+        Code::FailedPrecondition
+    );
+    let unknown = pb::MergeLeadsRequest {
+        message_id: "merge-3".into(),
+        source_lead_id: "nope".into(),
+        target_lead_id: a.clone(),
+    };
+    assert_eq!(
+        client
+            .merge_leads(unknown)
+            .await
+            .expect_err("unknown")
+            .code(),
+        Code::NotFound
+    );
+
+    let events = receiver.wait_for(5).await;
+    let merge_event = events.iter().find_map(|e| match &e.event {
+        Some(pb::lead_event::Event::LeadsMerged(m)) => Some((
+            e.header.as_ref().expect("header").lead_id.clone(),
+            m.source_lead_id.clone(),
+        )),
+        _ => None,
+    });
+    assert_eq!(
+        merge_event,
+        Some((a, b)),
+        "scoring is told who absorbed whom"
+    );
+    server.stop().await;
+}
+
+async fn every_event_reaches_scoring_once_in_order_despite_failures(db: TestDb) {
+    let receiver = ScoringReceiver::start(3).await;
+    let server = Ingestion::start(
+        &db,
+        Options {
+            scoring_url: Some(receiver.url()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut client = server.client(None);
+    let mut expected: HashMap<String, Vec<String>> = HashMap::new();
+    for i in 0..30 {
+        let user = format!("user-{}", i % 4);
+        let answer = client
+            .track(track(
+                &format!("e{i}"),
+                &user,
+                "",
+                activity("page_view", 0, &[("seq", &i.to_string())]),
+            ))
+            .await
+            .expect("track")
+            .into_inner();
+        expected
+            .entry(answer.lead_id)
+            .or_default()
+            .push(i.to_string());
+    }
+    let events = receiver.wait_for(30).await;
+    assert_eq!(events.len(), 30, "exactly once after dedupe");
+    let mut received: HashMap<String, Vec<String>> = HashMap::new();
+    for event in &events {
+        if let Some(pb::lead_event::Event::ActivityRecorded(recorded)) = &event.event {
+            let seq = recorded.activity.as_ref().expect("activity").properties["seq"].clone();
+            received
+                .entry(event.header.as_ref().expect("header").lead_id.clone())
+                .or_default()
+                .push(seq);
+        }
+    }
+    assert_eq!(received, expected, "per-lead order");
+    assert!(receiver.failed_calls() >= 3);
+    server.stop().await;
+}
+
+async fn a_restart_delivers_what_was_left(db: TestDb) {
+    let receiver = ScoringReceiver::start(0).await;
+    let unreachable = harness::unused_url().await;
+    let server = Ingestion::start(
+        &db,
+        Options {
+            scoring_url: Some(unreachable),
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut client = server.client(None);
+    for i in 0..5 {
+        client
+            .track(track(
+                &format!("r{i}"),
+                "u",
+                "",
+                activity("email_open", 0, &[]),
+            ))
+            .await
+            .expect("track");
+    }
+    server.stop().await;
+    let server = Ingestion::start(
+        &db,
+        Options {
+            scoring_url: Some(receiver.url()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let events = receiver.wait_for(5).await;
+    assert_eq!(events.len(), 5);
+    server.stop().await;
+}
+
+async fn keys_decide_the_tenant(db: TestDb) {
+    let server = Ingestion::start(
+        &db,
+        Options {
+            api_keys: vec!["acme=key-acme".into(), "globex=key-globex".into()],
+            ..Options::default()
+        },
+    )
+    .await;
+    let status = server
+        .client(None)
+        .track(track("m", "u", "", activity("page_view", 0, &[])))
+        .await
+        .expect_err("no key");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let status = server
+        .client(Some("wrong"))
+        .track(track("m", "u", "", activity("page_view", 0, &[])))
+        .await
+        .expect_err("bad key");
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    let mut acme = server.client(Some("key-acme"));
+    let lead_id = acme
+        .track(track("m", "u", "", activity("page_view", 0, &[])))
+        .await
+        .expect("acme track")
+        .into_inner()
+        .lead_id;
+    assert!(
+        acme.get_lead(pb::GetLeadRequest {
+            lead_id: lead_id.clone()
+        })
+        .await
+        .is_ok()
+    );
+    let mut globex = server.client(Some("key-globex"));
+    let status = globex
+        .get_lead(pb::GetLeadRequest {
+            lead_id: lead_id.clone(),
+        })
+        .await
+        .expect_err("other tenant");
+    assert_eq!(
+        status.code(),
+        Code::NotFound,
+        "tenant B cannot read tenant A's lead"
+    );
+    // The same user id under another tenant is another lead.
+    let globex_lead = globex
+        .track(track("m", "u", "", activity("page_view", 0, &[])))
+        .await
+        .expect("globex")
+        .into_inner();
+    assert_ne!(globex_lead.lead_id, lead_id);
+    assert!(!globex_lead.duplicate, "message ids are per tenant");
+
+    let status = server
+        .internal_client(Some("key-acme"))
+        .get_lead_timeline(pb::GetLeadTimelineRequest {
+            tenant_id: "acme".into(),
+            lead_id: lead_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("tenant key on internal rpc");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let timeline = server
+        .internal_client(Some(harness::INTERNAL_KEY))
+        .get_lead_timeline(pb::GetLeadTimelineRequest {
+            tenant_id: "acme".into(),
+            lead_id,
+            ..Default::default()
+        })
+        .await
+        .expect("service credential")
+        .into_inner();
+    assert_eq!(timeline.timeline.expect("timeline").entries.len(), 1);
+    server.stop().await;
+}
+
+async fn health_and_reflection(db: TestDb) {
+    let server = Ingestion::start(
+        &db,
+        Options {
+            api_keys: vec!["acme=k".into()],
+            ..Options::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        server.health("").await,
+        "SERVING",
+        "health needs no credentials"
+    );
+    assert_eq!(
+        server
+            .health("leadflow.ingestion.v1.IngestionService")
+            .await,
+        "SERVING"
+    );
+    let services = server.reflected_services().await;
+    for name in [
+        "leadflow.ingestion.v1.IngestionService",
+        "leadflow.ingestion.v1.IngestionInternalService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(services.iter().any(|s| s == name), "{name} in {services:?}");
+    }
+    server.stop().await;
+}
+
+async fn the_callers_trace_continues_through_the_outbox(db: TestDb) {
+    harness::init_telemetry();
+    let receiver = ScoringReceiver::start(0).await;
+    let server = Ingestion::start(
+        &db,
+        Options {
+            scoring_url: Some(receiver.url()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut request =
+        tonic::Request::new(track("traced", "u", "", activity("demo_request", 0, &[])));
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-00f067aa0ba902b7-01")
+            .parse()
+            .expect("ascii"),
+    );
+    server.client(None).track(request).await.expect("track");
+    let events = receiver.wait_for(1).await;
+    let carried = events[0]
+        .header
+        .as_ref()
+        .expect("header")
+        .trace_context
+        .get("traceparent")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        carried.contains(trace_id),
+        "the event carries the caller's trace: {carried:?}"
+    );
+    let inbound = receiver.traceparents();
+    assert!(!inbound.is_empty(), "the relay call carries a traceparent");
+    server.stop().await;
+}
+
+on_both_backends! {
+    round_trip => identify_track_and_read_back;
+    timeline_paging => timeline_pages_and_filters;
+    validation => each_validation_rule_names_its_field;
+    batch_partial => a_bad_batch_item_fails_alone;
+    idempotency => a_replayed_message_id_has_no_second_effect;
+    anonymous_linking => anonymous_history_joins_the_known_lead;
+    merge => two_known_leads_merge;
+    outbox_delivery => every_event_reaches_scoring_once_in_order_despite_failures;
+    outbox_restart => a_restart_delivers_what_was_left;
+    tenancy => keys_decide_the_tenant;
+    health => health_and_reflection;
+    tracing => the_callers_trace_continues_through_the_outbox;
+}
+
+/// The standalone binary, started as a Deployment would start it, stops cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_shuts_the_binary_down_cleanly() {
+    let db = TestDb::sqlite("ingestion");
+    let mut child = harness::spawn_binary(&db);
+    let addr = harness::read_listen_addr(&mut child).await;
+    assert_eq!(harness::health_at(&addr, "").await, "SERVING");
+    let pid = child.id().expect("pid").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits in time")
+        .expect("wait");
+    assert!(status.success(), "clean exit after sigterm: {status}");
+}
