@@ -161,11 +161,7 @@ async fn timeline_pages_and_filters(db: TestDb) {
         .await
         .expect("filtered")
         .into_inner();
-    let hours: Vec<i64> = opens
-        .entries
-        .iter()
-        .map(harness::age_hours)
-        .collect();
+    let hours: Vec<i64> = opens.entries.iter().map(harness::age_hours).collect();
     assert_eq!(hours, [1, 3, 5], "email opens of the last six hours");
     server.stop().await;
 }

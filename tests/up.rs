@@ -1,0 +1,97 @@
+//! `leadflow up` as a user runs it: it prints where each service listens, serves, keeps its data
+//! in one SQLite file per service under the data folder, and stops cleanly on Ctrl-C.
+
+use std::time::Duration;
+
+use leadflow_proto::common::v1::Activity;
+use leadflow_proto::ingestion::v1::{
+    LeadIdentity, TrackRequest, ingestion_service_client::IngestionServiceClient,
+};
+use tokio::io::AsyncBufReadExt;
+use tonic::transport::Channel;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+/// A port that was free a moment ago.
+async fn free_port() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_every_service_and_stops_on_ctrl_c() {
+    let data_dir =
+        std::env::temp_dir().join(format!("leadflow-up-{}", uuid::Uuid::new_v4().simple()));
+    let port = free_port().await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_leadflow"))
+        .arg("up")
+        .env("LEADFLOW_DATA_DIR", &data_dir)
+        .env("LEADFLOW_BASE_PORT", port.to_string())
+        .env("LEADFLOW_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn leadflow up");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let ingestion_url = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("stdout") {
+            if let Some(rest) = line.trim().strip_prefix("ingestion") {
+                let url = rest.split_whitespace().next().expect("url");
+                return url.replace("grpc://", "http://");
+            }
+        }
+        panic!("leadflow up exited before printing where ingestion listens");
+    })
+    .await
+    .expect("prints its addresses in time");
+    assert_eq!(ingestion_url, format!("http://127.0.0.1:{port}"));
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let channel = Channel::from_shared(ingestion_url)
+        .expect("url")
+        .connect_lazy();
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: "leadflow.ingestion.v1.IngestionService".into(),
+        })
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(health.status, 1, "SERVING");
+    let tracked = IngestionServiceClient::new(channel)
+        .track(TrackRequest {
+            message_id: "m-1".into(),
+            identity: Some(LeadIdentity {
+                user_id: "ana@acme.io".into(),
+                anonymous_id: String::new(),
+            }),
+            activity: Some(Activity {
+                r#type: "pricing_view".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("track in development mode")
+        .into_inner();
+    assert!(!tracked.lead_id.is_empty());
+    assert!(
+        data_dir.join("ingestion.db").exists(),
+        "one SQLite file per service under the data folder"
+    );
+
+    let pid = child.id().expect("pid").to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("stops in time")
+        .expect("wait");
+    assert!(status.success(), "clean exit on ctrl-c: {status}");
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
