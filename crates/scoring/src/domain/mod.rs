@@ -1,0 +1,14 @@
+//! Scoring's pure domain: no I/O, time passed in as `now`.
+
+pub mod caps;
+pub mod decay;
+pub mod default_model;
+pub mod engine;
+pub mod fit;
+pub mod inactivity;
+pub mod model;
+pub mod predicate;
+
+pub use engine::{ActivityFact, Explanation, LeadScore, LedgerLine, LineKind};
+pub use fit::Grade;
+pub use model::Model;
