@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use leadflow_runtime::auth::AuthArgs;
-use leadflow_runtime::clock::SystemClock;
+use leadflow_runtime::clock::{SharedClock, SystemClock};
 use leadflow_runtime::outbox::OutboxArgs;
 use leadflow_runtime::telemetry::{self, TelemetryArgs};
 
@@ -42,6 +42,13 @@ struct UpArgs {
     /// Ingestion's port (scoring, qualification and handoff take the next three).
     #[arg(long, env = "LEADFLOW_BASE_PORT", default_value_t = 50051)]
     base_port: u16,
+    /// How often scoring's sweeper applies inactivity and decay, in milliseconds.
+    #[arg(
+        long,
+        env = "LEADFLOW_SCORING_SWEEP_INTERVAL_MS",
+        default_value_t = 60_000
+    )]
+    sweep_interval_ms: u64,
     #[command(flatten)]
     auth: AuthArgs,
     #[command(flatten)]
@@ -64,9 +71,9 @@ async fn main() -> anyhow::Result<()> {
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
     let shutdown = leadflow_runtime::shutdown::on_signal();
+    let clock: SharedClock = Arc::new(SystemClock);
     let addr = |offset: u16| SocketAddr::new(args.host, args.base_port + offset);
-    let ingestion_addr = addr(0);
-    let scoring_addr = addr(1);
+    let (ingestion_addr, scoring_addr, qualification_addr) = (addr(0), addr(1), addr(2));
     let ingestion = leadflow_ingestion::Config {
         listen_addr: ingestion_addr,
         database_url: None,
@@ -76,13 +83,60 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         auth: args.auth.clone(),
         outbox: args.outbox.clone(),
     };
-    let listener = leadflow_runtime::server::bind(ingestion_addr)
-        .await
-        .with_context(|| format!("bind ingestion on {ingestion_addr}"))?;
+    let scoring = leadflow_scoring::Config {
+        listen_addr: scoring_addr,
+        database_url: None,
+        data_dir: args.data_dir.clone(),
+        database_max_connections: 10,
+        qualification_url: format!("http://{qualification_addr}"),
+        sweep_interval_ms: args.sweep_interval_ms,
+        auth: args.auth.clone(),
+        outbox: args.outbox.clone(),
+    };
+    let ingestion_listener = bind("ingestion", ingestion_addr).await?;
+    let scoring_listener = bind("scoring", scoring_addr).await?;
     println!("leadflow is up (ctrl-c stops it)");
     println!(
         "  ingestion  grpc://{ingestion_addr}  data {}",
         ingestion.database_url()
     );
-    leadflow_ingestion::serve(ingestion, listener, Arc::new(SystemClock), shutdown).await
+    println!(
+        "  scoring    grpc://{scoring_addr}  data {}",
+        scoring.database_url()
+    );
+    // A service that fails stops the others: the suite runs whole or not at all.
+    let stop_all = |result: anyhow::Result<()>| {
+        if result.is_err() {
+            shutdown.cancel();
+        }
+        result
+    };
+    let (ingestion, scoring) = tokio::join!(
+        async {
+            stop_all(
+                leadflow_ingestion::serve(
+                    ingestion,
+                    ingestion_listener,
+                    clock.clone(),
+                    shutdown.clone(),
+                )
+                .await,
+            )
+        },
+        async {
+            stop_all(
+                leadflow_scoring::serve(scoring, scoring_listener, clock.clone(), shutdown.clone())
+                    .await,
+            )
+        },
+    );
+    ingestion.context("ingestion")?;
+    scoring.context("scoring")?;
+    Ok(())
+}
+
+async fn bind(service: &str, addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    leadflow_runtime::server::bind(addr)
+        .await
+        .with_context(|| format!("bind {service} on {addr}"))
 }

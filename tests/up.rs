@@ -34,18 +34,38 @@ async fn up_serves_every_service_and_stops_on_ctrl_c() {
         .spawn()
         .expect("spawn leadflow up");
     let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let ingestion_url = tokio::time::timeout(Duration::from_secs(30), async {
+    let urls = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut urls = std::collections::HashMap::new();
         while let Some(line) = lines.next_line().await.expect("stdout") {
-            if let Some(rest) = line.trim().strip_prefix("ingestion") {
-                let url = rest.split_whitespace().next().expect("url");
-                return url.replace("grpc://", "http://");
+            let mut words = line.split_whitespace();
+            if let (Some(service @ ("ingestion" | "scoring")), Some(url)) =
+                (words.next(), words.next())
+            {
+                urls.insert(service.to_owned(), url.replace("grpc://", "http://"));
+                if urls.len() == 2 {
+                    return urls;
+                }
             }
         }
-        panic!("leadflow up exited before printing where ingestion listens");
+        panic!("leadflow up exited before printing where its services listen");
     })
     .await
     .expect("prints its addresses in time");
+    let ingestion_url = urls["ingestion"].clone();
     assert_eq!(ingestion_url, format!("http://127.0.0.1:{port}"));
+    assert_eq!(urls["scoring"], format!("http://127.0.0.1:{}", port + 1));
+    let scoring_health = HealthClient::new(
+        Channel::from_shared(urls["scoring"].clone())
+            .expect("url")
+            .connect_lazy(),
+    )
+    .check(HealthCheckRequest {
+        service: "leadflow.scoring.v1.ScoringService".into(),
+    })
+    .await
+    .expect("scoring health")
+    .into_inner();
+    assert_eq!(scoring_health.status, 1, "scoring SERVING");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
     let channel = Channel::from_shared(ingestion_url)

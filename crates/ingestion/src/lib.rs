@@ -13,7 +13,6 @@ pub mod store;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
 use leadflow_proto::ingestion::v1::ingestion_internal_service_server::IngestionInternalServiceServer;
@@ -114,8 +113,13 @@ pub async fn serve(
         <IngestionServiceServer<IngestionApi> as NamedService>::NAME,
         <IngestionInternalServiceServer<IngestionApi> as NamedService>::NAME,
     ]);
-    health.set(store::ping(&db).await).await;
-    let health_watch = tokio::spawn(watch_store(db.clone(), health.clone(), shutdown.clone()));
+    health.set(leadflow_runtime::db::ping(&db).await).await;
+    let health_watch = tokio::spawn(server::watch_store(
+        SERVICE,
+        db.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
 
     let sink = ScoringSink::new(&config.scoring_url, keys.internal_key())?;
     let relay = Relay::new(
@@ -134,25 +138,4 @@ pub async fn serve(
     db.close().await.context("close the database")?;
     tracing::info!(service = SERVICE, "stopped");
     Ok(served?)
-}
-
-/// Keeps health in step with the store: `NOT_SERVING` while it does not answer.
-async fn watch_store(db: sea_orm::DatabaseConnection, health: Health, shutdown: CancellationToken) {
-    let mut serving = true;
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
-        let now_serving = store::ping(&db).await;
-        if now_serving != serving {
-            tracing::warn!(
-                service = SERVICE,
-                serving = now_serving,
-                "store health changed"
-            );
-            health.set(now_serving).await;
-            serving = now_serving;
-        }
-    }
 }

@@ -107,3 +107,26 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }
+
+/// Keeps `health` in step with the store until `shutdown`: `NOT_SERVING` while the database does
+/// not answer, `SERVING` again once it does.
+pub async fn watch_store(
+    service: &'static str,
+    db: sea_orm::DatabaseConnection,
+    health: Health,
+    shutdown: CancellationToken,
+) {
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        let now_serving = crate::db::ping(&db).await;
+        if now_serving != serving {
+            tracing::warn!(service, serving = now_serving, "store health changed");
+            health.set(now_serving).await;
+            serving = now_serving;
+        }
+    }
+}

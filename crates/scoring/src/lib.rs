@@ -1,8 +1,187 @@
 //! Leadflow scoring: fit + engagement scores under a versioned, explainable model.
 //!
-//! This crate holds scoring's domain today: the model and its validation, fit rules and grades,
-//! behaviour rules with caps and once-per-asset, lazy half-life decay, inactivity penalties, the
-//! ledger and its explanation, and the default model. The gRPC service and its store build on
-//! it.
+//! Scoring receives lead events from ingestion's outbox, keeps each lead's ledger and the
+//! activity facts it was sent, answers score, explanation and what-if questions, publishes model
+//! versions and re-scores history with them, applies inactivity and decay with a periodic
+//! sweeper, and announces score changes to qualification through its own outbox.
 
+pub mod api;
+pub mod convert;
 pub mod domain;
+pub mod error;
+pub mod sink;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use leadflow_proto::scoring::v1::scoring_internal_service_server::ScoringInternalServiceServer;
+use leadflow_proto::scoring::v1::scoring_service_server::ScoringServiceServer;
+use leadflow_runtime::auth::{AuthArgs, Keys};
+use leadflow_runtime::clock::SharedClock;
+use leadflow_runtime::outbox::{OutboxArgs, Relay, Wakeup};
+use leadflow_runtime::server::{self, Health, MAX_MESSAGE_BYTES};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+use tonic::service::interceptor::InterceptedService;
+
+use crate::api::ScoringApi;
+use crate::sink::QualificationSink;
+use crate::store::Store;
+
+/// The service's name in logs, spans and metrics.
+pub const SERVICE: &str = "scoring";
+
+/// Scoring's configuration: flags, or `LEADFLOW_…` environment variables.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Config {
+    /// Address the gRPC server listens on.
+    #[arg(
+        long,
+        env = "LEADFLOW_SCORING_LISTEN_ADDR",
+        default_value = "127.0.0.1:50052"
+    )]
+    pub listen_addr: SocketAddr,
+    /// Database URL (`sqlite://…` or `postgres://…`); defaults to `<data-dir>/scoring.db`.
+    #[arg(long, env = "LEADFLOW_SCORING_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Folder of the default SQLite files.
+    #[arg(long, env = "LEADFLOW_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Most pooled PostgreSQL connections.
+    #[arg(long, env = "LEADFLOW_DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub database_max_connections: u32,
+    /// Qualification's address, where score changes are delivered.
+    #[arg(
+        long,
+        env = "LEADFLOW_QUALIFICATION_URL",
+        default_value = "http://127.0.0.1:50053"
+    )]
+    pub qualification_url: String,
+    /// How often the sweeper applies inactivity rules and announces decay, in milliseconds.
+    #[arg(
+        long,
+        env = "LEADFLOW_SCORING_SWEEP_INTERVAL_MS",
+        default_value_t = 60_000
+    )]
+    pub sweep_interval_ms: u64,
+    /// API keys.
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// Outbox relay settings.
+    #[command(flatten)]
+    pub outbox: OutboxArgs,
+}
+
+impl Config {
+    /// The database URL in effect.
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("scoring.db").display()))
+    }
+}
+
+/// Runs scoring on `listener` until `shutdown` fires: migrates its store, serves the public and
+/// internal gRPC services with health and reflection, resumes unfinished rescore jobs, sweeps
+/// for inactivity and decay, and relays score changes to qualification.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    clock: SharedClock,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let keys = Keys::from_args(&config.auth).context("api keys")?;
+    keys.log_mode(SERVICE);
+    let db = leadflow_runtime::db::connect(&config.database_url(), config.database_max_connections)
+        .await
+        .context("connect to the scoring database")?;
+    leadflow_runtime::db::migrate::<store::migrations::Migrator>(&db)
+        .await
+        .context("migrate the scoring database")?;
+
+    let wakeup = Wakeup::new();
+    let store = Store::new(db.clone(), wakeup.clone());
+    let api = ScoringApi::new(store.clone(), clock.clone());
+    for job in store
+        .unfinished_jobs()
+        .await
+        .context("unfinished rescore jobs")?
+    {
+        tracing::info!(job_id = %job.job_id, "resuming rescore job");
+        api.spawn_job(job);
+    }
+    let public = InterceptedService::new(
+        ScoringServiceServer::new(api.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        keys.public(),
+    );
+    let internal = InterceptedService::new(
+        ScoringInternalServiceServer::new(api)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        keys.internal(),
+    );
+    let routes = Routes::new(public).add_service(internal);
+
+    let health = Health::new(vec![
+        <ScoringServiceServer<ScoringApi> as NamedService>::NAME,
+        <ScoringInternalServiceServer<ScoringApi> as NamedService>::NAME,
+    ]);
+    health.set(leadflow_runtime::db::ping(&db).await).await;
+    let health_watch = tokio::spawn(server::watch_store(
+        SERVICE,
+        db.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
+    let sweeper = tokio::spawn(sweep(
+        store.clone(),
+        clock,
+        Duration::from_millis(config.sweep_interval_ms.max(1)),
+        shutdown.clone(),
+    ));
+
+    let sink = QualificationSink::new(&config.qualification_url, keys.internal_key())?;
+    let relay = Relay::new(
+        db.clone(),
+        sink,
+        config.outbox.relay_config(store::QUALIFICATION),
+        wakeup,
+    );
+    let relay = tokio::spawn(relay.run(shutdown.clone()));
+
+    tracing::info!(service = SERVICE, addr = %listener.local_addr()?, "listening");
+    let served = server::serve(SERVICE, listener, routes, health, shutdown.clone()).await;
+    shutdown.cancel();
+    relay.await.context("outbox relay task")?;
+    sweeper.await.context("sweeper task")?;
+    health_watch.await.context("health watch task")?;
+    db.close().await.context("close the database")?;
+    tracing::info!(service = SERVICE, "stopped");
+    Ok(served?)
+}
+
+/// Applies inactivity rules and announces decay every `interval` until `shutdown`.
+async fn sweep(store: Store, clock: SharedClock, interval: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        match store.sweep(clock.now()).await {
+            Ok(0) => {}
+            Ok(announced) => tracing::info!(
+                service = SERVICE,
+                announced,
+                "sweep announced score changes"
+            ),
+            Err(err) => tracing::warn!(service = SERVICE, error = %err, "sweep failed"),
+        }
+    }
+}

@@ -9,8 +9,8 @@ mod timeline;
 use chrono::{DateTime, Utc};
 use leadflow_runtime::outbox::{self, NewMessage, Wakeup};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    DatabaseTransaction, EntityTrait, ExprTrait, QueryFilter, TransactionTrait, sea_query::Expr,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DatabaseTransaction,
+    EntityTrait, ExprTrait, QueryFilter, TransactionTrait, sea_query::Expr,
 };
 
 use crate::convert::{Command, IdentifyCommand, TrackCommand};
@@ -527,9 +527,4 @@ fn parse_profile(json: &str) -> Result<Profile, Error> {
 
 fn serialize_profile(profile: &Profile) -> String {
     serde_json::to_string(profile).unwrap_or_else(|_| "{}".to_owned())
-}
-
-/// Answers whether the store is reachable, for health.
-pub async fn ping<C: ConnectionTrait>(db: &C) -> bool {
-    db.execute_unprepared("SELECT 1").await.is_ok()
 }

@@ -113,7 +113,7 @@ impl Model {
                     "a fit rule needs at least one predicate",
                 );
             }
-            check_predicates(&mut v, &at, &rule.predicates);
+            check_predicates(&mut v, &format!("{at}.predicates"), &rule.predicates);
         }
         self.grade_bands.validate(&mut v);
         for (i, rule) in self.behavior_rules.iter().enumerate() {
@@ -121,7 +121,11 @@ impl Model {
             check_id(&mut v, format!("{at}.id"), &rule.id);
             check_points(&mut v, &format!("{at}.points"), rule.points);
             check_activity_type(&mut v, &format!("{at}.activity_type"), &rule.activity_type);
-            check_predicates(&mut v, &format!("{at}.property"), &rule.predicates);
+            check_predicates(
+                &mut v,
+                &format!("{at}.property_predicates"),
+                &rule.predicates,
+            );
             if let Some(cap) = &rule.cap {
                 if cap.max_points.is_some_and(|m| !m.is_finite() || m <= 0.0) {
                     v.add(format!("{at}.cap.max_points"), "must be a positive number");
@@ -192,9 +196,10 @@ fn check_activity_type(v: &mut FieldViolations, field: &str, kind: &str) {
     }
 }
 
-fn check_predicates(v: &mut FieldViolations, at: &str, predicates: &[Predicate]) {
+/// Checks `predicates`, the list at path `list` (e.g. `fit_rules[0].predicates`).
+fn check_predicates(v: &mut FieldViolations, list: &str, predicates: &[Predicate]) {
     for (j, p) in predicates.iter().enumerate() {
-        let at = format!("{at}.predicates[{j}]");
+        let at = format!("{list}[{j}]");
         if p.field.trim().is_empty() {
             v.add(format!("{at}.field"), "required");
         }

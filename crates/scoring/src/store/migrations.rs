@@ -1,0 +1,230 @@
+//! Scoring's schema, applied at start-up.
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::schema::{
+    big_integer, blob, double, integer, string, string_null, text, text_null,
+    timestamp_with_time_zone, timestamp_with_time_zone_null,
+};
+
+/// Scoring's migrator: its own tables plus the shared outbox and inbox.
+#[derive(Debug)]
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(leadflow_runtime::outbox::CreateOutboxAndInbox),
+            Box::new(CreateScoringTables),
+        ]
+    }
+}
+
+#[derive(Debug)]
+struct CreateScoringTables;
+
+impl MigrationName for CreateScoringTables {
+    fn name(&self) -> &str {
+        "m20261123_000002_create_scoring_tables"
+    }
+}
+
+#[derive(DeriveIden)]
+enum ScoringModels {
+    Table,
+    TenantId,
+    Version,
+    Body,
+    CreatedAt,
+}
+
+#[derive(DeriveIden)]
+enum LeadScores {
+    Table,
+    TenantId,
+    LeadId,
+    State,
+    Profile,
+    FirstSeen,
+    ModelVersion,
+    MergedInto,
+    AnnouncedScore,
+    AnnouncedGrade,
+    UpdatedAt,
+}
+
+#[derive(DeriveIden)]
+enum ActivityFacts {
+    Table,
+    TenantId,
+    ActivityId,
+    LeadId,
+    ActivityType,
+    OccurredAtUs,
+    Properties,
+}
+
+#[derive(DeriveIden)]
+enum ScoringRequests {
+    Table,
+    TenantId,
+    RequestId,
+    Result,
+    CreatedAt,
+}
+
+#[derive(DeriveIden)]
+enum RescoreJobs {
+    Table,
+    TenantId,
+    JobId,
+    ModelVersion,
+    State,
+    TotalLeads,
+    ProcessedLeads,
+    ChangedLeads,
+    CreatedAt,
+    StartedAt,
+    EndedAt,
+    Error,
+}
+
+#[derive(DeriveIden)]
+enum HandoffDecisions {
+    Table,
+    MessageId,
+    TenantId,
+    LeadId,
+    Payload,
+    ReceivedAt,
+}
+
+#[async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait signature of sea-orm-migration elides it
+impl MigrationTrait for CreateScoringTables {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(ScoringModels::Table)
+                    .if_not_exists()
+                    .col(string(ScoringModels::TenantId))
+                    .col(integer(ScoringModels::Version))
+                    .col(text(ScoringModels::Body))
+                    .col(timestamp_with_time_zone(ScoringModels::CreatedAt))
+                    .primary_key(
+                        Index::create()
+                            .col(ScoringModels::TenantId)
+                            .col(ScoringModels::Version),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(LeadScores::Table)
+                    .if_not_exists()
+                    .col(string(LeadScores::TenantId))
+                    .col(string(LeadScores::LeadId))
+                    .col(text(LeadScores::State))
+                    .col(blob(LeadScores::Profile))
+                    .col(timestamp_with_time_zone(LeadScores::FirstSeen))
+                    .col(integer(LeadScores::ModelVersion))
+                    .col(string_null(LeadScores::MergedInto))
+                    .col(double(LeadScores::AnnouncedScore))
+                    .col(integer(LeadScores::AnnouncedGrade))
+                    .col(timestamp_with_time_zone(LeadScores::UpdatedAt))
+                    .primary_key(
+                        Index::create()
+                            .col(LeadScores::TenantId)
+                            .col(LeadScores::LeadId),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(ActivityFacts::Table)
+                    .if_not_exists()
+                    .col(string(ActivityFacts::TenantId))
+                    .col(string(ActivityFacts::ActivityId))
+                    .col(string(ActivityFacts::LeadId))
+                    .col(string(ActivityFacts::ActivityType))
+                    .col(big_integer(ActivityFacts::OccurredAtUs))
+                    .col(text(ActivityFacts::Properties))
+                    .primary_key(
+                        Index::create()
+                            .col(ActivityFacts::TenantId)
+                            .col(ActivityFacts::ActivityId),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("activity_facts_lead")
+                    .table(ActivityFacts::Table)
+                    .col(ActivityFacts::TenantId)
+                    .col(ActivityFacts::LeadId)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(ScoringRequests::Table)
+                    .if_not_exists()
+                    .col(string(ScoringRequests::TenantId))
+                    .col(string(ScoringRequests::RequestId))
+                    .col(string(ScoringRequests::Result))
+                    .col(timestamp_with_time_zone(ScoringRequests::CreatedAt))
+                    .primary_key(
+                        Index::create()
+                            .col(ScoringRequests::TenantId)
+                            .col(ScoringRequests::RequestId),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(RescoreJobs::Table)
+                    .if_not_exists()
+                    .col(string(RescoreJobs::TenantId))
+                    .col(string(RescoreJobs::JobId))
+                    .col(integer(RescoreJobs::ModelVersion))
+                    .col(integer(RescoreJobs::State))
+                    .col(big_integer(RescoreJobs::TotalLeads))
+                    .col(big_integer(RescoreJobs::ProcessedLeads))
+                    .col(big_integer(RescoreJobs::ChangedLeads))
+                    .col(timestamp_with_time_zone(RescoreJobs::CreatedAt))
+                    .col(timestamp_with_time_zone_null(RescoreJobs::StartedAt))
+                    .col(timestamp_with_time_zone_null(RescoreJobs::EndedAt))
+                    .col(text_null(RescoreJobs::Error))
+                    .primary_key(
+                        Index::create()
+                            .col(RescoreJobs::TenantId)
+                            .col(RescoreJobs::JobId),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(HandoffDecisions::Table)
+                    .if_not_exists()
+                    .col(string(HandoffDecisions::MessageId).primary_key())
+                    .col(string(HandoffDecisions::TenantId))
+                    .col(string(HandoffDecisions::LeadId))
+                    .col(blob(HandoffDecisions::Payload))
+                    .col(timestamp_with_time_zone(HandoffDecisions::ReceivedAt))
+                    .to_owned(),
+            )
+            .await
+    }
+}

@@ -1,0 +1,767 @@
+//! Scoring's store: published models, each lead's scoring state (ledger included), the activity
+//! facts rescoring replays, rescore jobs, decisions reported back, and the outbox to
+//! qualification. Every state change and the score change announcing it commit together.
+
+mod entities;
+mod events;
+pub mod migrations;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, TimeZone, Utc};
+use leadflow_proto::common::v1 as common;
+use leadflow_proto::ingestion::v1::{LeadEvent, lead_event::Event};
+use leadflow_proto::scoring::v1::ScoreChangeReason;
+use leadflow_runtime::outbox::{self, NewMessage, Wakeup, inbox};
+use prost::Message;
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
+    DatabaseTransaction, EntityTrait, ExprTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
+};
+
+use crate::convert;
+use crate::domain::default_model::default_model;
+use crate::domain::{ActivityFact, LeadScore, Model};
+use crate::error::Error;
+pub use entities::{decision, fact, lead_score, model, request, rescore_job};
+
+/// Outbox destination of score changes.
+pub const QUALIFICATION: &str = "qualification";
+
+/// A lead's stored state, decoded.
+#[derive(Debug, Clone)]
+pub struct LeadState {
+    /// The row.
+    pub row: lead_score::Model,
+    /// The scoring state.
+    pub score: LeadScore,
+    /// The profile.
+    pub profile: common::Profile,
+    /// True when the requested id was merged into `row.lead_id`.
+    pub merged: bool,
+}
+
+/// What applying a batch of messages did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Messages applied now.
+    pub applied: i32,
+    /// Messages applied before.
+    pub duplicates: i32,
+}
+
+/// Scoring's data access.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+    wakeup: Wakeup,
+}
+
+impl Store {
+    /// A store over `db`; `wakeup` is poked after commits that enqueued score changes.
+    pub fn new(db: DatabaseConnection, wakeup: Wakeup) -> Self {
+        Self { db, wakeup }
+    }
+
+    /// The connection.
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// The tenant's active model: the latest published, or the default model (version 0).
+    pub async fn active_model<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        tenant: &str,
+    ) -> Result<(Model, DateTime<Utc>), Error> {
+        let row = model::Entity::find()
+            .filter(model::Column::TenantId.eq(tenant))
+            .order_by_desc(model::Column::Version)
+            .one(conn)
+            .await?;
+        match row {
+            Some(row) => Ok((parse_model(&row.body)?, row.created_at)),
+            None => Ok((
+                default_model(),
+                Utc.timestamp_opt(0, 0).single().unwrap_or_default(),
+            )),
+        }
+    }
+
+    /// Model `version` of the tenant (0: the default model).
+    pub async fn model(
+        &self,
+        tenant: &str,
+        version: i32,
+    ) -> Result<Option<(Model, DateTime<Utc>)>, Error> {
+        model_on(&self.db, tenant, version).await
+    }
+
+    /// Published versions, newest first, below `before` (exclusive) when given.
+    pub async fn models(
+        &self,
+        tenant: &str,
+        before: Option<i32>,
+        limit: u64,
+    ) -> Result<Vec<(Model, DateTime<Utc>)>, Error> {
+        let mut query = model::Entity::find().filter(model::Column::TenantId.eq(tenant));
+        if let Some(before) = before {
+            query = query.filter(model::Column::Version.lt(before));
+        }
+        let rows = query
+            .order_by_desc(model::Column::Version)
+            .limit(limit)
+            .all(&self.db)
+            .await?;
+        rows.into_iter()
+            .map(|row| Ok((parse_model(&row.body)?, row.created_at)))
+            .collect()
+    }
+
+    /// Publishes `model` as the tenant's next version, now active. A repeated request id
+    /// answers the version it published.
+    pub async fn publish(
+        &self,
+        tenant: &str,
+        request_id: &str,
+        mut new: Model,
+        now: DateTime<Utc>,
+    ) -> Result<(Model, DateTime<Utc>, bool), Error> {
+        let txn = self.db.begin().await?;
+        if let Some(previous) = find_request(&txn, tenant, request_id).await? {
+            let version: i32 = previous
+                .parse()
+                .map_err(|_| Error::Corrupt("request result".into()))?;
+            let (model, created) = model_on(&txn, tenant, version)
+                .await?
+                .ok_or_else(|| Error::Corrupt("published model missing".into()))?;
+            return Ok((model, created, true));
+        }
+        let (active, _) = self.active_model(&txn, tenant).await?;
+        new.version = active.version + 1;
+        model::ActiveModel {
+            tenant_id: Set(tenant.to_owned()),
+            version: Set(new.version),
+            body: Set(serde_json::to_string(&new).map_err(|e| Error::Corrupt(e.to_string()))?),
+            created_at: Set(now),
+        }
+        .insert(&txn)
+        .await?;
+        save_request(&txn, tenant, request_id, &new.version.to_string(), now).await?;
+        txn.commit().await?;
+        tracing::info!(tenant, version = new.version, "scoring model published");
+        Ok((new, now, false))
+    }
+
+    /// The state of `lead_id` (or of the lead it was merged into).
+    pub async fn lead(&self, tenant: &str, lead_id: &str) -> Result<Option<LeadState>, Error> {
+        load_lead(&self.db, tenant, lead_id).await
+    }
+
+    /// Applies lead events from ingestion in order, each message id once, in one transaction.
+    pub async fn apply_lead_events(
+        &self,
+        events: Vec<LeadEvent>,
+        now: DateTime<Utc>,
+    ) -> Result<Applied, Error> {
+        let txn = self.db.begin().await?;
+        let mut applied = Applied::default();
+        let mut out = Vec::new();
+        for event in events {
+            let header = event
+                .header
+                .clone()
+                .ok_or_else(|| Error::invalid("events[].header", "required"))?;
+            if !inbox::claim(&txn, &header.message_id, &header.tenant_id, now).await? {
+                applied.duplicates += 1;
+                continue;
+            }
+            let (model, _) = self.active_model(&txn, &header.tenant_id).await?;
+            let produced = header
+                .produced_at
+                .as_ref()
+                .and_then(convert::timestamp)
+                .unwrap_or(now);
+            match event.event {
+                Some(Event::ProfileChanged(changed)) => {
+                    let profile = changed.profile.unwrap_or_default();
+                    let mut lead =
+                        load_or_create(&txn, &header.tenant_id, &header.lead_id, &model, produced)
+                            .await?;
+                    let before = lead.score.score(&model, now);
+                    lead.score
+                        .set_profile(&model, convert::profile_attributes(&profile), produced);
+                    lead.profile = profile;
+                    out.push(events::message(events::score_changed(
+                        &lead,
+                        &model,
+                        events::Previous::from(&before),
+                        ScoreChangeReason::Profile,
+                        None,
+                        now,
+                    )));
+                    save_lead(&txn, &mut lead, &model, now).await?;
+                }
+                Some(Event::ActivityRecorded(recorded)) => {
+                    let activity = recorded.activity.unwrap_or_default();
+                    let fact = convert::fact_from_pb(&recorded.activity_id, &activity)
+                        .map_err(Error::Invalid)?;
+                    let mut lead =
+                        load_or_create(&txn, &header.tenant_id, &header.lead_id, &model, produced)
+                            .await?;
+                    let lead_id = lead.row.lead_id.clone();
+                    insert_fact(&txn, &header.tenant_id, &lead_id, &fact).await?;
+                    let before = lead.score.score(&model, now);
+                    lead.score.sweep(&model, fact.occurred_at);
+                    lead.score.apply_activity(&model, &fact);
+                    let hand_raise = model.hand_raise_types.contains(&fact.activity_type);
+                    let after = lead.score.score(&model, now);
+                    if hand_raise || events::moved(&before, &after) {
+                        out.push(events::message(events::score_changed(
+                            &lead,
+                            &model,
+                            events::Previous::from(&before),
+                            ScoreChangeReason::Activity,
+                            Some((&fact.id, &activity, hand_raise)),
+                            now,
+                        )));
+                    }
+                    save_lead(&txn, &mut lead, &model, now).await?;
+                }
+                Some(Event::LeadsMerged(merged)) => {
+                    if let Some(message) = self
+                        .merge(
+                            &txn,
+                            &header.tenant_id,
+                            &merged.source_lead_id,
+                            &header.lead_id,
+                            merged.profile.unwrap_or_default(),
+                            &model,
+                            now,
+                        )
+                        .await?
+                    {
+                        out.push(message);
+                    }
+                }
+                None => return Err(Error::invalid("events[].event", "required")),
+            }
+            applied.applied += 1;
+        }
+        let enqueued = !out.is_empty();
+        outbox::enqueue(&txn, out, now).await?;
+        txn.commit().await?;
+        if enqueued {
+            self.wakeup.wake();
+        }
+        Ok(applied)
+    }
+
+    /// Re-keys `source`'s facts to `target` and re-derives `target`'s score from the merged
+    /// history: no point lost, none counted twice.
+    #[allow(clippy::too_many_arguments)]
+    async fn merge(
+        &self,
+        txn: &DatabaseTransaction,
+        tenant: &str,
+        source: &str,
+        target: &str,
+        profile: common::Profile,
+        model: &Model,
+        now: DateTime<Utc>,
+    ) -> Result<Option<NewMessage>, Error> {
+        fact::Entity::update_many()
+            .col_expr(fact::Column::LeadId, Expr::value(target))
+            .filter(fact::Column::TenantId.eq(tenant))
+            .filter(fact::Column::LeadId.eq(source))
+            .exec(txn)
+            .await?;
+        let source_first_seen =
+            lead_score::Entity::find_by_id((tenant.to_owned(), source.to_owned()))
+                .one(txn)
+                .await?
+                .map(|r| r.first_seen);
+        lead_score::Entity::update_many()
+            .col_expr(lead_score::Column::MergedInto, Expr::value(target))
+            .filter(lead_score::Column::TenantId.eq(tenant))
+            .filter(
+                lead_score::Column::LeadId
+                    .eq(source)
+                    .or(lead_score::Column::MergedInto.eq(source)),
+            )
+            .exec(txn)
+            .await?;
+        let mut lead =
+            load_or_create(txn, tenant, target, model, source_first_seen.unwrap_or(now)).await?;
+        let first_seen =
+            source_first_seen.map_or(lead.row.first_seen, |s| Ord::min(s, lead.row.first_seen));
+        let facts = lead_facts(txn, tenant, target).await?;
+        let before = lead.score.score(model, now);
+        lead.score = LeadScore::replay(
+            model,
+            &convert::profile_attributes(&profile),
+            &facts,
+            first_seen,
+            now,
+        );
+        lead.row.first_seen = first_seen;
+        lead.profile = profile;
+        let mut changed = events::score_changed(
+            &lead,
+            model,
+            events::Previous::from(&before),
+            ScoreChangeReason::Merge,
+            None,
+            now,
+        );
+        changed.merged_lead_id = source.to_owned();
+        save_lead(txn, &mut lead, model, now).await?;
+        Ok(Some(events::message(changed)))
+    }
+
+    /// Records sales decisions and outcomes for the closed loop, each message id once.
+    pub async fn record_decisions(
+        &self,
+        events: Vec<(String, String, String, Vec<u8>)>,
+        now: DateTime<Utc>,
+    ) -> Result<Applied, Error> {
+        let txn = self.db.begin().await?;
+        let mut applied = Applied::default();
+        for (message_id, tenant, lead_id, payload) in events {
+            if !inbox::claim(&txn, &message_id, &tenant, now).await? {
+                applied.duplicates += 1;
+                continue;
+            }
+            decision::ActiveModel {
+                message_id: Set(message_id),
+                tenant_id: Set(tenant),
+                lead_id: Set(lead_id),
+                payload: Set(payload),
+                received_at: Set(now),
+            }
+            .insert(&txn)
+            .await?;
+            applied.applied += 1;
+        }
+        txn.commit().await?;
+        Ok(applied)
+    }
+
+    /// Applies inactivity and announces decay for every lead, a page at a time: a lead whose
+    /// rounded score or grade moved since it was last announced gets a score change.
+    pub async fn sweep(&self, now: DateTime<Utc>) -> Result<usize, Error> {
+        let mut after: Option<(String, String)> = None;
+        let mut announced = 0;
+        loop {
+            let mut query = lead_score::Entity::find()
+                .filter(lead_score::Column::MergedInto.is_null())
+                .order_by_asc(lead_score::Column::TenantId)
+                .order_by_asc(lead_score::Column::LeadId)
+                .limit(200);
+            if let Some((tenant, lead)) = &after {
+                query = query.filter(
+                    lead_score::Column::TenantId.gt(tenant.clone()).or(
+                        lead_score::Column::TenantId
+                            .eq(tenant.clone())
+                            .and(lead_score::Column::LeadId.gt(lead.clone())),
+                    ),
+                );
+            }
+            let page = query.all(&self.db).await?;
+            let Some(last) = page.last() else { break };
+            after = Some((last.tenant_id.clone(), last.lead_id.clone()));
+            let txn = self.db.begin().await?;
+            let mut out = Vec::new();
+            for row in page {
+                let (model, _) = self.active_model(&txn, &row.tenant_id).await?;
+                let mut lead = decode(row, false)?;
+                let lines = lead.score.sweep(&model, now);
+                let view = lead.score.score(&model, now);
+                let grade = convert::grade_to_pb(view.grade) as i32;
+                let moved = view.score.round() != lead.row.announced_score.round()
+                    || grade != lead.row.announced_grade;
+                if lines.is_empty() && !moved {
+                    continue;
+                }
+                if moved {
+                    let reason = if lines.is_empty() {
+                        ScoreChangeReason::Decay
+                    } else {
+                        ScoreChangeReason::Inactivity
+                    };
+                    let previous = events::Previous {
+                        score: lead.row.announced_score,
+                        grade: lead.row.announced_grade,
+                    };
+                    out.push(events::message(events::score_changed(
+                        &lead, &model, previous, reason, None, now,
+                    )));
+                    announced += 1;
+                }
+                save_lead(&txn, &mut lead, &model, now).await?;
+            }
+            let enqueued = !out.is_empty();
+            outbox::enqueue(&txn, out, now).await?;
+            txn.commit().await?;
+            if enqueued {
+                self.wakeup.wake();
+            }
+        }
+        Ok(announced)
+    }
+
+    /// Creates a rescore job under the active model; a repeated request id answers its job.
+    pub async fn create_job(
+        &self,
+        tenant: &str,
+        request_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(rescore_job::Model, bool), Error> {
+        let txn = self.db.begin().await?;
+        if let Some(job_id) = find_request(&txn, tenant, request_id).await? {
+            let job = rescore_job::Entity::find_by_id((tenant.to_owned(), job_id))
+                .one(&txn)
+                .await?
+                .ok_or_else(|| Error::Corrupt("job missing".into()))?;
+            return Ok((job, true));
+        }
+        let (model, _) = self.active_model(&txn, tenant).await?;
+        let job = rescore_job::ActiveModel {
+            tenant_id: Set(tenant.to_owned()),
+            job_id: Set(uuid::Uuid::now_v7().to_string()),
+            model_version: Set(model.version),
+            state: Set(leadflow_proto::scoring::v1::RescoreJobState::Queued as i32),
+            total_leads: Set(0),
+            processed_leads: Set(0),
+            changed_leads: Set(0),
+            created_at: Set(now),
+            started_at: Set(None),
+            ended_at: Set(None),
+            error: Set(None),
+        }
+        .insert(&txn)
+        .await?;
+        save_request(&txn, tenant, request_id, &job.job_id, now).await?;
+        txn.commit().await?;
+        Ok((job, false))
+    }
+
+    /// A job of the tenant.
+    pub async fn job(
+        &self,
+        tenant: &str,
+        job_id: &str,
+    ) -> Result<Option<rescore_job::Model>, Error> {
+        Ok(
+            rescore_job::Entity::find_by_id((tenant.to_owned(), job_id.to_owned()))
+                .one(&self.db)
+                .await?,
+        )
+    }
+
+    /// Jobs not finished (queued or running), to resume after a restart.
+    pub async fn unfinished_jobs(&self) -> Result<Vec<rescore_job::Model>, Error> {
+        use leadflow_proto::scoring::v1::RescoreJobState;
+        Ok(rescore_job::Entity::find()
+            .filter(rescore_job::Column::State.is_in([
+                RescoreJobState::Queued as i32,
+                RescoreJobState::Running as i32,
+            ]))
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Runs a job: re-scores every lead of the tenant from its facts under the job's model,
+    /// announcing the leads whose score or grade changed, recording progress as it goes.
+    pub async fn run_job(
+        &self,
+        job: rescore_job::Model,
+        now: impl Fn() -> DateTime<Utc>,
+    ) -> Result<(), Error> {
+        use leadflow_proto::scoring::v1::RescoreJobState;
+        let tenant = job.tenant_id.clone();
+        let model = self
+            .model(&tenant, job.model_version)
+            .await?
+            .ok_or_else(|| Error::Corrupt("job model missing".into()))?
+            .0;
+        let ids: Vec<String> = lead_score::Entity::find()
+            .select_only()
+            .column(lead_score::Column::LeadId)
+            .filter(lead_score::Column::TenantId.eq(&tenant))
+            .filter(lead_score::Column::MergedInto.is_null())
+            .order_by_asc(lead_score::Column::LeadId)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        let mut progress: rescore_job::ActiveModel = job.into();
+        progress.state = Set(RescoreJobState::Running as i32);
+        progress.started_at = Set(Some(now()));
+        progress.total_leads = Set(ids.len() as i64);
+        progress.processed_leads = Set(0);
+        progress.changed_leads = Set(0);
+        let mut progress: rescore_job::ActiveModel = progress.update(&self.db).await?.into();
+        let (mut processed, mut changed) = (0i64, 0i64);
+        for chunk in ids.chunks(100) {
+            let at = now();
+            let txn = self.db.begin().await?;
+            let mut out = Vec::new();
+            for lead_id in chunk {
+                let Some(mut lead) = load_lead(&txn, &tenant, lead_id).await? else {
+                    continue;
+                };
+                let facts = lead_facts(&txn, &tenant, lead_id).await?;
+                let before = lead.score.score(&model, at);
+                lead.score = LeadScore::replay(
+                    &model,
+                    &convert::profile_attributes(&lead.profile),
+                    &facts,
+                    lead.row.first_seen,
+                    at,
+                );
+                let after = lead.score.score(&model, at);
+                if events::moved(&before, &after) {
+                    changed += 1;
+                    out.push(events::message(events::score_changed(
+                        &lead,
+                        &model,
+                        events::Previous::from(&before),
+                        ScoreChangeReason::Rescore,
+                        None,
+                        at,
+                    )));
+                }
+                save_lead(&txn, &mut lead, &model, at).await?;
+                processed += 1;
+            }
+            let enqueued = !out.is_empty();
+            outbox::enqueue(&txn, out, at).await?;
+            progress.processed_leads = Set(processed);
+            progress.changed_leads = Set(changed);
+            progress = progress.update(&txn).await?.into();
+            txn.commit().await?;
+            if enqueued {
+                self.wakeup.wake();
+            }
+        }
+        progress.state = Set(RescoreJobState::Succeeded as i32);
+        progress.ended_at = Set(Some(now()));
+        progress.update(&self.db).await?;
+        tracing::info!(tenant, processed, changed, "rescore job finished");
+        Ok(())
+    }
+
+    /// Marks a job failed.
+    pub async fn fail_job(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        use leadflow_proto::scoring::v1::RescoreJobState;
+        rescore_job::Entity::update_many()
+            .col_expr(
+                rescore_job::Column::State,
+                Expr::value(RescoreJobState::Failed as i32),
+            )
+            .col_expr(rescore_job::Column::Error, Expr::value(error))
+            .col_expr(rescore_job::Column::EndedAt, Expr::value(now))
+            .filter(rescore_job::Column::TenantId.eq(tenant))
+            .filter(rescore_job::Column::JobId.eq(job_id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Model `version` of the tenant on `conn` (0: the default model).
+async fn model_on<C: ConnectionTrait>(
+    conn: &C,
+    tenant: &str,
+    version: i32,
+) -> Result<Option<(Model, DateTime<Utc>)>, Error> {
+    if version == 0 {
+        return Ok(Some((
+            default_model(),
+            Utc.timestamp_opt(0, 0).single().unwrap_or_default(),
+        )));
+    }
+    let row = model::Entity::find_by_id((tenant.to_owned(), version))
+        .one(conn)
+        .await?;
+    row.map(|row| Ok((parse_model(&row.body)?, row.created_at)))
+        .transpose()
+}
+
+fn parse_model(body: &str) -> Result<Model, Error> {
+    serde_json::from_str(body)
+        .map_err(|err| Error::Corrupt(format!("stored model does not parse: {err}")))
+}
+
+fn decode(row: lead_score::Model, merged: bool) -> Result<LeadState, Error> {
+    let score: LeadScore = serde_json::from_str(&row.state)
+        .map_err(|err| Error::Corrupt(format!("stored lead state does not parse: {err}")))?;
+    let profile = common::Profile::decode(row.profile.as_slice())
+        .map_err(|err| Error::Corrupt(format!("stored profile does not decode: {err}")))?;
+    Ok(LeadState {
+        row,
+        score,
+        profile,
+        merged,
+    })
+}
+
+async fn load_lead<C: ConnectionTrait>(
+    conn: &C,
+    tenant: &str,
+    lead_id: &str,
+) -> Result<Option<LeadState>, Error> {
+    let Some(row) = lead_score::Entity::find_by_id((tenant.to_owned(), lead_id.to_owned()))
+        .one(conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    match row.merged_into.clone() {
+        Some(survivor) => {
+            let survivor = lead_score::Entity::find_by_id((tenant.to_owned(), survivor))
+                .one(conn)
+                .await?;
+            survivor.map(|row| decode(row, true)).transpose()
+        }
+        None => decode(row, false).map(Some),
+    }
+}
+
+async fn load_or_create(
+    txn: &DatabaseTransaction,
+    tenant: &str,
+    lead_id: &str,
+    model: &Model,
+    first_seen: DateTime<Utc>,
+) -> Result<LeadState, Error> {
+    if let Some(lead) = load_lead(txn, tenant, lead_id).await? {
+        return Ok(lead);
+    }
+    let score = LeadScore::new(first_seen);
+    let row = lead_score::Model {
+        tenant_id: tenant.to_owned(),
+        lead_id: lead_id.to_owned(),
+        state: String::new(),
+        profile: Vec::new(),
+        first_seen,
+        model_version: model.version,
+        merged_into: None,
+        announced_score: 0.0,
+        announced_grade: convert::grade_to_pb(crate::domain::Grade::D) as i32,
+        updated_at: first_seen,
+    };
+    let mut row_active: lead_score::ActiveModel = row.clone().into();
+    row_active.state =
+        Set(serde_json::to_string(&score).map_err(|e| Error::Corrupt(e.to_string()))?);
+    row_active.insert(txn).await?;
+    Ok(LeadState {
+        row,
+        score,
+        profile: common::Profile::default(),
+        merged: false,
+    })
+}
+
+async fn save_lead(
+    txn: &DatabaseTransaction,
+    lead: &mut LeadState,
+    model: &Model,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    let view = lead.score.score(model, now);
+    let mut row: lead_score::ActiveModel = lead.row.clone().into();
+    row.state = Set(serde_json::to_string(&lead.score).map_err(|e| Error::Corrupt(e.to_string()))?);
+    row.profile = Set(lead.profile.encode_to_vec());
+    row.first_seen = Set(lead.row.first_seen);
+    row.model_version = Set(model.version);
+    row.announced_score = Set(view.score);
+    row.announced_grade = Set(convert::grade_to_pb(view.grade) as i32);
+    row.updated_at = Set(now);
+    lead.row = row.update(txn).await?;
+    Ok(())
+}
+
+async fn insert_fact(
+    txn: &DatabaseTransaction,
+    tenant: &str,
+    lead_id: &str,
+    fact: &ActivityFact,
+) -> Result<(), Error> {
+    fact::Entity::insert(fact::ActiveModel {
+        tenant_id: Set(tenant.to_owned()),
+        activity_id: Set(fact.id.clone()),
+        lead_id: Set(lead_id.to_owned()),
+        activity_type: Set(fact.activity_type.clone()),
+        occurred_at_us: Set(fact.occurred_at.timestamp_micros()),
+        properties: Set(serde_json::to_string(&fact.properties).unwrap_or_else(|_| "{}".into())),
+    })
+    .on_conflict_do_nothing_on([fact::Column::TenantId, fact::Column::ActivityId])
+    .exec(txn)
+    .await?;
+    Ok(())
+}
+
+async fn lead_facts<C: ConnectionTrait>(
+    conn: &C,
+    tenant: &str,
+    lead_id: &str,
+) -> Result<Vec<ActivityFact>, Error> {
+    let rows = fact::Entity::find()
+        .filter(fact::Column::TenantId.eq(tenant))
+        .filter(fact::Column::LeadId.eq(lead_id))
+        .all(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| ActivityFact {
+            occurred_at: Utc
+                .timestamp_micros(row.occurred_at_us)
+                .single()
+                .unwrap_or_default(),
+            properties: serde_json::from_str::<BTreeMap<String, String>>(&row.properties)
+                .unwrap_or_default(),
+            id: row.activity_id,
+            activity_type: row.activity_type,
+        })
+        .collect())
+}
+
+async fn find_request(
+    txn: &DatabaseTransaction,
+    tenant: &str,
+    request_id: &str,
+) -> Result<Option<String>, Error> {
+    Ok(
+        request::Entity::find_by_id((tenant.to_owned(), request_id.to_owned()))
+            .one(txn)
+            .await?
+            .map(|r| r.result),
+    )
+}
+
+async fn save_request(
+    txn: &DatabaseTransaction,
+    tenant: &str,
+    request_id: &str,
+    result: &str,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    request::ActiveModel {
+        tenant_id: Set(tenant.to_owned()),
+        request_id: Set(request_id.to_owned()),
+        result: Set(result.to_owned()),
+        created_at: Set(now),
+    }
+    .insert(txn)
+    .await?;
+    Ok(())
+}

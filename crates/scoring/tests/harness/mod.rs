@@ -1,0 +1,357 @@
+//! Test harness: scoring on a port-0 listener with a manual clock, typed clients, lead-event
+//! builders, and a stand-in for qualification's internal API that records score changes.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use leadflow_proto::common::v1 as common;
+use leadflow_proto::ingestion::v1::{self as ingestion, lead_event::Event};
+use leadflow_proto::qualification::v1::{
+    ApplyHandoffDecisionsRequest, ApplyHandoffDecisionsResponse, ApplyScoreChangesRequest,
+    ApplyScoreChangesResponse,
+    qualification_internal_service_server::{
+        QualificationInternalService, QualificationInternalServiceServer,
+    },
+};
+use leadflow_proto::scoring::v1::{
+    ScoreChanged, scoring_internal_service_client::ScoringInternalServiceClient,
+    scoring_service_client::ScoringServiceClient,
+};
+use leadflow_runtime::auth::AuthArgs;
+use leadflow_runtime::clock::ManualClock;
+use leadflow_runtime::outbox::OutboxArgs;
+use leadflow_scoring::Config;
+use leadflow_test_support::TestDb;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+/// The tenant of development mode.
+pub(crate) const TENANT: &str = "default";
+
+/// A running scoring server and its clock.
+pub(crate) struct Scoring {
+    addr: SocketAddr,
+    pub(crate) clock: ManualClock,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Scoring {
+    /// Starts scoring on `db`, delivering score changes to `qualification_url`.
+    pub(crate) async fn start(db: &TestDb, qualification_url: String, clock: ManualClock) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let config = Config {
+            listen_addr: addr,
+            database_url: Some(db.url.clone()),
+            data_dir: std::env::temp_dir(),
+            database_max_connections: 5,
+            qualification_url,
+            sweep_interval_ms: 20,
+            auth: AuthArgs::default(),
+            outbox: OutboxArgs {
+                outbox_poll_ms: 50,
+                outbox_batch_size: 10,
+                outbox_backoff_ms: 5,
+                outbox_backoff_max_ms: 50,
+            },
+        };
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(leadflow_scoring::serve(
+            config,
+            listener,
+            Arc::new(clock.clone()),
+            shutdown.clone(),
+        ));
+        Self {
+            addr,
+            clock,
+            shutdown,
+            task,
+        }
+    }
+
+    fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .expect("url")
+            .connect_lazy()
+    }
+
+    /// A public client.
+    pub(crate) fn client(&self) -> ScoringServiceClient<Channel> {
+        ScoringServiceClient::new(self.channel())
+    }
+
+    /// An internal client.
+    pub(crate) fn internal(&self) -> ScoringInternalServiceClient<Channel> {
+        ScoringInternalServiceClient::new(self.channel())
+    }
+
+    /// Shuts down and checks the server stopped without error.
+    pub(crate) async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("stops in time")
+            .expect("task")
+            .expect("served without error");
+    }
+}
+
+/// Records the score changes qualification would receive, deduplicated by message id.
+#[derive(Clone)]
+pub(crate) struct QualificationReceiver {
+    addr: SocketAddr,
+    changes: Arc<Mutex<Vec<ScoreChanged>>>,
+    count: watch::Receiver<usize>,
+}
+
+struct ReceiverService {
+    changes: Arc<Mutex<Vec<ScoreChanged>>>,
+    count: watch::Sender<usize>,
+}
+
+#[tonic::async_trait]
+impl QualificationInternalService for ReceiverService {
+    async fn apply_score_changes(
+        &self,
+        request: Request<ApplyScoreChangesRequest>,
+    ) -> Result<Response<ApplyScoreChangesResponse>, Status> {
+        let mut changes = self.changes.lock().expect("lock");
+        let mut response = ApplyScoreChangesResponse::default();
+        for event in request.into_inner().events {
+            let id = event
+                .header
+                .as_ref()
+                .map(|h| h.message_id.clone())
+                .unwrap_or_default();
+            if changes
+                .iter()
+                .any(|c| c.header.as_ref().is_some_and(|h| h.message_id == id))
+            {
+                response.duplicate_count += 1;
+            } else {
+                changes.push(event);
+                response.applied_count += 1;
+            }
+        }
+        self.count.send_replace(changes.len());
+        Ok(Response::new(response))
+    }
+
+    async fn apply_handoff_decisions(
+        &self,
+        _request: Request<ApplyHandoffDecisionsRequest>,
+    ) -> Result<Response<ApplyHandoffDecisionsResponse>, Status> {
+        Err(Status::failed_precondition("not part of this test"))
+    }
+}
+
+impl QualificationReceiver {
+    /// Starts the receiver on a port-0 listener.
+    pub(crate) async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let changes = Arc::new(Mutex::new(Vec::new()));
+        let (sender, count) = watch::channel(0);
+        let service = ReceiverService {
+            changes: changes.clone(),
+            count: sender,
+        };
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(QualificationInternalServiceServer::new(service))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        Self {
+            addr,
+            changes,
+            count,
+        }
+    }
+
+    /// Its URL.
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Waits until a recorded change satisfies `predicate`, and returns it.
+    pub(crate) async fn wait_for(&self, predicate: impl Fn(&ScoreChanged) -> bool) -> ScoreChanged {
+        let mut count = self.count.clone();
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Some(found) = self
+                    .changes
+                    .lock()
+                    .expect("lock")
+                    .iter()
+                    .find(|c| predicate(c))
+                    .cloned()
+                {
+                    return found;
+                }
+                count.changed().await.expect("receiver alive");
+            }
+        })
+        .await
+        .expect("the score change arrives in time")
+    }
+
+    /// Every change recorded so far.
+    pub(crate) fn changes(&self) -> Vec<ScoreChanged> {
+        self.changes.lock().expect("lock").clone()
+    }
+}
+
+fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: 0,
+    }
+}
+
+fn event(message_id: &str, lead_id: &str, at: DateTime<Utc>, event: Event) -> ingestion::LeadEvent {
+    ingestion::LeadEvent {
+        header: Some(common::MessageHeader {
+            message_id: message_id.to_owned(),
+            tenant_id: TENANT.to_owned(),
+            lead_id: lead_id.to_owned(),
+            produced_at: Some(timestamp(at)),
+            trace_context: Default::default(),
+        }),
+        event: Some(event),
+    }
+}
+
+/// A profile change.
+pub(crate) fn profile_event(
+    message_id: &str,
+    lead_id: &str,
+    at: DateTime<Utc>,
+    profile: common::Profile,
+) -> ingestion::LeadEvent {
+    event(
+        message_id,
+        lead_id,
+        at,
+        Event::ProfileChanged(ingestion::ProfileChanged {
+            profile: Some(profile),
+        }),
+    )
+}
+
+/// An activity.
+pub(crate) fn activity_event(
+    message_id: &str,
+    lead_id: &str,
+    kind: &str,
+    at: DateTime<Utc>,
+    properties: &[(&str, &str)],
+) -> ingestion::LeadEvent {
+    event(
+        message_id,
+        lead_id,
+        at,
+        Event::ActivityRecorded(ingestion::ActivityRecorded {
+            activity_id: format!("act-{message_id}"),
+            activity: Some(common::Activity {
+                r#type: kind.to_owned(),
+                occurred_at: Some(timestamp(at)),
+                properties: properties
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            }),
+        }),
+    )
+}
+
+/// `source` merged into `target`.
+pub(crate) fn merge_event(
+    message_id: &str,
+    target: &str,
+    source: &str,
+    at: DateTime<Utc>,
+    profile: common::Profile,
+) -> ingestion::LeadEvent {
+    event(
+        message_id,
+        target,
+        at,
+        Event::LeadsMerged(ingestion::LeadsMerged {
+            source_lead_id: source.to_owned(),
+            profile: Some(profile),
+        }),
+    )
+}
+
+/// The seeds' marketing manager at a tech company.
+pub(crate) fn manager_profile() -> common::Profile {
+    common::Profile {
+        title: Some("Marketing Manager".into()),
+        seniority: common::Seniority::Manager as i32,
+        company_size: Some(200),
+        industry: Some("Software".into()),
+        email: Some("dana@acme-tech.io".into()),
+        ..Default::default()
+    }
+}
+
+/// The seed journey's events for `lead_id`, starting at `t0`: the profile, a guide, three
+/// e-mail opens in two weeks, two pricing visits.
+pub(crate) fn seed_journey(lead_id: &str, t0: DateTime<Utc>) -> Vec<ingestion::LeadEvent> {
+    let day = |d: i64| t0 + chrono::Duration::days(d);
+    vec![
+        profile_event(&format!("{lead_id}-p"), lead_id, t0, manager_profile()),
+        activity_event(
+            &format!("{lead_id}-1"),
+            lead_id,
+            "content_download",
+            day(0),
+            &[("asset_id", "guide-7")],
+        ),
+        activity_event(
+            &format!("{lead_id}-2"),
+            lead_id,
+            "email_open",
+            day(2),
+            &[("asset_id", "n1")],
+        ),
+        activity_event(
+            &format!("{lead_id}-3"),
+            lead_id,
+            "email_open",
+            day(7),
+            &[("asset_id", "n2")],
+        ),
+        activity_event(
+            &format!("{lead_id}-4"),
+            lead_id,
+            "email_open",
+            day(12),
+            &[("asset_id", "n3")],
+        ),
+        activity_event(
+            &format!("{lead_id}-5"),
+            lead_id,
+            "page_view",
+            day(13),
+            &[("path", "/pricing")],
+        ),
+        activity_event(
+            &format!("{lead_id}-6"),
+            lead_id,
+            "page_view",
+            day(14),
+            &[("path", "/pricing")],
+        ),
+    ]
+}

@@ -1,0 +1,669 @@
+//! Scoring over real gRPC clients on SQLite and PostgreSQL: lead events in, scores, explanations
+//! and what-ifs out, model publication and rescoring, the inactivity sweeper on a manual clock,
+//! merges, and every RPC's error paths.
+
+mod harness;
+
+use chrono::{Duration, Utc};
+use harness::{
+    QualificationReceiver, Scoring, activity_event, manager_profile, merge_event, profile_event,
+    seed_journey,
+};
+use leadflow_proto::common::v1 as common;
+use leadflow_proto::scoring::v1::{self as pb, ScoreChangeReason};
+use leadflow_runtime::clock::{Clock, ManualClock};
+use leadflow_runtime::error::field_violations;
+use leadflow_scoring::convert::model_to_pb;
+use leadflow_scoring::domain::default_model::default_model;
+use leadflow_test_support::{TestDb, on_both_backends};
+use tonic::Code;
+
+fn fields(status: &tonic::Status) -> Vec<String> {
+    field_violations(status)
+        .into_iter()
+        .map(|v| v.field)
+        .collect()
+}
+
+async fn start(db: &TestDb) -> (Scoring, QualificationReceiver) {
+    let receiver = QualificationReceiver::start().await;
+    let t0 = Utc::now() - Duration::days(30);
+    let scoring = Scoring::start(
+        db,
+        receiver.url(),
+        ManualClock::new(t0 + Duration::days(14)),
+    )
+    .await;
+    (scoring, receiver)
+}
+
+fn journey_start(scoring: &Scoring) -> chrono::DateTime<Utc> {
+    scoring.clock.now() - Duration::days(14)
+}
+
+async fn the_seed_journey_scores_an_mql_and_explains_it(db: TestDb) {
+    let (scoring, receiver) = start(&db).await;
+    let t0 = journey_start(&scoring);
+    let applied = scoring
+        .internal()
+        .apply_lead_events(pb::ApplyLeadEventsRequest {
+            events: seed_journey("lead-1", t0),
+        })
+        .await
+        .expect("apply")
+        .into_inner();
+    assert_eq!((applied.applied_count, applied.duplicate_count), (7, 0));
+    let again = scoring
+        .internal()
+        .apply_lead_events(pb::ApplyLeadEventsRequest {
+            events: seed_journey("lead-1", t0),
+        })
+        .await
+        .expect("replay")
+        .into_inner();
+    assert_eq!(
+        (again.applied_count, again.duplicate_count),
+        (0, 7),
+        "each message id applies once"
+    );
+
+    let score = scoring
+        .client()
+        .get_score(pb::GetScoreRequest {
+            lead_id: "lead-1".into(),
+        })
+        .await
+        .expect("score")
+        .into_inner()
+        .score
+        .expect("score");
+    assert!(
+        score.score > 60.0,
+        "the seed MQL scores over the default threshold: {}",
+        score.score
+    );
+    assert_eq!(score.fit_grade, common::FitGrade::A as i32);
+
+    let explanation = scoring
+        .client()
+        .explain_score(pb::ExplainScoreRequest {
+            lead_id: "lead-1".into(),
+        })
+        .await
+        .expect("explain")
+        .into_inner()
+        .explanation
+        .expect("explanation");
+    let total: f64 = explanation.contributions.iter().map(|c| c.value).sum();
+    let explained = explanation.score.expect("score");
+    assert_eq!(
+        total, explained.score,
+        "the contributions add up to the score exactly"
+    );
+    assert!((explained.score - score.score).abs() < 1e-9);
+    let rounded: i32 = explanation
+        .contributions
+        .iter()
+        .map(|c| c.rounded_value)
+        .sum();
+    assert_eq!(rounded, explained.rounded_score);
+    let scored: std::collections::HashSet<&str> = explanation
+        .contributions
+        .iter()
+        .filter(|c| c.kind == pb::ContributionKind::BehaviorRule as i32)
+        .map(|c| c.activity_id.as_str())
+        .collect();
+    assert_eq!(
+        scored.len(),
+        6,
+        "every activity scored, the replay counted nothing twice"
+    );
+    let pricing_lines = explanation
+        .contributions
+        .iter()
+        .filter(|c| c.rule_id == "pricing-page-view")
+        .count();
+    assert_eq!(pricing_lines, 2, "two pricing visits, one line each");
+
+    let last = receiver
+        .wait_for(|c| c.score.as_ref().is_some_and(|s| s.score > 60.0))
+        .await;
+    assert_eq!(last.header.as_ref().expect("header").lead_id, "lead-1");
+    assert!(
+        last.profile
+            .as_ref()
+            .is_some_and(|p| p.title.as_deref() == Some("Marketing Manager")),
+        "qualification gets the profile"
+    );
+    scoring.stop().await;
+}
+
+async fn a_hand_raise_is_announced_as_such(db: TestDb) {
+    let (scoring, receiver) = start(&db).await;
+    let now = scoring.clock.now();
+    scoring
+        .internal()
+        .apply_lead_events(pb::ApplyLeadEventsRequest {
+            events: vec![activity_event("d1", "lead-2", "demo_request", now, &[])],
+        })
+        .await
+        .expect("apply");
+    let change = receiver.wait_for(|c| c.hand_raise).await;
+    assert_eq!(change.reason, ScoreChangeReason::Activity as i32);
+    assert_eq!(
+        change.triggering_activity.expect("activity").r#type,
+        "demo_request"
+    );
+    assert_eq!(change.score.expect("score").hand_raises.len(), 1);
+    scoring.stop().await;
+}
+
+async fn batch_get_reports_unknown_ids(db: TestDb) {
+    let (scoring, _receiver) = start(&db).await;
+    let now = scoring.clock.now();
+    scoring
+        .internal()
+        .apply_lead_events(pb::ApplyLeadEventsRequest {
+            events: vec![activity_event("e1", "known", "pricing_view", now, &[])],
+        })
+        .await
+        .expect("apply");
+    let response = scoring
+        .client()
+        .batch_get_scores(pb::BatchGetScoresRequest {
+            lead_ids: vec!["known".into(), "unknown".into()],
+        })
+        .await
+        .expect("batch")
+        .into_inner();
+    assert_eq!(response.results.len(), 1);
+    assert_eq!(response.results[0].requested_lead_id, "known");
+    assert_eq!(response.not_found_lead_ids, ["unknown"]);
+    let status = scoring
+        .client()
+        .batch_get_scores(pb::BatchGetScoresRequest { lead_ids: vec![] })
+        .await
+        .expect_err("empty");
+    assert_eq!(fields(&status), ["lead_ids"]);
+    let too_many = (0..1001).map(|i| i.to_string()).collect();
+    let status = scoring
+        .client()
+        .batch_get_scores(pb::BatchGetScoresRequest { lead_ids: too_many })
+        .await
+        .expect_err("too many");
+    assert_eq!(fields(&status), ["lead_ids"]);
+    scoring.stop().await;
+}
+
+async fn error_paths_name_the_field_or_say_not_found(db: TestDb) {
+    let (scoring, _receiver) = start(&db).await;
+    let mut client = scoring.client();
+    let status = client
+        .get_score(pb::GetScoreRequest {
+            lead_id: " ".into(),
+        })
+        .await
+        .expect_err("empty id");
+    assert_eq!(
+        (status.code(), fields(&status)),
+        (Code::InvalidArgument, vec!["lead_id".to_owned()])
+    );
+    assert_eq!(
+        client
+            .get_score(pb::GetScoreRequest {
+                lead_id: "nope".into()
+            })
+            .await
+            .expect_err("unknown")
+            .code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        client
+            .explain_score(pb::ExplainScoreRequest {
+                lead_id: "nope".into()
+            })
+            .await
+            .expect_err("unknown")
+            .code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        client
+            .get_model(pb::GetModelRequest { version: 7 })
+            .await
+            .expect_err("no version 7")
+            .code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        client
+            .get_rescore_job(pb::GetRescoreJobRequest {
+                job_id: "nope".into()
+            })
+            .await
+            .expect_err("unknown job")
+            .code(),
+        Code::NotFound
+    );
+    let status = client
+        .rescore(pb::RescoreRequest {
+            request_id: String::new(),
+        })
+        .await
+        .expect_err("no request id");
+    assert_eq!(fields(&status), ["request_id"]);
+
+    let mut bad = model_to_pb(&default_model(), Utc::now());
+    bad.behavior_rules[0].points = 0.0;
+    bad.fit_rules[1].id = bad.fit_rules[0].id.clone();
+    let status = client
+        .publish_model(pb::PublishModelRequest {
+            request_id: "r1".into(),
+            model: Some(bad),
+        })
+        .await
+        .expect_err("invalid model");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let violated = fields(&status);
+    assert!(
+        violated.contains(&"model.behavior_rules[0].points".to_owned()),
+        "{violated:?}"
+    );
+    assert!(
+        violated.contains(&"model.fit_rules[1].id".to_owned()),
+        "{violated:?}"
+    );
+    let status = client
+        .publish_model(pb::PublishModelRequest {
+            request_id: "r1".into(),
+            model: None,
+        })
+        .await
+        .expect_err("no model");
+    assert_eq!(fields(&status), ["model"]);
+
+    let status = client
+        .what_if(pb::WhatIfRequest {
+            activities: vec![common::Activity {
+                r#type: "page_view".into(),
+                occurred_at: None,
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect_err("activity without time");
+    assert_eq!(fields(&status), ["activities[0].occurred_at"]);
+
+    let status = scoring
+        .internal()
+        .apply_lead_events(pb::ApplyLeadEventsRequest {
+            events: vec![Default::default()],
+        })
+        .await
+        .expect_err("no header");
+    assert_eq!(fields(&status), ["events[0].header"]);
+    scoring.stop().await;
+}
+
+async fn what_if_scores_without_storing(db: TestDb) {
+    let (scoring, receiver) = start(&db).await;
+    let now = scoring.clock.now();
+    let activities: Vec<common::Activity> = seed_journey("x", now - Duration::days(14))
+        .into_iter()
+        .filter_map(|e| match e.event {
+            Some(leadflow_proto::ingestion::v1::lead_event::Event::ActivityRecorded(a)) => {
+                a.activity
+            }
+            _ => None,
+        })
+        .collect();
+    let explanation = scoring
+        .client()
+        .what_if(pb::WhatIfRequest {
+            profile: Some(manager_profile()),
+            activities,
+            ..Default::default()
+        })
+        .await
+        .expect("what if")
+        .into_inner()
+        .explanation
+        .expect("explanation");
+    assert!(explanation.score.expect("score").score > 60.0);
+    assert_eq!(
+        explanation
+            .contributions
+            .iter()
+            .filter(|c| !c.activity_id.is_empty())
+            .map(|c| c.activity_id.as_str())
+            .min(),
+        Some("0"),
+        "activities are named by index"
+    );
+    // Nothing was stored or announced: the first change qualification sees is a real one.
+    scoring
+        .internal()
+        .apply_lead_events(pb::ApplyLeadEventsRequest {
+            events: vec![activity_event(
+                "real",
+                "real-lead",
+                "demo_request",
+                now,
+                &[],
+            )],
+        })
+        .await
+        .expect("apply");
+    receiver.wait_for(|c| c.hand_raise).await;
+    let leads: Vec<String> = receiver
+        .changes()
+        .iter()
+        .map(|c| c.header.as_ref().expect("h").lead_id.clone())
+        .collect();
+    assert_eq!(leads, ["real-lead"]);
+    assert_eq!(
+        scoring
+            .client()
+            .get_score(pb::GetScoreRequest {
+                lead_id: String::new() + "x"
+            })
+            .await
+            .expect_err("not stored")
+            .code(),
+        Code::NotFound
+    );
+    scoring.stop().await;
+}
+
+async fn a_new_model_and_rescore_change_existing_scores(db: TestDb) {
+    let (scoring, receiver) = start(&db).await;
+    let t0 = journey_start(&scoring);
+    scoring
+        .internal()
+        .apply_lead_events(pb::ApplyLeadEventsRequest {
+            events: seed_journey("lead-r", t0),
+        })
+        .await
+        .expect("apply");
+    let before = scoring
+        .client()
+        .get_score(pb::GetScoreRequest {
+            lead_id: "lead-r".into(),
+        })
+        .await
+        .expect("score")
+        .into_inner()
+        .score
+        .expect("s");
+    assert_eq!(before.model_version, 0, "the default model");
+
+    let mut doubled = default_model();
+    for rule in &mut doubled.behavior_rules {
+        rule.points *= 2.0;
+    }
+    doubled.description = "engagement counts double".into();
+    let published = scoring
+        .client()
+        .publish_model(pb::PublishModelRequest {
+            request_id: "pub-1".into(),
+            model: Some(model_to_pb(&doubled, Utc::now())),
+        })
+        .await
+        .expect("publish")
+        .into_inner();
+    assert_eq!(published.model.as_ref().expect("model").version, 1);
+    let replay = scoring
+        .client()
+        .publish_model(pb::PublishModelRequest {
+            request_id: "pub-1".into(),
+            model: Some(model_to_pb(&doubled, Utc::now())),
+        })
+        .await
+        .expect("replay")
+        .into_inner();
+    assert!(replay.duplicate);
+    let listed = scoring
+        .client()
+        .list_model_versions(pb::ListModelVersionsRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!((listed.models.len(), listed.active_version), (1, 1));
+    let unchanged = scoring
+        .client()
+        .get_score(pb::GetScoreRequest {
+            lead_id: "lead-r".into(),
+        })
+        .await
+        .expect("score")
+        .into_inner()
+        .score
+        .expect("s");
+    assert_eq!(
+        unchanged.model_version, 0,
+        "publishing alone changes no score"
+    );
+
+    let job = scoring
+        .client()
+        .rescore(pb::RescoreRequest {
+            request_id: "job-1".into(),
+        })
+        .await
+        .expect("rescore")
+        .into_inner()
+        .job
+        .expect("job");
+    receiver
+        .wait_for(|c| c.reason == ScoreChangeReason::Rescore as i32)
+        .await;
+    let job = wait_for_job(&scoring, &job.job_id).await;
+    assert_eq!(
+        (job.total_leads, job.processed_leads, job.changed_leads),
+        (1, 1, 1)
+    );
+    let after = scoring
+        .client()
+        .get_score(pb::GetScoreRequest {
+            lead_id: "lead-r".into(),
+        })
+        .await
+        .expect("score")
+        .into_inner()
+        .score
+        .expect("s");
+    assert_eq!(after.model_version, 1);
+    // Doubled points, within the same caps (the e-mail cap of 20 points per 14 days now binds).
+    assert!(
+        after.engagement_points > before.engagement_points * 1.5,
+        "{} vs {}",
+        after.engagement_points,
+        before.engagement_points
+    );
+    let explanation = scoring
+        .client()
+        .explain_score(pb::ExplainScoreRequest {
+            lead_id: "lead-r".into(),
+        })
+        .await
+        .expect("explain")
+        .into_inner()
+        .explanation
+        .expect("e");
+    assert!(
+        explanation
+            .contributions
+            .iter()
+            .all(|c| c.model_version == 1),
+        "the ledger says which model scored each line"
+    );
+    scoring.stop().await;
+}
+
+async fn wait_for_job(scoring: &Scoring, job_id: &str) -> pb::RescoreJob {
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            let job = scoring
+                .client()
+                .get_rescore_job(pb::GetRescoreJobRequest {
+                    job_id: job_id.into(),
+                })
+                .await
+                .expect("job")
+                .into_inner()
+                .job
+                .expect("job");
+            if job.state == pb::RescoreJobState::Succeeded as i32 {
+                return job;
+            }
+            assert_ne!(
+                job.state,
+                pb::RescoreJobState::Failed as i32,
+                "{}",
+                job.error_message
+            );
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the job finishes in time")
+}
+
+async fn a_cold_lead_loses_points_by_the_sweeper(db: TestDb) {
+    let (scoring, receiver) = start(&db).await;
+    let now = scoring.clock.now();
+    scoring
+        .internal()
+        .apply_lead_events(pb::ApplyLeadEventsRequest {
+            events: vec![
+                profile_event("p", "cold", now, manager_profile()),
+                activity_event("o", "cold", "email_open", now, &[("asset_id", "n1")]),
+            ],
+        })
+        .await
+        .expect("apply");
+    let before = scoring
+        .client()
+        .get_score(pb::GetScoreRequest {
+            lead_id: "cold".into(),
+        })
+        .await
+        .expect("score")
+        .into_inner()
+        .score
+        .expect("s");
+    scoring.clock.advance(Duration::days(15));
+    let change = receiver
+        .wait_for(|c| c.reason == ScoreChangeReason::Inactivity as i32)
+        .await;
+    let after = change.score.expect("score");
+    assert!(
+        after.score < before.score - 9.0,
+        "no e-mail opened for 14 days costs points: {} -> {}",
+        before.score,
+        after.score
+    );
+    let explanation = scoring
+        .client()
+        .explain_score(pb::ExplainScoreRequest {
+            lead_id: "cold".into(),
+        })
+        .await
+        .expect("explain")
+        .into_inner()
+        .explanation
+        .expect("e");
+    assert!(
+        explanation
+            .contributions
+            .iter()
+            .any(|c| c.kind == pb::ContributionKind::InactivityRule as i32
+                && c.rule_id == "no-email-open-14d")
+    );
+    scoring.stop().await;
+}
+
+async fn a_merge_counts_every_point_once(db: TestDb) {
+    let (scoring, _receiver) = start(&db).await;
+    let t0 = journey_start(&scoring);
+    let mut events = seed_journey("survivor", t0);
+    // The anonymous visitor's history: the pricing visits, recorded under another lead.
+    let pricing = events.split_off(5);
+    let visitor: Vec<_> = pricing
+        .into_iter()
+        .map(|mut e| {
+            e.header.as_mut().expect("h").lead_id = "visitor".into();
+            e
+        })
+        .collect();
+    events.extend(visitor);
+    events.push(merge_event(
+        "merge",
+        "survivor",
+        "visitor",
+        t0 + Duration::days(14),
+        manager_profile(),
+    ));
+    scoring
+        .internal()
+        .apply_lead_events(pb::ApplyLeadEventsRequest { events })
+        .await
+        .expect("apply");
+    let merged = scoring
+        .client()
+        .get_score(pb::GetScoreRequest {
+            lead_id: "survivor".into(),
+        })
+        .await
+        .expect("score")
+        .into_inner()
+        .score
+        .expect("s");
+
+    let whole = seed_journey("whole", t0);
+    scoring
+        .internal()
+        .apply_lead_events(pb::ApplyLeadEventsRequest { events: whole })
+        .await
+        .expect("apply");
+    let reference = scoring
+        .client()
+        .get_score(pb::GetScoreRequest {
+            lead_id: "whole".into(),
+        })
+        .await
+        .expect("score")
+        .into_inner()
+        .score
+        .expect("s");
+    assert!(
+        (merged.score - reference.score).abs() < 1e-9,
+        "merged {} vs one history {}",
+        merged.score,
+        reference.score
+    );
+    let absorbed = scoring
+        .client()
+        .get_score(pb::GetScoreRequest {
+            lead_id: "visitor".into(),
+        })
+        .await
+        .expect("merged id")
+        .into_inner();
+    assert!(absorbed.merged);
+    assert_eq!(absorbed.score.expect("s").lead_id, "survivor");
+    scoring.stop().await;
+}
+
+on_both_backends! {
+    seed_journey_scores => the_seed_journey_scores_an_mql_and_explains_it;
+    hand_raise => a_hand_raise_is_announced_as_such;
+    batch_get => batch_get_reports_unknown_ids;
+    error_paths => error_paths_name_the_field_or_say_not_found;
+    what_if => what_if_scores_without_storing;
+    rescore => a_new_model_and_rescore_change_existing_scores;
+    inactivity_sweeper => a_cold_lead_loses_points_by_the_sweeper;
+    merge => a_merge_counts_every_point_once;
+}

@@ -1,0 +1,250 @@
+//! Ingestion and scoring as separate services over gRPC, each with its own database: the seed
+//! journey tracked at ingestion is scored through the outbox, and restarting ingestion half-way
+//! loses nothing and counts nothing twice. On SQLite and on PostgreSQL.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use leadflow_proto::common::v1::{Activity, Profile, Seniority};
+use leadflow_proto::ingestion::v1::{
+    IdentifyRequest, LeadIdentity, TrackRequest, ingestion_service_client::IngestionServiceClient,
+};
+use leadflow_proto::scoring::v1::{
+    ContributionKind, ExplainScoreRequest, scoring_service_client::ScoringServiceClient,
+};
+use leadflow_runtime::auth::AuthArgs;
+use leadflow_runtime::clock::SystemClock;
+use leadflow_runtime::outbox::OutboxArgs;
+use leadflow_test_support::{Backend, TestDb};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+fn fast_outbox() -> OutboxArgs {
+    OutboxArgs {
+        outbox_poll_ms: 50,
+        outbox_batch_size: 10,
+        outbox_backoff_ms: 5,
+        outbox_backoff_max_ms: 50,
+    }
+}
+
+struct Running {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .expect("url")
+            .connect_lazy()
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("stops")
+            .expect("task")
+            .expect("clean");
+    }
+}
+
+async fn scoring(db: &TestDb) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let config = leadflow_scoring::Config {
+        listen_addr: addr,
+        database_url: Some(db.url.clone()),
+        data_dir: std::env::temp_dir(),
+        database_max_connections: 5,
+        qualification_url: "http://127.0.0.1:9".into(),
+        sweep_interval_ms: 60_000,
+        auth: AuthArgs::default(),
+        outbox: fast_outbox(),
+    };
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(leadflow_scoring::serve(
+        config,
+        listener,
+        Arc::new(SystemClock),
+        shutdown.clone(),
+    ));
+    Running {
+        addr,
+        shutdown,
+        task,
+    }
+}
+
+async fn ingestion(db: &TestDb, scoring: &Running) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let config = leadflow_ingestion::Config {
+        listen_addr: addr,
+        database_url: Some(db.url.clone()),
+        data_dir: std::env::temp_dir(),
+        database_max_connections: 5,
+        scoring_url: format!("http://{}", scoring.addr),
+        auth: AuthArgs::default(),
+        outbox: fast_outbox(),
+    };
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(leadflow_ingestion::serve(
+        config,
+        listener,
+        Arc::new(SystemClock),
+        shutdown.clone(),
+    ));
+    Running {
+        addr,
+        shutdown,
+        task,
+    }
+}
+
+fn track(message_id: &str, kind: &str, days_ago: i64, asset: &[(&str, &str)]) -> TrackRequest {
+    let at = chrono::Utc::now() - chrono::Duration::days(days_ago);
+    TrackRequest {
+        message_id: message_id.into(),
+        identity: Some(LeadIdentity {
+            user_id: "dana".into(),
+            anonymous_id: String::new(),
+        }),
+        activity: Some(Activity {
+            r#type: kind.into(),
+            occurred_at: Some(prost_types::Timestamp {
+                seconds: at.timestamp(),
+                nanos: 0,
+            }),
+            properties: asset
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }),
+    }
+}
+
+async fn seed_journey_is_scored_across_a_restart(backend: Backend) {
+    let (Some(ingestion_db), Some(scoring_db)) =
+        (TestDb::new(backend).await, TestDb::new(backend).await)
+    else {
+        return;
+    };
+    let scoring = scoring(&scoring_db).await;
+    let first = ingestion(&ingestion_db, &scoring).await;
+    let mut client = IngestionServiceClient::new(first.channel());
+    let lead_id = client
+        .identify(IdentifyRequest {
+            message_id: "profile".into(),
+            identity: Some(LeadIdentity {
+                user_id: "dana".into(),
+                anonymous_id: String::new(),
+            }),
+            profile: Some(Profile {
+                title: Some("Marketing Manager".into()),
+                seniority: Seniority::Manager as i32,
+                company_size: Some(200),
+                industry: Some("Software".into()),
+                ..Default::default()
+            }),
+            occurred_at: None,
+        })
+        .await
+        .expect("identify")
+        .into_inner()
+        .lead_id;
+    client
+        .track(track(
+            "guide",
+            "content_download",
+            14,
+            &[("asset_id", "guide-7")],
+        ))
+        .await
+        .expect("track");
+    client
+        .track(track("open-1", "email_open", 12, &[("asset_id", "n1")]))
+        .await
+        .expect("track");
+    client
+        .track(track("open-2", "email_open", 7, &[("asset_id", "n2")]))
+        .await
+        .expect("track");
+    first.stop().await;
+
+    let second = ingestion(&ingestion_db, &scoring).await;
+    let mut client = IngestionServiceClient::new(second.channel());
+    // A client retrying across the restart: the replay must not count twice.
+    client
+        .track(track("open-2", "email_open", 7, &[("asset_id", "n2")]))
+        .await
+        .expect("replay");
+    client
+        .track(track("open-3", "email_open", 2, &[("asset_id", "n3")]))
+        .await
+        .expect("track");
+    client
+        .track(track("pricing-1", "page_view", 1, &[("path", "/pricing")]))
+        .await
+        .expect("track");
+    client
+        .track(track("pricing-2", "page_view", 0, &[("path", "/pricing")]))
+        .await
+        .expect("track");
+
+    let mut scores = ScoringServiceClient::new(scoring.channel());
+    let explanation = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Ok(response) = scores
+                .explain_score(ExplainScoreRequest {
+                    lead_id: lead_id.clone(),
+                })
+                .await
+            {
+                let explanation = response.into_inner().explanation.expect("explanation");
+                let activities: std::collections::HashSet<String> = explanation
+                    .contributions
+                    .iter()
+                    .filter(|c| c.kind == ContributionKind::BehaviorRule as i32)
+                    .map(|c| c.activity_id.clone())
+                    .collect();
+                if activities.len() == 6 {
+                    return explanation;
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("every activity reaches scoring");
+    let score = explanation.score.expect("score");
+    assert!(score.score > 60.0, "the seed MQL: {}", score.score);
+    let opens = explanation
+        .contributions
+        .iter()
+        .filter(|c| c.rule_id == "email-open")
+        .count();
+    assert_eq!(
+        opens, 3,
+        "three e-mails, each counted once across the restart"
+    );
+    second.stop().await;
+    scoring.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite() {
+    seed_journey_is_scored_across_a_restart(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres() {
+    seed_journey_is_scored_across_a_restart(Backend::Postgres).await;
+}
