@@ -126,9 +126,7 @@ async fn enqueue_messages(
             });
             produced += 1;
         }
-        outbox::enqueue(&txn, messages, Utc::now())
-            .await
-            .expect("enqueue");
+        outbox::enqueue(&txn, messages).await.expect("enqueue");
         txn.commit().await.expect("commit");
     }
     expected

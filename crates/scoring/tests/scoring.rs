@@ -582,6 +582,144 @@ async fn a_cold_lead_loses_points_by_the_sweeper(db: TestDb) {
             .any(|c| c.kind == pb::ContributionKind::InactivityRule as i32
                 && c.rule_id == "no-email-open-14d")
     );
+
+    // Two half-lives later no rule applies, but decay alone moves the score: announced as such.
+    scoring.clock.advance(Duration::days(120));
+    let decayed = receiver
+        .wait_for(|c| c.reason == ScoreChangeReason::Decay as i32)
+        .await;
+    let decayed_score = decayed.score.expect("score");
+    assert!(
+        decayed_score.engagement_points.abs() < after.engagement_points.abs(),
+        "engagement decays towards zero"
+    );
+    assert_eq!(
+        decayed_score.fit_points, after.fit_points,
+        "fit never decays"
+    );
+    scoring.stop().await;
+}
+
+async fn models_internal_explanations_and_decisions(db: TestDb) {
+    let (scoring, _receiver) = start(&db).await;
+    let mut client = scoring.client();
+    let active = client
+        .get_model(pb::GetModelRequest { version: 0 })
+        .await
+        .expect("default")
+        .into_inner();
+    assert_eq!(
+        (active.active_version, active.model.expect("model").version),
+        (0, 0)
+    );
+    for i in 1..=3 {
+        let mut model = default_model();
+        model.description = format!("version {i}");
+        client
+            .publish_model(pb::PublishModelRequest {
+                request_id: format!("p{i}"),
+                model: Some(model_to_pb(&model, Utc::now())),
+            })
+            .await
+            .expect("publish");
+    }
+    let second = client
+        .get_model(pb::GetModelRequest { version: 2 })
+        .await
+        .expect("version 2")
+        .into_inner();
+    assert_eq!(
+        (
+            second.active_version,
+            second.model.expect("model").description.as_str()
+        ),
+        (3, "version 2")
+    );
+    let page = client
+        .list_model_versions(pb::ListModelVersionsRequest {
+            page_size: 2,
+            page_token: String::new(),
+        })
+        .await
+        .expect("page")
+        .into_inner();
+    let versions: Vec<i32> = page.models.iter().map(|m| m.version).collect();
+    assert_eq!(versions, [3, 2], "newest first");
+    let rest = client
+        .list_model_versions(pb::ListModelVersionsRequest {
+            page_size: 2,
+            page_token: page.next_page_token,
+        })
+        .await
+        .expect("page")
+        .into_inner();
+    assert_eq!(
+        rest.models.iter().map(|m| m.version).collect::<Vec<_>>(),
+        [1]
+    );
+    assert!(rest.next_page_token.is_empty());
+    let status = client
+        .list_model_versions(pb::ListModelVersionsRequest {
+            page_size: 500,
+            page_token: "x".into(),
+        })
+        .await
+        .expect_err("bad page");
+    assert_eq!(fields(&status), ["page_size", "page_token"]);
+
+    let now = scoring.clock.now();
+    scoring
+        .internal()
+        .apply_lead_events(pb::ApplyLeadEventsRequest {
+            events: vec![activity_event("e", "lead-i", "pricing_view", now, &[])],
+        })
+        .await
+        .expect("apply");
+    let internal = scoring
+        .internal()
+        .explain_lead_score(pb::ExplainLeadScoreRequest {
+            tenant_id: harness::TENANT.into(),
+            lead_id: "lead-i".into(),
+        })
+        .await
+        .expect("internal explanation")
+        .into_inner();
+    assert_eq!(internal.explanation.expect("e").contributions.len(), 1);
+    let status = scoring
+        .internal()
+        .explain_lead_score(pb::ExplainLeadScoreRequest {
+            tenant_id: String::new(),
+            lead_id: "lead-i".into(),
+        })
+        .await
+        .expect_err("no tenant");
+    assert_eq!(fields(&status), ["tenant_id"]);
+
+    let decision = leadflow_proto::handoff::events::v1::HandoffDecision {
+        header: Some(common::MessageHeader {
+            message_id: "d-1".into(),
+            tenant_id: harness::TENANT.into(),
+            lead_id: "lead-i".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let request = pb::ApplyHandoffDecisionsRequest {
+        events: vec![decision],
+    };
+    let first = scoring
+        .internal()
+        .apply_handoff_decisions(request.clone())
+        .await
+        .expect("decision")
+        .into_inner();
+    let again = scoring
+        .internal()
+        .apply_handoff_decisions(request)
+        .await
+        .expect("replay")
+        .into_inner();
+    assert_eq!((first.applied_count, again.duplicate_count), (1, 1));
     scoring.stop().await;
 }
 
@@ -666,4 +804,5 @@ on_both_backends! {
     rescore => a_new_model_and_rescore_change_existing_scores;
     inactivity_sweeper => a_cold_lead_loses_points_by_the_sweeper;
     merge => a_merge_counts_every_point_once;
+    models_and_internal => models_internal_explanations_and_decisions;
 }

@@ -97,7 +97,7 @@ impl Store {
             answers.push(accepted);
         }
         let enqueued = !events.is_empty();
-        outbox::enqueue(&txn, events, now).await?;
+        outbox::enqueue(&txn, events).await?;
         txn.commit().await?;
         if enqueued {
             self.wakeup.wake();
@@ -135,7 +135,7 @@ impl Store {
             duplicate: false,
         };
         save_request(&txn, tenant, message_id, &accepted, now).await?;
-        outbox::enqueue(&txn, events, now).await?;
+        outbox::enqueue(&txn, events).await?;
         txn.commit().await?;
         self.wakeup.wake();
         Ok(accepted)

@@ -60,11 +60,11 @@ pub struct OutboxMessage {
 
 /// Writes `messages` inside the caller's transaction `txn`, each with the current trace context,
 /// so they exist if and only if the state change they announce is committed.
-pub async fn enqueue<C: ConnectionTrait>(
-    txn: &C,
-    messages: Vec<NewMessage>,
-    now: DateTime<Utc>,
-) -> Result<(), DbErr> {
+///
+/// Delivery times are wall-clock times (the relay runs on the wall clock), never a service's
+/// domain clock: a test or a replay moving domain time must not delay delivery.
+pub async fn enqueue<C: ConnectionTrait>(txn: &C, messages: Vec<NewMessage>) -> Result<(), DbErr> {
+    let now = Utc::now();
     if messages.is_empty() {
         return Ok(());
     }

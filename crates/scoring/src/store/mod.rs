@@ -251,7 +251,7 @@ impl Store {
             applied.applied += 1;
         }
         let enqueued = !out.is_empty();
-        outbox::enqueue(&txn, out, now).await?;
+        outbox::enqueue(&txn, out).await?;
         txn.commit().await?;
         if enqueued {
             self.wakeup.wake();
@@ -403,7 +403,7 @@ impl Store {
                 save_lead(&txn, &mut lead, &model, now).await?;
             }
             let enqueued = !out.is_empty();
-            outbox::enqueue(&txn, out, now).await?;
+            outbox::enqueue(&txn, out).await?;
             txn.commit().await?;
             if enqueued {
                 self.wakeup.wake();
@@ -537,7 +537,7 @@ impl Store {
                 processed += 1;
             }
             let enqueued = !out.is_empty();
-            outbox::enqueue(&txn, out, at).await?;
+            outbox::enqueue(&txn, out).await?;
             progress.processed_leads = Set(processed);
             progress.changed_leads = Set(changed);
             progress = progress.update(&txn).await?.into();

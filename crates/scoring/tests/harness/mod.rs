@@ -43,6 +43,7 @@ pub(crate) struct Scoring {
 impl Scoring {
     /// Starts scoring on `db`, delivering score changes to `qualification_url`.
     pub(crate) async fn start(db: &TestDb, qualification_url: String, clock: ManualClock) -> Self {
+        init_logs();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -202,7 +203,14 @@ impl QualificationReceiver {
             }
         })
         .await
-        .expect("the score change arrives in time")
+        .unwrap_or_else(|_| {
+            let seen: Vec<(i32, f64)> = self
+                .changes()
+                .iter()
+                .map(|c| (c.reason, c.score.as_ref().map_or(0.0, |s| s.score)))
+                .collect();
+            panic!("the score change did not arrive in time; seen (reason, score): {seen:?}")
+        })
     }
 
     /// Every change recorded so far.
@@ -354,4 +362,18 @@ pub(crate) fn seed_journey(lead_id: &str, t0: DateTime<Utc>) -> Vec<ingestion::L
             &[("path", "/pricing")],
         ),
     ]
+}
+
+/// Installs logging once per test process (warnings only), so failures show their cause.
+pub(crate) fn init_logs() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let args = leadflow_runtime::telemetry::TelemetryArgs {
+            log_filter: "warn".into(),
+            ..Default::default()
+        };
+        if let Ok(guard) = leadflow_runtime::telemetry::init("scoring-test", &args) {
+            std::mem::forget(guard);
+        }
+    });
 }
