@@ -1,0 +1,11 @@
+//! Qualification's pure domain: no I/O, time passed in as `now`.
+
+pub mod definition;
+pub mod lifecycle;
+pub mod machine;
+
+pub use definition::{Bant, Definition, FitGrade};
+pub use lifecycle::Stage;
+pub use machine::{
+    Actor, HandoffKind, Input, LeadQualification, Reason, Refusal, RejectReason, Transition, replay,
+};
