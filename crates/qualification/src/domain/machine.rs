@@ -23,7 +23,7 @@ pub enum Actor {
 }
 
 /// Why an SDR rejected an MQL (the seeds' three reasons).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum RejectReason {
     /// The data is wrong: disqualified.
     InaccurateData,
@@ -34,7 +34,7 @@ pub enum RejectReason {
 }
 
 /// Why a transition happened.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Reason {
     /// The score reached the threshold with a fitting profile.
     ScoreOverThreshold,

@@ -1,6 +1,7 @@
 //! Qualification's pure domain: no I/O, time passed in as `now`.
 
 pub mod definition;
+pub mod funnel;
 pub mod lifecycle;
 pub mod machine;
 
