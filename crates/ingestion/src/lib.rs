@@ -87,12 +87,12 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let keys = Keys::from_args(&config.auth).context("api keys")?;
     keys.log_mode(SERVICE);
-    let db = leadflow_runtime::db::connect(&config.database_url(), config.database_max_connections)
-        .await
-        .context("connect to the ingestion database")?;
-    leadflow_runtime::db::migrate::<store::migrations::Migrator>(&db)
-        .await
-        .context("migrate the ingestion database")?;
+    let db = leadflow_runtime::db::open::<store::migrations::Migrator>(
+        &config.database_url(),
+        config.database_max_connections,
+    )
+    .await
+    .context("open the ingestion database")?;
 
     let wakeup = Wakeup::new();
     let store = Store::new(db.clone(), wakeup.clone());
@@ -113,14 +113,6 @@ pub async fn serve(
         <IngestionServiceServer<IngestionApi> as NamedService>::NAME,
         <IngestionInternalServiceServer<IngestionApi> as NamedService>::NAME,
     ]);
-    health.set(leadflow_runtime::db::ping(&db).await).await;
-    let health_watch = tokio::spawn(server::watch_store(
-        SERVICE,
-        db.clone(),
-        health.clone(),
-        shutdown.clone(),
-    ));
-
     let sink = ScoringSink::new(&config.scoring_url, keys.internal_key())?;
     let relay = Relay::new(
         db.clone(),
@@ -129,13 +121,7 @@ pub async fn serve(
         wakeup,
     );
     let relay = tokio::spawn(relay.run(shutdown.clone()));
-
-    tracing::info!(service = SERVICE, addr = %listener.local_addr()?, "listening");
-    let served = server::serve(SERVICE, listener, routes, health, shutdown.clone()).await;
-    shutdown.cancel();
-    relay.await.context("outbox relay task")?;
-    health_watch.await.context("health watch task")?;
-    db.close().await.context("close the database")?;
-    tracing::info!(service = SERVICE, "stopped");
-    Ok(served?)
+    server::run_until_shutdown(SERVICE, listener, routes, health, db, vec![relay], shutdown)
+        .await?;
+    Ok(())
 }

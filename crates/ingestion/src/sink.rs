@@ -6,8 +6,7 @@ use leadflow_proto::ingestion::v1::LeadEvent;
 use leadflow_proto::scoring::v1::ApplyLeadEventsRequest;
 use leadflow_proto::scoring::v1::scoring_internal_service_client::ScoringInternalServiceClient;
 use leadflow_runtime::client::{ServiceInterceptor, lazy_channel};
-use leadflow_runtime::outbox::{DeliveryError, OutboxMessage, OutboxSink};
-use prost::Message;
+use leadflow_runtime::outbox::{DeliveryError, OutboxMessage, OutboxSink, decode_batch};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -33,18 +32,11 @@ impl ScoringSink {
 
 impl OutboxSink for ScoringSink {
     async fn deliver(&self, messages: &[OutboxMessage]) -> Result<(), DeliveryError> {
-        let events = messages
-            .iter()
-            .map(|message| {
-                let mut event = LeadEvent::decode(message.payload.as_slice()).map_err(|err| {
-                    DeliveryError(format!("outbox payload does not decode: {err}"))
-                })?;
-                if let Some(header) = event.header.as_mut() {
-                    header.trace_context = message.trace_context.clone();
-                }
-                Ok(event)
-            })
-            .collect::<Result<Vec<_>, DeliveryError>>()?;
+        let events = decode_batch(messages, |event: &mut LeadEvent, trace_context| {
+            if let Some(header) = event.header.as_mut() {
+                header.trace_context = trace_context;
+            }
+        })?;
         let mut request = tonic::Request::new(ApplyLeadEventsRequest { events });
         request.set_timeout(DELIVERY_TIMEOUT);
         self.client

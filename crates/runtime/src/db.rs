@@ -102,6 +102,16 @@ pub async fn migrate<M: MigratorTrait>(db: &DatabaseConnection) -> Result<(), Db
     Ok(())
 }
 
+/// Connects to `url` and runs the migrations of `M`: how every service opens its store.
+pub async fn open<M: MigratorTrait>(
+    url: &str,
+    max_connections: u32,
+) -> Result<DatabaseConnection, DbError> {
+    let db = connect(url, max_connections).await?;
+    migrate::<M>(&db).await?;
+    Ok(db)
+}
+
 /// True when `db` is PostgreSQL (row locking and advisory locks are available).
 pub fn is_postgres(db: &impl ConnectionTrait) -> bool {
     db.get_database_backend() == DatabaseBackend::Postgres

@@ -90,9 +90,47 @@ pub async fn serve(
     Ok(())
 }
 
+/// Serves a service until `shutdown` fires, the way every Leadflow service runs: health follows
+/// the store (checked now, then watched), the server drains in-flight calls, then the
+/// `background` tasks (relays, sweepers) finish their current work, then the store closes.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_until_shutdown(
+    service: &'static str,
+    listener: TcpListener,
+    routes: Routes,
+    health: Health,
+    db: sea_orm::DatabaseConnection,
+    mut background: Vec<tokio::task::JoinHandle<()>>,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    health.set(crate::db::ping(&db).await).await;
+    background.push(tokio::spawn(watch_store(
+        service,
+        db.clone(),
+        health.clone(),
+        shutdown.clone(),
+    )));
+    tracing::info!(service, addr = %listener.local_addr()?, "listening");
+    let served = serve(service, listener, routes, health, shutdown.clone()).await;
+    shutdown.cancel();
+    for task in background {
+        if let Err(err) = task.await {
+            tracing::error!(service, error = %err, "background task failed");
+        }
+    }
+    if let Err(err) = db.close().await {
+        tracing::warn!(service, error = %err, "closing the store failed");
+    }
+    tracing::info!(service, "stopped");
+    served
+}
+
 /// Why a server stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// The listener is unusable.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
     /// The descriptor sets for reflection do not decode (a build problem).
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),

@@ -97,12 +97,12 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let keys = Keys::from_args(&config.auth).context("api keys")?;
     keys.log_mode(SERVICE);
-    let db = leadflow_runtime::db::connect(&config.database_url(), config.database_max_connections)
-        .await
-        .context("connect to the scoring database")?;
-    leadflow_runtime::db::migrate::<store::migrations::Migrator>(&db)
-        .await
-        .context("migrate the scoring database")?;
+    let db = leadflow_runtime::db::open::<store::migrations::Migrator>(
+        &config.database_url(),
+        config.database_max_connections,
+    )
+    .await
+    .context("open the scoring database")?;
 
     let wakeup = Wakeup::new();
     let store = Store::new(db.clone(), wakeup.clone());
@@ -133,20 +133,12 @@ pub async fn serve(
         <ScoringServiceServer<ScoringApi> as NamedService>::NAME,
         <ScoringInternalServiceServer<ScoringApi> as NamedService>::NAME,
     ]);
-    health.set(leadflow_runtime::db::ping(&db).await).await;
-    let health_watch = tokio::spawn(server::watch_store(
-        SERVICE,
-        db.clone(),
-        health.clone(),
-        shutdown.clone(),
-    ));
     let sweeper = tokio::spawn(sweep(
         store.clone(),
         clock,
         Duration::from_millis(config.sweep_interval_ms.max(1)),
         shutdown.clone(),
     ));
-
     let sink = QualificationSink::new(&config.qualification_url, keys.internal_key())?;
     let relay = Relay::new(
         db.clone(),
@@ -155,16 +147,17 @@ pub async fn serve(
         wakeup,
     );
     let relay = tokio::spawn(relay.run(shutdown.clone()));
-
-    tracing::info!(service = SERVICE, addr = %listener.local_addr()?, "listening");
-    let served = server::serve(SERVICE, listener, routes, health, shutdown.clone()).await;
-    shutdown.cancel();
-    relay.await.context("outbox relay task")?;
-    sweeper.await.context("sweeper task")?;
-    health_watch.await.context("health watch task")?;
-    db.close().await.context("close the database")?;
-    tracing::info!(service = SERVICE, "stopped");
-    Ok(served?)
+    server::run_until_shutdown(
+        SERVICE,
+        listener,
+        routes,
+        health,
+        db,
+        vec![relay, sweeper],
+        shutdown,
+    )
+    .await?;
+    Ok(())
 }
 
 /// Applies inactivity rules and announces decay every `interval` until `shutdown`.

@@ -58,6 +58,24 @@ pub struct OutboxMessage {
     pub attempts: i32,
 }
 
+/// Decodes each message's payload as `M` and gives it, through `attach`, the trace context it
+/// was produced under, so the receiver continues the producer's trace: what every sink does
+/// before its delivery call.
+pub fn decode_batch<M: prost::Message + Default>(
+    messages: &[OutboxMessage],
+    attach: impl Fn(&mut M, HashMap<String, String>),
+) -> Result<Vec<M>, DeliveryError> {
+    messages
+        .iter()
+        .map(|message| {
+            let mut decoded = M::decode(message.payload.as_slice())
+                .map_err(|err| DeliveryError(format!("outbox payload does not decode: {err}")))?;
+            attach(&mut decoded, message.trace_context.clone());
+            Ok(decoded)
+        })
+        .collect()
+}
+
 /// Writes `messages` inside the caller's transaction `txn`, each with the current trace context,
 /// so they exist if and only if the state change they announce is committed.
 ///
