@@ -6,7 +6,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::definition::{Bant, Definition, FitGrade, LostHandling};
+use super::definition::{Bant, Definition, FitGrade, LostReason};
 use super::lifecycle::Stage;
 
 /// Who moved the lead.
@@ -51,7 +51,7 @@ pub enum Reason {
     /// The deal was won.
     Won,
     /// The deal was lost, with the reason sales gave.
-    Lost(String),
+    Lost(LostReason),
     /// Not accepted within the definition's time.
     NotAcceptedInTime,
     /// The score fell below the recycle line.
@@ -67,8 +67,9 @@ pub enum Input {
         score: f64,
         /// The fit grade.
         grade: FitGrade,
-        /// The change came from a hand-raise activity.
-        hand_raise: bool,
+        /// The activity that triggered the change, if any (a hand-raise when its type is one of
+        /// the definition's).
+        activity_type: Option<String>,
     },
     /// An SDR accepts the MQL.
     Accept {
@@ -104,7 +105,7 @@ pub enum Input {
         /// Who.
         by: String,
         /// Why.
-        reason: String,
+        reason: LostReason,
     },
     /// Time passed (the recycle rules run).
     Tick,
@@ -234,8 +235,10 @@ impl LeadQualification {
             Input::Score {
                 score,
                 grade,
-                hand_raise,
+                activity_type,
             } => {
+                let hand_raise =
+                    activity_type.is_some_and(|kind| definition.hand_raise_types.contains(&kind));
                 self.score = score;
                 self.grade = Some(grade);
                 self.hand_raised |= hand_raise;
@@ -271,15 +274,11 @@ impl LeadQualification {
                 _ => return Err(refuse),
             },
             Input::Reject { sdr, reason } => match self.stage {
-                Stage::Mql | Stage::Sal => {
-                    let to = match reason {
-                        RejectReason::InaccurateData | RejectReason::NotIdealCustomer => {
-                            Stage::Disqualified
-                        }
-                        RejectReason::Premature => Stage::Nurture,
-                    };
-                    Some((to, Reason::Rejected(reason), Actor::Sdr(sdr)))
-                }
+                Stage::Mql | Stage::Sal => Some((
+                    definition.rejection_route(reason),
+                    Reason::Rejected(reason),
+                    Actor::Sdr(sdr),
+                )),
                 _ => return Err(refuse),
             },
             Input::RecordBant { sdr, bant } => match self.stage {
@@ -305,13 +304,11 @@ impl LeadQualification {
                 _ => return Err(refuse),
             },
             Input::Lost { by, reason } => match self.stage {
-                Stage::Sql | Stage::Opportunity => {
-                    let to = match definition.lost {
-                        LostHandling::Nurture => Stage::Nurture,
-                        LostHandling::Disqualify => Stage::Disqualified,
-                    };
-                    Some((to, Reason::Lost(reason), Actor::Sales(by)))
-                }
+                Stage::Sql | Stage::Opportunity => Some((
+                    definition.lost_route(reason),
+                    Reason::Lost(reason),
+                    Actor::Sales(by),
+                )),
                 _ => return Err(refuse),
             },
         };
@@ -361,15 +358,24 @@ pub fn replay(history: &[Transition]) -> Option<Stage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::definition::{Authority, Budget};
     use chrono::Duration;
     use proptest::prelude::*;
 
     fn bant(need: &str, days: i64, budget: bool, authority: bool, now: DateTime<Utc>) -> Bant {
         Bant {
-            budget_confirmed: budget,
-            authority_confirmed: authority,
+            budget: if budget {
+                Budget::Expected
+            } else {
+                Budget::None
+            },
+            authority: if authority {
+                Authority::DecisionMaker
+            } else {
+                Authority::None
+            },
             need: need.into(),
-            timeline: Some(now + Duration::days(days)),
+            expected_decision: Some(now + Duration::days(days)),
             notes: String::new(),
         }
     }
@@ -378,7 +384,7 @@ mod tests {
         Input::Score {
             score,
             grade,
-            hand_raise,
+            activity_type: hand_raise.then(|| "demo_request".to_owned()),
         }
     }
 
@@ -589,7 +595,7 @@ mod tests {
             Input::Won { by: "ae".into() },
             Input::Lost {
                 by: "ae".into(),
-                reason: "price".into(),
+                reason: LostReason::NoBudget,
             },
         ] {
             let refusal = lead.apply(&def, input, now).expect_err("refused");
@@ -602,12 +608,66 @@ mod tests {
         );
     }
 
+    #[test]
+    fn lost_deals_route_by_reason_and_only_listed_types_raise_a_hand() {
+        let def = Definition::default();
+        let now = Utc::now();
+        let at_sql = || {
+            let mut lead = LeadQualification::new(now);
+            lead.apply(&def, score(70.0, FitGrade::A, false), now)
+                .expect("mql");
+            lead.apply(&def, Input::Accept { sdr: "s".into() }, now)
+                .expect("sal");
+            lead.apply(
+                &def,
+                Input::RecordBant {
+                    sdr: "s".into(),
+                    bant: bant("need", 30, true, false, now),
+                },
+                now,
+            )
+            .expect("sql");
+            lead
+        };
+        for (reason, stage) in [
+            (LostReason::NotAFit, Stage::Disqualified),
+            (LostReason::LostToCompetitor, Stage::Nurture),
+        ] {
+            let mut lead = at_sql();
+            let moved = lead
+                .apply(
+                    &def,
+                    Input::Lost {
+                        by: "ae".into(),
+                        reason,
+                    },
+                    now,
+                )
+                .expect("lost");
+            assert_eq!(
+                (moved[0].to, moved[0].reason.clone()),
+                (stage, Reason::Lost(reason))
+            );
+        }
+        let mut lead = LeadQualification::new(now);
+        let page_view = Input::Score {
+            score: 10.0,
+            grade: FitGrade::A,
+            activity_type: Some("page_view".into()),
+        };
+        assert!(
+            lead.apply(&def, page_view, now).expect("score").is_empty(),
+            "a page view is no hand-raise"
+        );
+        assert!(!lead.hand_raised);
+    }
+
     fn any_input() -> impl Strategy<Value = Input> {
         prop_oneof![
             (0.0f64..100.0, 0usize..4, any::<bool>()).prop_map(|(s, g, h)| Input::Score {
                 score: s,
                 grade: [FitGrade::A, FitGrade::B, FitGrade::C, FitGrade::D][g],
-                hand_raise: h
+                activity_type: h.then(|| "contact_sales".to_owned())
             }),
             Just(Input::Accept { sdr: "s".into() }),
             (0usize..3).prop_map(|r| Input::Reject {
@@ -621,18 +681,22 @@ mod tests {
             (any::<bool>(), any::<bool>(), 0i64..200).prop_map(|(b, a, d)| Input::RecordBant {
                 sdr: "s".into(),
                 bant: Bant {
-                    budget_confirmed: b,
-                    authority_confirmed: a,
+                    budget: if b { Budget::Approved } else { Budget::None },
+                    authority: if a {
+                        Authority::Influencer
+                    } else {
+                        Authority::None
+                    },
                     need: "need".into(),
-                    timeline: Some(Utc::now() + Duration::days(d)),
+                    expected_decision: Some(Utc::now() + Duration::days(d)),
                     notes: String::new()
                 }
             }),
             Just(Input::Opportunity { by: "ae".into() }),
             Just(Input::Won { by: "ae".into() }),
-            Just(Input::Lost {
+            (0usize..2).prop_map(|r| Input::Lost {
                 by: "ae".into(),
-                reason: "price".into()
+                reason: [LostReason::LostToCompetitor, LostReason::NotAFit][r]
             }),
             Just(Input::Tick),
         ]

@@ -5,7 +5,7 @@ pub mod funnel;
 pub mod lifecycle;
 pub mod machine;
 
-pub use definition::{Bant, Definition, FitGrade};
+pub use definition::{Authority, Bant, Budget, Definition, FitGrade, LostReason, SqlRule};
 pub use lifecycle::Stage;
 pub use machine::{
     Actor, HandoffKind, Input, LeadQualification, Reason, Refusal, RejectReason, Transition, replay,
