@@ -8,6 +8,7 @@ use leadflow_proto::scoring::v1::{
 use leadflow_runtime::auth::tenant_of;
 use leadflow_runtime::clock::SharedClock;
 use leadflow_runtime::error::FieldViolations;
+use leadflow_runtime::outbox::inbox::check_headers;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
@@ -404,20 +405,7 @@ impl ScoringInternalService for ScoringApi {
         request: Request<pb::ApplyLeadEventsRequest>,
     ) -> Result<Response<pb::ApplyLeadEventsResponse>, Status> {
         let events = request.into_inner().events;
-        let mut violations = FieldViolations::new();
-        for (i, event) in events.iter().enumerate() {
-            match &event.header {
-                Some(h)
-                    if !h.message_id.is_empty()
-                        && !h.tenant_id.is_empty()
-                        && !h.lead_id.is_empty() => {}
-                _ => violations.add(
-                    format!("events[{i}].header"),
-                    "message_id, tenant_id and lead_id are required",
-                ),
-            }
-        }
-        violations.into_result(()).map_err(Error::from)?;
+        check_headers(events.iter().map(|e| e.header.as_ref())).map_err(Error::from)?;
         let applied = self
             .store
             .apply_lead_events(events, self.clock.now())
@@ -432,29 +420,17 @@ impl ScoringInternalService for ScoringApi {
         &self,
         request: Request<pb::ApplyHandoffDecisionsRequest>,
     ) -> Result<Response<pb::ApplyHandoffDecisionsResponse>, Status> {
-        let mut records = Vec::new();
-        let mut violations = FieldViolations::new();
-        for (i, event) in request.into_inner().events.into_iter().enumerate() {
-            match event.header.clone() {
-                Some(h)
-                    if !h.message_id.is_empty()
-                        && !h.tenant_id.is_empty()
-                        && !h.lead_id.is_empty() =>
-                {
-                    records.push((
-                        h.message_id,
-                        h.tenant_id,
-                        h.lead_id,
-                        prost::Message::encode_to_vec(&event),
-                    ));
-                }
-                _ => violations.add(
-                    format!("events[{i}].header"),
-                    "message_id, tenant_id and lead_id are required",
-                ),
-            }
-        }
-        violations.into_result(()).map_err(Error::from)?;
+        let events = request.into_inner().events;
+        check_headers(events.iter().map(|e| e.header.as_ref())).map_err(Error::from)?;
+        let records = events
+            .into_iter()
+            .filter_map(|event| {
+                let payload = prost::Message::encode_to_vec(&event);
+                event
+                    .header
+                    .map(|h| (h.message_id, h.tenant_id, h.lead_id, payload))
+            })
+            .collect();
         let applied = self
             .store
             .record_decisions(records, self.clock.now())

@@ -3,7 +3,10 @@
 use chrono::{DateTime, Utc};
 use sea_orm::{ActiveValue::Set, ConnectionTrait, DbErr, EntityTrait, TryInsertResult};
 
+use leadflow_proto::common::v1::MessageHeader;
+
 use super::inbox_message;
+use crate::error::FieldViolations;
 
 /// Records `message_id` as applied inside the receiver's transaction `txn`. Returns `false` when
 /// it was applied before: the caller then skips the message (and the whole transaction keeps
@@ -24,4 +27,47 @@ pub async fn claim<C: ConnectionTrait>(
         .exec(txn)
         .await?;
     Ok(matches!(result, TryInsertResult::Inserted(_)))
+}
+
+/// Checks the header of every delivered message: a receiver needs its message id (to dedupe),
+/// tenant and lead. Each missing part is a violation at `events[i].header`.
+pub fn check_headers<'a>(
+    headers: impl IntoIterator<Item = Option<&'a MessageHeader>>,
+) -> Result<(), FieldViolations> {
+    let mut violations = FieldViolations::new();
+    for (i, header) in headers.into_iter().enumerate() {
+        let complete = header.is_some_and(|h| {
+            !h.message_id.is_empty() && !h.tenant_id.is_empty() && !h.lead_id.is_empty()
+        });
+        if !complete {
+            violations.add(
+                format!("events[{i}].header"),
+                "message_id, tenant_id and lead_id are required",
+            );
+        }
+    }
+    violations.into_result(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incomplete_headers_are_named_by_position() {
+        let full = MessageHeader {
+            message_id: "m".into(),
+            tenant_id: "t".into(),
+            lead_id: "l".into(),
+            ..Default::default()
+        };
+        let no_lead = MessageHeader {
+            lead_id: String::new(),
+            ..full.clone()
+        };
+        assert!(check_headers([Some(&full)]).is_ok());
+        let err = check_headers([Some(&full), None, Some(&no_lead)]).expect_err("incomplete");
+        let fields: Vec<&str> = err.violations().iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["events[1].header", "events[2].header"]);
+    }
 }

@@ -169,6 +169,7 @@ impl Store {
         let txn = self.db.begin().await?;
         let mut applied = Applied::default();
         let mut out = Vec::new();
+        let mut models = ActiveModels::default();
         for event in events {
             let header = event
                 .header
@@ -178,7 +179,7 @@ impl Store {
                 applied.duplicates += 1;
                 continue;
             }
-            let (model, _) = self.active_model(&txn, &header.tenant_id).await?;
+            let model = models.get(self, &txn, &header.tenant_id).await?;
             let produced = header
                 .produced_at
                 .as_ref()
@@ -188,47 +189,47 @@ impl Store {
                 Some(Event::ProfileChanged(changed)) => {
                     let profile = changed.profile.unwrap_or_default();
                     let mut lead =
-                        load_or_create(&txn, &header.tenant_id, &header.lead_id, &model, produced)
+                        load_or_create(&txn, &header.tenant_id, &header.lead_id, model, produced)
                             .await?;
-                    let before = lead.score.score(&model, now);
+                    let before = lead.score.score(model, now);
                     lead.score
-                        .set_profile(&model, convert::profile_attributes(&profile), produced);
+                        .set_profile(model, convert::profile_attributes(&profile), produced);
                     lead.profile = profile;
                     out.push(events::message(events::score_changed(
                         &lead,
-                        &model,
+                        model,
                         events::Previous::from(&before),
                         ScoreChangeReason::Profile,
                         None,
                         now,
                     )));
-                    save_lead(&txn, &mut lead, &model, now).await?;
+                    save_lead(&txn, &mut lead, model, now).await?;
                 }
                 Some(Event::ActivityRecorded(recorded)) => {
                     let activity = recorded.activity.unwrap_or_default();
                     let fact = convert::fact_from_pb(&recorded.activity_id, &activity)
                         .map_err(Error::Invalid)?;
                     let mut lead =
-                        load_or_create(&txn, &header.tenant_id, &header.lead_id, &model, produced)
+                        load_or_create(&txn, &header.tenant_id, &header.lead_id, model, produced)
                             .await?;
                     let lead_id = lead.row.lead_id.clone();
                     insert_fact(&txn, &header.tenant_id, &lead_id, &fact).await?;
-                    let before = lead.score.score(&model, now);
-                    lead.score.sweep(&model, fact.occurred_at);
-                    lead.score.apply_activity(&model, &fact);
+                    let before = lead.score.score(model, now);
+                    lead.score.sweep(model, fact.occurred_at);
+                    lead.score.apply_activity(model, &fact);
                     let hand_raise = model.hand_raise_types.contains(&fact.activity_type);
-                    let after = lead.score.score(&model, now);
+                    let after = lead.score.score(model, now);
                     if hand_raise || events::moved(&before, &after) {
                         out.push(events::message(events::score_changed(
                             &lead,
-                            &model,
+                            model,
                             events::Previous::from(&before),
                             ScoreChangeReason::Activity,
                             Some((&fact.id, &activity, hand_raise)),
                             now,
                         )));
                     }
-                    save_lead(&txn, &mut lead, &model, now).await?;
+                    save_lead(&txn, &mut lead, model, now).await?;
                 }
                 Some(Event::LeadsMerged(merged)) => {
                     if let Some(message) = self
@@ -238,7 +239,7 @@ impl Store {
                             &merged.source_lead_id,
                             &header.lead_id,
                             merged.profile.unwrap_or_default(),
-                            &model,
+                            model,
                             now,
                         )
                         .await?
@@ -353,6 +354,7 @@ impl Store {
     /// rounded score or grade moved since it was last announced gets a score change.
     pub async fn sweep(&self, now: DateTime<Utc>) -> Result<usize, Error> {
         let mut after: Option<(String, String)> = None;
+        let mut models = ActiveModels::default();
         let mut announced = 0;
         loop {
             let mut query = lead_score::Entity::find()
@@ -375,10 +377,10 @@ impl Store {
             let txn = self.db.begin().await?;
             let mut out = Vec::new();
             for row in page {
-                let (model, _) = self.active_model(&txn, &row.tenant_id).await?;
+                let model = models.get(self, &txn, &row.tenant_id).await?;
                 let mut lead = decode(row, false)?;
-                let lines = lead.score.sweep(&model, now);
-                let view = lead.score.score(&model, now);
+                let lines = lead.score.sweep(model, now);
+                let view = lead.score.score(model, now);
                 let grade = convert::grade_to_pb(view.grade) as i32;
                 let moved = view.score.round() != lead.row.announced_score.round()
                     || grade != lead.row.announced_grade;
@@ -396,11 +398,11 @@ impl Store {
                         grade: lead.row.announced_grade,
                     };
                     out.push(events::message(events::score_changed(
-                        &lead, &model, previous, reason, None, now,
+                        &lead, model, previous, reason, None, now,
                     )));
                     announced += 1;
                 }
-                save_lead(&txn, &mut lead, &model, now).await?;
+                save_lead(&txn, &mut lead, model, now).await?;
             }
             let enqueued = !out.is_empty();
             outbox::enqueue(&txn, out).await?;
@@ -594,6 +596,27 @@ async fn model_on<C: ConnectionTrait>(
         .await?;
     row.map(|row| Ok((parse_model(&row.body)?, row.created_at)))
         .transpose()
+}
+
+/// Each tenant's active model, read once per batch or sweep rather than once per lead.
+#[derive(Default)]
+struct ActiveModels(std::collections::HashMap<String, Model>);
+
+impl ActiveModels {
+    async fn get<C: ConnectionTrait>(
+        &mut self,
+        store: &Store,
+        conn: &C,
+        tenant: &str,
+    ) -> Result<&Model, Error> {
+        if !self.0.contains_key(tenant) {
+            let (model, _) = store.active_model(conn, tenant).await?;
+            self.0.insert(tenant.to_owned(), model);
+        }
+        self.0
+            .get(tenant)
+            .ok_or_else(|| Error::Corrupt(format!("active model of {tenant} not cached")))
+    }
 }
 
 fn parse_model(body: &str) -> Result<Model, Error> {
