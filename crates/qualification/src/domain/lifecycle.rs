@@ -54,6 +54,22 @@ impl Stage {
         }
     }
 
+    /// How far along the funnel the stage is, for merges: the survivor keeps the more advanced
+    /// of two stages. Side states rank with the stages they return to (nurture with lead) or
+    /// below everything (disqualified), so a live duplicate outranks a disqualified one.
+    pub fn advancement(self) -> u8 {
+        match self {
+            Stage::Disqualified => 0,
+            Stage::Subscriber => 1,
+            Stage::Lead | Stage::Nurture => 2,
+            Stage::Mql => 3,
+            Stage::Sal => 4,
+            Stage::Sql => 5,
+            Stage::Opportunity => 6,
+            Stage::Customer => 7,
+        }
+    }
+
     /// Whether a lead may move from `self` to `to`. An MQL never goes straight to an account
     /// executive (seed mistake 1): SQL is reached only from SAL.
     pub fn can_move_to(self, to: Stage) -> bool {

@@ -56,6 +56,8 @@ pub enum Reason {
     NotAcceptedInTime,
     /// The score fell below the recycle line.
     ScoreDecayed,
+    /// Another lead (by id) was merged into this one and was further along.
+    Merged(String),
 }
 
 /// Something that happens to a lead.
@@ -109,6 +111,14 @@ pub enum Input {
     },
     /// Time passed (the recycle rules run).
     Tick,
+    /// Another lead, a duplicate of this one, is merged into it: the survivor keeps the more
+    /// advanced stage, every hand-raise, and the latest BANT.
+    Merge {
+        /// The absorbed lead's id.
+        absorbed_id: String,
+        /// The absorbed lead's state.
+        absorbed: Box<LeadQualification>,
+    },
 }
 
 impl Input {
@@ -122,6 +132,7 @@ impl Input {
             Input::Won { .. } => "win",
             Input::Lost { .. } => "lose",
             Input::Tick => "recycle",
+            Input::Merge { .. } => "merge",
         }
     }
 }
@@ -155,8 +166,12 @@ pub struct Transition {
 }
 
 impl Transition {
-    /// The hand-off entering `to` asks for, if any.
+    /// The hand-off entering `to` asks for, if any. A merge asks for none: handoff moves the
+    /// absorbed lead's open hand-off to the survivor.
     pub fn handoff(&self) -> Option<HandoffKind> {
+        if matches!(self.reason, Reason::Merged(_)) {
+            return None;
+        }
         match self.to {
             Stage::Mql => Some(HandoffKind::SdrReview),
             Stage::Sql => Some(HandoffKind::Sales),
@@ -311,6 +326,17 @@ impl LeadQualification {
                 )),
                 _ => return Err(refuse),
             },
+            Input::Merge {
+                absorbed_id,
+                absorbed,
+            } => {
+                self.hand_raised |= absorbed.hand_raised;
+                if self.bant.is_none() {
+                    self.bant = absorbed.bant.clone();
+                }
+                (absorbed.stage.advancement() > self.stage.advancement())
+                    .then(|| (absorbed.stage, Reason::Merged(absorbed_id), Actor::System))
+            }
         };
         Ok(next
             .map(|(to, reason, actor)| self.move_to(to, reason, actor, definition.version, now))
@@ -327,7 +353,7 @@ impl LeadQualification {
         at: DateTime<Utc>,
     ) -> Transition {
         debug_assert!(
-            self.stage.can_move_to(to),
+            self.stage.can_move_to(to) || matches!(reason, Reason::Merged(_)),
             "{:?} -> {:?} is not in the table",
             self.stage,
             to
@@ -347,11 +373,19 @@ impl LeadQualification {
     }
 }
 
+/// Whether `t` is a legal move: in the table, or a merge onto a more advanced stage.
+pub fn is_legal(t: &Transition) -> bool {
+    match t.reason {
+        Reason::Merged(_) => t.to.advancement() > t.from.advancement(),
+        _ => t.from.can_move_to(t.to),
+    }
+}
+
 /// The stage a recorded history leads to (a new lead's, when empty); `None` when the history is
 /// not a chain of legal transitions.
 pub fn replay(history: &[Transition]) -> Option<Stage> {
     history.iter().try_fold(Stage::Lead, |stage, t| {
-        (t.from == stage && stage.can_move_to(t.to)).then_some(t.to)
+        (t.from == stage && is_legal(t)).then_some(t.to)
     })
 }
 
@@ -662,6 +696,41 @@ mod tests {
         assert!(!lead.hand_raised);
     }
 
+    #[test]
+    fn a_merge_keeps_the_more_advanced_stage_and_asks_for_no_second_handoff() {
+        let def = Definition::default();
+        let now = Utc::now();
+        let mut survivor = LeadQualification::new(now);
+        let mut duplicate = LeadQualification::new(now);
+        duplicate
+            .apply(&def, score(70.0, FitGrade::A, true), now)
+            .expect("mql");
+        duplicate
+            .apply(&def, Input::Accept { sdr: "s".into() }, now)
+            .expect("sal");
+        let merge = |absorbed: &LeadQualification| Input::Merge {
+            absorbed_id: "dup".into(),
+            absorbed: Box::new(absorbed.clone()),
+        };
+        let moved = survivor.apply(&def, merge(&duplicate), now).expect("merge");
+        assert_eq!(
+            (moved[0].from, moved[0].to, moved[0].reason.clone()),
+            (Stage::Lead, Stage::Sal, Reason::Merged("dup".into()))
+        );
+        assert_eq!(moved[0].handoff(), None);
+        assert!(survivor.hand_raised, "the duplicate's hand-raise is kept");
+        assert_eq!(replay(&moved), Some(Stage::Sal));
+        let behind = LeadQualification::new(now);
+        assert!(
+            survivor
+                .apply(&def, merge(&behind), now)
+                .expect("merge")
+                .is_empty(),
+            "a survivor further along stays where it is"
+        );
+        assert_eq!(survivor.stage, Stage::Sal);
+    }
+
     fn any_input() -> impl Strategy<Value = Input> {
         prop_oneof![
             (0.0f64..100.0, 0usize..4, any::<bool>()).prop_map(|(s, g, h)| Input::Score {
@@ -699,12 +768,22 @@ mod tests {
                 reason: [LostReason::LostToCompetitor, LostReason::NotAFit][r]
             }),
             Just(Input::Tick),
+            (0usize..9, any::<bool>()).prop_map(|(stage, hand_raised)| {
+                let mut absorbed = LeadQualification::new(Utc::now());
+                absorbed.stage = Stage::ALL[stage];
+                absorbed.hand_raised = hand_raised;
+                Input::Merge {
+                    absorbed_id: "dup".into(),
+                    absorbed: Box::new(absorbed),
+                }
+            }),
         ]
     }
 
     proptest! {
         /// Any sequence of inputs leaves a legal stage, every transition is in the table (SQL
-        /// only ever from SAL), and the history replays to the current stage.
+        /// only ever from SAL, unless a duplicate that got there through SAL is merged in), and
+        /// the history replays to the current stage.
         #[test]
         fn any_sequence_is_legal_and_replays(inputs in prop::collection::vec((any_input(), 0i64..40), 0..60)) {
             let def = Definition::default();
@@ -723,8 +802,8 @@ mod tests {
                 }
             }
             for t in &history {
-                prop_assert!(t.from.can_move_to(t.to));
-                if t.to == Stage::Sql {
+                prop_assert!(is_legal(t));
+                if t.to == Stage::Sql && !matches!(t.reason, Reason::Merged(_)) {
                     prop_assert_eq!(t.from, Stage::Sal);
                 }
             }

@@ -8,5 +8,6 @@ pub mod machine;
 pub use definition::{Authority, Bant, Budget, Definition, FitGrade, LostReason, SqlRule};
 pub use lifecycle::Stage;
 pub use machine::{
-    Actor, HandoffKind, Input, LeadQualification, Reason, Refusal, RejectReason, Transition, replay,
+    Actor, HandoffKind, Input, LeadQualification, Reason, Refusal, RejectReason, Transition,
+    is_legal, replay,
 };
