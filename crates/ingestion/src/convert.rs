@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use leadflow_proto::common::v1 as common;
 use leadflow_proto::ingestion::v1 as pb;
 use leadflow_runtime::error::FieldViolations;
@@ -268,19 +268,7 @@ pub fn profile_to_pb(profile: &Profile) -> common::Profile {
     }
 }
 
-/// A protobuf timestamp as a UTC time, if it is one.
-pub fn timestamp(ts: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
-    let nanos = u32::try_from(ts.nanos).ok()?;
-    Utc.timestamp_opt(ts.seconds, nanos).single()
-}
-
-/// A UTC time as a protobuf timestamp.
-pub fn to_timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: time.timestamp(),
-        nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}
+pub use leadflow_runtime::pbtime::{timestamp, to_timestamp};
 
 /// Microseconds since the epoch as a protobuf timestamp.
 pub fn micros_to_timestamp(micros: i64) -> prost_types::Timestamp {

@@ -8,6 +8,7 @@ pub mod clock;
 pub mod db;
 pub mod error;
 pub mod outbox;
+pub mod pbtime;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use leadflow_proto::common::v1 as common;
 use leadflow_proto::scoring::v1 as pb;
 use leadflow_runtime::error::FieldViolations;
@@ -21,39 +21,7 @@ const ROUNDING_CLAMP: f64 = 1e12;
 // Time
 // ---------------------------------------------------------------------------------------------
 
-/// A protobuf timestamp as a UTC time; `None` when it is out of range or its nanos are invalid.
-pub fn timestamp(ts: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
-    let nanos = u32::try_from(ts.nanos)
-        .ok()
-        .filter(|n| *n < 1_000_000_000)?;
-    Utc.timestamp_opt(ts.seconds, nanos).single()
-}
-
-/// A UTC time as a protobuf timestamp.
-pub fn to_timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}
-
-/// A protobuf duration as a chrono duration; `None` when out of range or seconds and nanos disagree in sign.
-pub fn duration(d: &prost_types::Duration) -> Option<chrono::Duration> {
-    let sign_ok = (d.seconds >= 0 && d.nanos >= 0) || (d.seconds <= 0 && d.nanos <= 0);
-    if !sign_ok || d.nanos.unsigned_abs() >= 1_000_000_000 {
-        return None;
-    }
-    chrono::Duration::try_seconds(d.seconds)?
-        .checked_add(&chrono::Duration::nanoseconds(i64::from(d.nanos)))
-}
-
-/// A chrono duration as a protobuf duration (seconds and nanos share the sign).
-pub fn to_duration(d: chrono::Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: d.num_seconds(),
-        nanos: d.subsec_nanos(),
-    }
-}
+pub use leadflow_runtime::pbtime::{duration, timestamp, to_duration, to_timestamp};
 
 /// An optional protobuf duration where absent or zero means `None`; invalid ones are violations on `field`.
 fn optional_duration(
@@ -655,7 +623,7 @@ mod tests {
     use super::*;
     use crate::domain::default_model::default_model;
     use crate::domain::engine::{Contribution, LeadScore, LedgerLine};
-    use chrono::Duration;
+    use chrono::{Duration, TimeZone};
     use proptest::prelude::*;
 
     fn fields(err: &FieldViolations) -> Vec<&str> {

@@ -176,6 +176,7 @@ mod tests {
                     actor: Actor::Rule,
                     definition_version: 1,
                     score: 0.0,
+                    grade: None,
                     at: at(*day),
                 };
                 from = *to;

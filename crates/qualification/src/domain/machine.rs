@@ -161,6 +161,8 @@ pub struct Transition {
     pub definition_version: i32,
     /// The score at the time.
     pub score: f64,
+    /// The fit grade at the time, once scoring has graded the lead.
+    pub grade: Option<FitGrade>,
     /// When.
     pub at: DateTime<Utc>,
 }
@@ -365,6 +367,7 @@ impl LeadQualification {
             actor,
             definition_version,
             score: self.score,
+            grade: self.grade,
             at,
         };
         self.stage = to;
