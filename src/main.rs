@@ -49,6 +49,13 @@ struct UpArgs {
         default_value_t = 60_000
     )]
     sweep_interval_ms: u64,
+    /// How often qualification recycles MQLs nobody accepted, in milliseconds.
+    #[arg(
+        long,
+        env = "LEADFLOW_QUALIFICATION_RECYCLE_INTERVAL_MS",
+        default_value_t = 60_000
+    )]
+    recycle_interval_ms: u64,
     #[command(flatten)]
     auth: AuthArgs,
     #[command(flatten)]
@@ -73,7 +80,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let shutdown = leadflow_runtime::shutdown::on_signal();
     let clock: SharedClock = Arc::new(SystemClock);
     let addr = |offset: u16| SocketAddr::new(args.host, args.base_port + offset);
-    let (ingestion_addr, scoring_addr, qualification_addr) = (addr(0), addr(1), addr(2));
+    let (ingestion_addr, scoring_addr, qualification_addr, handoff_addr) =
+        (addr(0), addr(1), addr(2), addr(3));
     let ingestion = leadflow_ingestion::Config {
         listen_addr: ingestion_addr,
         database_url: None,
@@ -93,16 +101,31 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         auth: args.auth.clone(),
         outbox: args.outbox.clone(),
     };
+    let qualification = leadflow_qualification::Config {
+        listen_addr: qualification_addr,
+        database_url: None,
+        data_dir: args.data_dir.clone(),
+        database_max_connections: 10,
+        handoff_url: format!("http://{handoff_addr}"),
+        recycle_interval_ms: args.recycle_interval_ms,
+        auth: args.auth.clone(),
+        outbox: args.outbox.clone(),
+    };
     let ingestion_listener = bind("ingestion", ingestion_addr).await?;
     let scoring_listener = bind("scoring", scoring_addr).await?;
+    let qualification_listener = bind("qualification", qualification_addr).await?;
     println!("leadflow is up (ctrl-c stops it)");
     println!(
-        "  ingestion  grpc://{ingestion_addr}  data {}",
+        "  ingestion      grpc://{ingestion_addr}  data {}",
         ingestion.database_url()
     );
     println!(
-        "  scoring    grpc://{scoring_addr}  data {}",
+        "  scoring        grpc://{scoring_addr}  data {}",
         scoring.database_url()
+    );
+    println!(
+        "  qualification  grpc://{qualification_addr}  data {}",
+        qualification.database_url()
     );
     // A service that fails stops the others: the suite runs whole or not at all.
     let stop_all = |result: anyhow::Result<()>| {
@@ -111,7 +134,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         }
         result
     };
-    let (ingestion, scoring) = tokio::join!(
+    let (ingestion, scoring, qualification) = tokio::join!(
         async {
             stop_all(
                 leadflow_ingestion::serve(
@@ -129,9 +152,21 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                     .await,
             )
         },
+        async {
+            stop_all(
+                leadflow_qualification::serve(
+                    qualification,
+                    qualification_listener,
+                    clock.clone(),
+                    shutdown.clone(),
+                )
+                .await,
+            )
+        },
     );
     ingestion.context("ingestion")?;
     scoring.context("scoring")?;
+    qualification.context("qualification")?;
     Ok(())
 }
 

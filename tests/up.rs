@@ -11,6 +11,16 @@ use tokio::io::AsyncBufReadExt;
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
+/// Every service `leadflow up` runs, in port order, with its public gRPC service.
+const SERVICES: [(&str, &str); 3] = [
+    ("ingestion", "leadflow.ingestion.v1.IngestionService"),
+    ("scoring", "leadflow.scoring.v1.ScoringService"),
+    (
+        "qualification",
+        "leadflow.qualification.v1.QualificationService",
+    ),
+];
+
 /// A port that was free a moment ago.
 async fn free_port() -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -38,11 +48,11 @@ async fn up_serves_every_service_and_stops_on_ctrl_c() {
         let mut urls = std::collections::HashMap::new();
         while let Some(line) = lines.next_line().await.expect("stdout") {
             let mut words = line.split_whitespace();
-            if let (Some(service @ ("ingestion" | "scoring")), Some(url)) =
-                (words.next(), words.next())
+            if let (Some(service), Some(url)) = (words.next(), words.next())
+                && SERVICES.iter().any(|(name, _)| *name == service)
             {
                 urls.insert(service.to_owned(), url.replace("grpc://", "http://"));
-                if urls.len() == 2 {
+                if urls.len() == SERVICES.len() {
                     return urls;
                 }
             }
@@ -51,34 +61,30 @@ async fn up_serves_every_service_and_stops_on_ctrl_c() {
     })
     .await
     .expect("prints its addresses in time");
-    let ingestion_url = urls["ingestion"].clone();
-    assert_eq!(ingestion_url, format!("http://127.0.0.1:{port}"));
-    assert_eq!(urls["scoring"], format!("http://127.0.0.1:{}", port + 1));
-    let scoring_health = HealthClient::new(
-        Channel::from_shared(urls["scoring"].clone())
-            .expect("url")
-            .connect_lazy(),
-    )
-    .check(HealthCheckRequest {
-        service: "leadflow.scoring.v1.ScoringService".into(),
-    })
-    .await
-    .expect("scoring health")
-    .into_inner();
-    assert_eq!(scoring_health.status, 1, "scoring SERVING");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-
-    let channel = Channel::from_shared(ingestion_url)
-        .expect("url")
-        .connect_lazy();
-    let health = HealthClient::new(channel.clone())
+    for (offset, (service, grpc_service)) in (0u16..).zip(SERVICES) {
+        assert_eq!(
+            urls[service],
+            format!("http://127.0.0.1:{}", port + offset),
+            "{service} takes the next port"
+        );
+        let health = HealthClient::new(
+            Channel::from_shared(urls[service].clone())
+                .expect("url")
+                .connect_lazy(),
+        )
         .check(HealthCheckRequest {
-            service: "leadflow.ingestion.v1.IngestionService".into(),
+            service: grpc_service.into(),
         })
         .await
-        .expect("health")
+        .unwrap_or_else(|status| panic!("{service} health: {status}"))
         .into_inner();
-    assert_eq!(health.status, 1, "SERVING");
+        assert_eq!(health.status, 1, "{service} SERVING");
+    }
+
+    let channel = Channel::from_shared(urls["ingestion"].clone())
+        .expect("url")
+        .connect_lazy();
     let tracked = IngestionServiceClient::new(channel)
         .track(TrackRequest {
             message_id: "m-1".into(),
@@ -95,10 +101,12 @@ async fn up_serves_every_service_and_stops_on_ctrl_c() {
         .expect("track in development mode")
         .into_inner();
     assert!(!tracked.lead_id.is_empty());
-    assert!(
-        data_dir.join("ingestion.db").exists(),
-        "one SQLite file per service under the data folder"
-    );
+    for (service, _) in SERVICES {
+        assert!(
+            data_dir.join(format!("{service}.db")).exists(),
+            "one SQLite file per service under the data folder: {service}"
+        );
+    }
 
     let pid = child.id().expect("pid").to_string();
     assert!(

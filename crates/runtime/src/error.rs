@@ -34,6 +34,11 @@ impl FieldViolations {
         });
     }
 
+    /// Adds every violation of `other` as it is.
+    pub fn extend(&mut self, other: FieldViolations) {
+        self.0.extend(other.0);
+    }
+
     /// Adds every violation of `other`, its fields prefixed with `prefix.`.
     pub fn extend_prefixed(&mut self, prefix: &str, other: FieldViolations) {
         self.0.extend(other.0.into_iter().map(|v| FieldViolation {

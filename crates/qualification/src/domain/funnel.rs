@@ -31,7 +31,8 @@ pub struct Period {
 }
 
 impl Period {
-    fn contains(&self, at: DateTime<Utc>) -> bool {
+    /// Whether `at` falls in the period.
+    pub fn contains(&self, at: DateTime<Utc>) -> bool {
         self.start <= at && at < self.end
     }
 }

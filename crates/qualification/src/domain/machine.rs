@@ -336,8 +336,11 @@ impl LeadQualification {
                 if self.bant.is_none() {
                     self.bant = absorbed.bant.clone();
                 }
-                (absorbed.stage.advancement() > self.stage.advancement())
-                    .then(|| (absorbed.stage, Reason::Merged(absorbed_id), Actor::System))
+                (absorbed.stage.advancement() > self.stage.advancement()).then_some((
+                    absorbed.stage,
+                    Reason::Merged(absorbed_id),
+                    Actor::System,
+                ))
             }
         };
         Ok(next

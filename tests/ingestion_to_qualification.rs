@@ -1,14 +1,20 @@
-//! Ingestion and scoring as separate services over gRPC, each with its own database: the seed
-//! journey tracked at ingestion is scored through the outbox, and restarting ingestion half-way
-//! loses nothing and counts nothing twice. On SQLite and on PostgreSQL.
+//! Ingestion, scoring and qualification as separate services over gRPC, each with its own
+//! database: the seed journey tracked at ingestion is scored through the outbox and makes the
+//! lead an MQL at qualification; restarting ingestion and qualification half-way loses nothing
+//! and counts nothing twice. On SQLite and on PostgreSQL.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use leadflow_proto::common::v1::LeadStage;
 use leadflow_proto::common::v1::{Activity, Profile, Seniority};
 use leadflow_proto::ingestion::v1::{
     IdentifyRequest, LeadIdentity, TrackRequest, ingestion_service_client::IngestionServiceClient,
+};
+use leadflow_proto::qualification::v1::{
+    GetHistoryRequest, GetLeadStageRequest, TransitionReason,
+    qualification_service_client::QualificationServiceClient,
 };
 use leadflow_proto::scoring::v1::{
     ContributionKind, ExplainScoreRequest, scoring_service_client::ScoringServiceClient,
@@ -52,7 +58,36 @@ impl Running {
     }
 }
 
-async fn scoring(db: &TestDb) -> Running {
+async fn qualification(db: &TestDb, addr: Option<SocketAddr>) -> Running {
+    let listener = tokio::net::TcpListener::bind(addr.unwrap_or(([127, 0, 0, 1], 0).into()))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let config = leadflow_qualification::Config {
+        listen_addr: addr,
+        database_url: Some(db.url.clone()),
+        data_dir: std::env::temp_dir(),
+        database_max_connections: 5,
+        handoff_url: "http://127.0.0.1:9".into(),
+        recycle_interval_ms: 60_000,
+        auth: AuthArgs::default(),
+        outbox: fast_outbox(),
+    };
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(leadflow_qualification::serve(
+        config,
+        listener,
+        Arc::new(SystemClock),
+        shutdown.clone(),
+    ));
+    Running {
+        addr,
+        shutdown,
+        task,
+    }
+}
+
+async fn scoring(db: &TestDb, qualification: &Running) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -62,7 +97,7 @@ async fn scoring(db: &TestDb) -> Running {
         database_url: Some(db.url.clone()),
         data_dir: std::env::temp_dir(),
         database_max_connections: 5,
-        qualification_url: "http://127.0.0.1:9".into(),
+        qualification_url: format!("http://{}", qualification.addr),
         sweep_interval_ms: 60_000,
         auth: AuthArgs::default(),
         outbox: fast_outbox(),
@@ -132,12 +167,15 @@ fn track(message_id: &str, kind: &str, days_ago: i64, asset: &[(&str, &str)]) ->
 }
 
 async fn seed_journey_is_scored_across_a_restart(backend: Backend) {
-    let (Some(ingestion_db), Some(scoring_db)) =
-        (TestDb::new(backend).await, TestDb::new(backend).await)
-    else {
+    let (Some(ingestion_db), Some(scoring_db), Some(qualification_db)) = (
+        TestDb::new(backend).await,
+        TestDb::new(backend).await,
+        TestDb::new(backend).await,
+    ) else {
         return;
     };
-    let scoring = scoring(&scoring_db).await;
+    let first_qualification = qualification(&qualification_db, None).await;
+    let scoring = scoring(&scoring_db, &first_qualification).await;
     let first = ingestion(&ingestion_db, &scoring).await;
     let mut client = IngestionServiceClient::new(first.channel());
     let lead_id = client
@@ -178,6 +216,10 @@ async fn seed_journey_is_scored_across_a_restart(backend: Backend) {
         .await
         .expect("track");
     first.stop().await;
+    // Qualification goes down too and comes back on the same address: scoring's outbox holds
+    // the score changes meanwhile and delivers them once.
+    let qualification_addr = first_qualification.addr;
+    first_qualification.stop().await;
 
     let second = ingestion(&ingestion_db, &scoring).await;
     let mut client = IngestionServiceClient::new(second.channel());
@@ -199,6 +241,7 @@ async fn seed_journey_is_scored_across_a_restart(backend: Backend) {
         .await
         .expect("track");
 
+    let qualification = qualification(&qualification_db, Some(qualification_addr)).await;
     let mut scores = ScoringServiceClient::new(scoring.channel());
     let explanation = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
@@ -235,8 +278,39 @@ async fn seed_journey_is_scored_across_a_restart(backend: Backend) {
         opens, 3,
         "three e-mails, each counted once across the restart"
     );
+
+    let mut stages = QualificationServiceClient::new(qualification.channel());
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Ok(response) = stages
+                .get_lead_stage(GetLeadStageRequest {
+                    lead_id: lead_id.clone(),
+                })
+                .await
+                && response.into_inner().lead.map(|l| l.stage) == Some(LeadStage::Mql as i32)
+            {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the scored lead becomes an MQL at qualification");
+    let history = stages
+        .get_history(GetHistoryRequest {
+            lead_id: lead_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("history")
+        .into_inner()
+        .transitions;
+    assert_eq!(history.len(), 1, "one MQL transition: {history:?}");
+    assert_eq!(history[0].reason, TransitionReason::ScoreThreshold as i32);
+    assert!(history[0].score > 60.0);
     second.stop().await;
     scoring.stop().await;
+    qualification.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
