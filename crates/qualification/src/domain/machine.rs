@@ -648,6 +648,61 @@ mod tests {
         );
     }
 
+    /// Every decision from every stage: allowed exactly where the lifecycle says, otherwise
+    /// refused naming the stage and changing nothing.
+    #[test]
+    fn every_illegal_decision_is_refused() {
+        let def = Definition::default();
+        let now = Utc::now();
+        let decisions: [(Input, &[Stage]); 6] = [
+            (Input::Accept { sdr: "s".into() }, &[Stage::Mql]),
+            (
+                Input::Reject {
+                    sdr: "s".into(),
+                    reason: RejectReason::Premature,
+                },
+                &[Stage::Mql, Stage::Sal],
+            ),
+            (
+                Input::RecordBant {
+                    sdr: "s".into(),
+                    bant: bant("need", 30, true, true, now),
+                },
+                &[Stage::Sal, Stage::Sql, Stage::Opportunity],
+            ),
+            (Input::Opportunity { by: "ae".into() }, &[Stage::Sql]),
+            (
+                Input::Won { by: "ae".into() },
+                &[Stage::Sql, Stage::Opportunity],
+            ),
+            (
+                Input::Lost {
+                    by: "ae".into(),
+                    reason: LostReason::NoBudget,
+                },
+                &[Stage::Sql, Stage::Opportunity],
+            ),
+        ];
+        for stage in Stage::ALL {
+            for (input, allowed) in &decisions {
+                let mut lead = LeadQualification::new(now);
+                lead.stage = stage;
+                let before = lead.clone();
+                match lead.apply(&def, input.clone(), now) {
+                    Ok(moves) => {
+                        assert!(allowed.contains(&stage), "{input:?} from {stage:?}");
+                        assert!(moves.iter().all(is_legal), "{input:?} from {stage:?}");
+                    }
+                    Err(refusal) => {
+                        assert!(!allowed.contains(&stage), "{input:?} from {stage:?}");
+                        assert!(refusal.to_string().ends_with(stage.name()));
+                        assert_eq!(lead, before);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn lost_deals_route_by_reason_and_only_listed_types_raise_a_hand() {
         let def = Definition::default();
