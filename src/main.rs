@@ -56,6 +56,13 @@ struct UpArgs {
         default_value_t = 60_000
     )]
     recycle_interval_ms: u64,
+    /// How often handoff looks for SLA breaches, in milliseconds.
+    #[arg(
+        long,
+        env = "LEADFLOW_HANDOFF_SLA_SWEEP_INTERVAL_MS",
+        default_value_t = 60_000
+    )]
+    sla_sweep_interval_ms: u64,
     #[command(flatten)]
     auth: AuthArgs,
     #[command(flatten)]
@@ -111,9 +118,23 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         auth: args.auth.clone(),
         outbox: args.outbox.clone(),
     };
+    let handoff = leadflow_handoff::Config {
+        listen_addr: handoff_addr,
+        database_url: None,
+        data_dir: args.data_dir.clone(),
+        database_max_connections: 10,
+        ingestion_url: format!("http://{ingestion_addr}"),
+        scoring_url: format!("http://{scoring_addr}"),
+        qualification_url: format!("http://{qualification_addr}"),
+        sla_sweep_interval_ms: args.sla_sweep_interval_ms,
+        webhook_poll_ms: 1_000,
+        auth: args.auth.clone(),
+        outbox: args.outbox.clone(),
+    };
     let ingestion_listener = bind("ingestion", ingestion_addr).await?;
     let scoring_listener = bind("scoring", scoring_addr).await?;
     let qualification_listener = bind("qualification", qualification_addr).await?;
+    let handoff_listener = bind("handoff", handoff_addr).await?;
     println!("leadflow is up (ctrl-c stops it)");
     println!(
         "  ingestion      grpc://{ingestion_addr}  data {}",
@@ -127,6 +148,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         "  qualification  grpc://{qualification_addr}  data {}",
         qualification.database_url()
     );
+    println!(
+        "  handoff        grpc://{handoff_addr}  data {}",
+        handoff.database_url()
+    );
     // A service that fails stops the others: the suite runs whole or not at all.
     let stop_all = |result: anyhow::Result<()>| {
         if result.is_err() {
@@ -134,7 +159,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         }
         result
     };
-    let (ingestion, scoring, qualification) = tokio::join!(
+    let (ingestion, scoring, qualification, handoff) = tokio::join!(
         async {
             stop_all(
                 leadflow_ingestion::serve(
@@ -163,10 +188,17 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                 .await,
             )
         },
+        async {
+            stop_all(
+                leadflow_handoff::serve(handoff, handoff_listener, clock.clone(), shutdown.clone())
+                    .await,
+            )
+        },
     );
     ingestion.context("ingestion")?;
     scoring.context("scoring")?;
     qualification.context("qualification")?;
+    handoff.context("handoff")?;
     Ok(())
 }
 

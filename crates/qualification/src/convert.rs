@@ -237,10 +237,17 @@ fn route_target(stage: i32, field: String, v: &mut FieldViolations) -> Stage {
     }
 }
 
-/// A definition to publish: the version is ignored (the store assigns it). Unspecified minimum
-/// budget or authority mean no requirement (every level meets them); no recycle rules mean no
-/// recycling; an unspecified default lost stage is nurture. Every violation is collected, those
-/// of [`Definition::validate`] included.
+/// A definition to publish: the version (and create time) is ignored, the store assigns it.
+///
+/// An unspecified `min_fit_grade` or absent `sql_rule` is a violation. Within the SQL rule an
+/// absent or zero `max_time_to_decision` means no timeline is needed, and an unspecified
+/// `min_budget` or `min_authority` maps to `Unknown`, which means no requirement: every budget
+/// and authority level is at least `Unknown`. Absent recycle rules mean no recycling, an absent
+/// or zero acceptance timeout never recycles on time, and an unset score floor never on score.
+/// Route reasons must be specified and listed once, route targets must be nurture or
+/// disqualified, and an unspecified `default_lost_stage` is nurture. Every violation is
+/// collected, those of [`Definition::validate`] included, each naming its field relative to the
+/// `QualificationDefinition`.
 pub fn definition_from_pb(d: pb::QualificationDefinition) -> Result<Definition, FieldViolations> {
     let mut v = FieldViolations::new();
     if d.description.chars().count() > MAX_DESCRIPTION_CHARS {
@@ -250,11 +257,17 @@ pub fn definition_from_pb(d: pb::QualificationDefinition) -> Result<Definition, 
         );
     }
     let min_grade = grade_from_pb(d.min_fit_grade).unwrap_or_else(|| {
-        v.add("min_fit_grade", "required: the worst grade that still fits");
+        let problem = if d.min_fit_grade == 0 {
+            "required"
+        } else {
+            "not a fit grade"
+        };
+        v.add("min_fit_grade", problem);
         FitGrade::B
     });
+    let hand_raise_order = d.hand_raise_activity_types;
     let mut hand_raise_types = BTreeSet::new();
-    for (i, kind) in d.hand_raise_activity_types.iter().enumerate() {
+    for (i, kind) in hand_raise_order.iter().enumerate() {
         if !hand_raise_types.insert(kind.clone()) {
             v.add(format!("hand_raise_activity_types[{i}]"), "listed twice");
         }
@@ -341,15 +354,38 @@ pub fn definition_from_pb(d: pb::QualificationDefinition) -> Result<Definition, 
         default_lost,
     };
     // Routes were checked above by their position in the request; what is left to the domain's
-    // rules (threshold, durations, score floor) names the same fields.
+    // rules (threshold, durations, score floor, activity types) names the same fields, hand-raise
+    // types re-indexed from the sorted set to the request. A field already reported is not
+    // reported twice.
     if let Err(more) = definition.validate() {
         for violation in more.violations() {
-            if !v.violations().iter().any(|o| o.field == violation.field) {
-                v.add(violation.field.clone(), violation.description.clone());
+            let field = request_path(
+                &violation.field,
+                &definition.hand_raise_types,
+                &hand_raise_order,
+            );
+            if !v.violations().iter().any(|o| o.field == field) {
+                v.add(field, violation.description.clone());
             }
         }
     }
     v.into_result(definition)
+}
+
+/// Maps a path of [`Definition::validate`] onto the request: it indexes hand-raise types in the
+/// definition's sorted set, the request in its own order (the first occurrence of a type).
+fn request_path(field: &str, set: &BTreeSet<String>, request_order: &[String]) -> String {
+    let index = field
+        .strip_prefix("hand_raise_activity_types[")
+        .and_then(|rest| rest.strip_suffix(']'))
+        .and_then(|k| k.parse::<usize>().ok());
+    if let Some(k) = index
+        && let Some(kind) = set.iter().nth(k)
+        && let Some(original) = request_order.iter().position(|t| t == kind)
+    {
+        return format!("hand_raise_activity_types[{original}]");
+    }
+    field.to_owned()
 }
 
 /// A definition in the contract's terms.
@@ -573,8 +609,16 @@ pub fn funnel_period_from_pb(r: &pb::GetFunnelRequest) -> Result<Period, FieldVi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::funnel::Conversion;
+    use crate::domain::funnel::{CONVERSIONS, Conversion};
     use chrono::Duration;
+
+    fn fields(violations: &FieldViolations) -> Vec<&str> {
+        violations
+            .violations()
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect()
+    }
 
     #[test]
     fn enums_round_trip() {
@@ -586,6 +630,9 @@ mod tests {
         for grade in [FitGrade::A, FitGrade::B, FitGrade::C, FitGrade::D] {
             assert_eq!(grade_from_pb(grade_to_pb(Some(grade)) as i32), Some(grade));
         }
+        assert_eq!(grade_to_pb(None), common::FitGrade::Unspecified);
+        assert_eq!(grade_from_pb(0), None);
+        assert_eq!(grade_from_pb(-1), None);
         for reason in [
             RejectReason::InaccurateData,
             RejectReason::NotIdealCustomer,
@@ -596,6 +643,8 @@ mod tests {
                 Some(reason)
             );
         }
+        assert_eq!(reject_reason_from_pb(0), None);
+        assert_eq!(reject_reason_from_pb(17), None);
         for reason in [
             LostReason::NoBudget,
             LostReason::LostToCompetitor,
@@ -610,6 +659,8 @@ mod tests {
                 Some(reason)
             );
         }
+        assert_eq!(lost_reason_from_pb(0), None);
+        assert_eq!(lost_reason_from_pb(17), None);
     }
 
     #[test]
@@ -619,25 +670,68 @@ mod tests {
             definition_from_pb(definition_to_pb(&default, None)).expect("valid"),
             default
         );
+        let created = DateTime::from_timestamp(1_700_000_000, 0);
         let custom = Definition {
-            version: 0,
+            version: 7,
+            description: "stricter after the Q3 review".into(),
             mql_threshold: 75.5,
             min_grade: FitGrade::A,
+            hand_raise_types: BTreeSet::from(["custom.trial_signup".to_owned()]),
             recycle_unaccepted_after: None,
-            recycle_below_score: None,
+            recycle_below_score: Some(20.0),
             sql_rule: SqlRule {
+                require_need: false,
                 max_time_to_decision: None,
+                min_budget: Budget::Unknown,
+                min_authority: Authority::DecisionMaker,
                 require_budget_and_authority: true,
-                ..Definition::default().sql_rule
             },
-            lost_routes: BTreeMap::from([(LostReason::NoBudget, Stage::Disqualified)]),
+            rejection_routes: BTreeMap::from([(RejectReason::Premature, Stage::Disqualified)]),
+            lost_routes: BTreeMap::from([
+                (LostReason::NoBudget, Stage::Disqualified),
+                (LostReason::BadTiming, Stage::Nurture),
+            ]),
             default_lost: Stage::Disqualified,
-            ..Definition::default()
         };
+        let pb = definition_to_pb(&custom, created);
+        assert_eq!(pb.version, 7);
         assert_eq!(
-            definition_from_pb(definition_to_pb(&custom, None)).expect("valid"),
-            custom
+            pb.create_time.as_ref().map(|t| t.seconds),
+            Some(1_700_000_000)
         );
+        assert_eq!(
+            definition_from_pb(pb).expect("valid"),
+            Definition {
+                version: 0,
+                ..custom
+            },
+            "the version is the store's to assign"
+        );
+    }
+
+    #[test]
+    fn unspecified_parts_take_their_documented_meaning() {
+        let minimal = pb::QualificationDefinition {
+            mql_threshold: 50.0,
+            min_fit_grade: common::FitGrade::C as i32,
+            sql_rule: Some(pb::SqlRule {
+                max_time_to_decision: Some(prost_types::Duration::default()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let d = definition_from_pb(minimal).expect("valid");
+        assert_eq!(d.sql_rule.max_time_to_decision, None);
+        assert_eq!(
+            (d.sql_rule.min_budget, d.sql_rule.min_authority),
+            (Budget::Unknown, Authority::Unknown)
+        );
+        assert_eq!(
+            (d.recycle_unaccepted_after, d.recycle_below_score),
+            (None, None)
+        );
+        assert_eq!(d.default_lost, Stage::Nurture);
+        assert!(d.rejection_routes.is_empty() && d.lost_routes.is_empty());
     }
 
     #[test]
@@ -645,57 +739,127 @@ mod tests {
         let mut bad = definition_to_pb(&Definition::default(), None);
         bad.mql_threshold = -1.0;
         bad.min_fit_grade = 0;
-        bad.rejection_routes.push(pb::RejectionRoute {
-            reason: 0,
-            target_stage: common::LeadStage::Nurture as i32,
-        });
+        bad.recycle_rules = None;
+        bad.rejection_routes = vec![
+            pb::RejectionRoute {
+                reason: common::RejectionReason::Premature as i32,
+                target_stage: common::LeadStage::Nurture as i32,
+            },
+            pb::RejectionRoute {
+                reason: 0,
+                target_stage: common::LeadStage::Disqualified as i32,
+            },
+        ];
         if let Some(rule) = bad.sql_rule.as_mut() {
             rule.max_time_to_decision = Some(prost_types::Duration {
                 seconds: 1,
                 nanos: -1,
             });
         }
-        let fields: Vec<String> = definition_from_pb(bad)
-            .expect_err("invalid")
-            .violations()
-            .iter()
-            .map(|v| v.field.clone())
-            .collect();
+        let violations = definition_from_pb(bad).expect_err("invalid");
         assert_eq!(
-            fields,
+            fields(&violations),
             [
                 "min_fit_grade",
                 "sql_rule.max_time_to_decision",
-                "rejection_routes[3].reason",
+                "rejection_routes[1].reason",
                 "mql_threshold",
-                "recycle_rules.mql_score_floor"
+            ]
+        );
+        assert_eq!(violations.violations()[0].description, "required");
+    }
+
+    #[test]
+    fn duplicates_targets_and_activity_types_are_named_as_in_the_request() {
+        let bad = pb::QualificationDefinition {
+            description: "x".repeat(MAX_DESCRIPTION_CHARS + 1),
+            mql_threshold: 60.0,
+            min_fit_grade: common::FitGrade::B as i32,
+            hand_raise_activity_types: vec![
+                "demo_request".into(),
+                "Bad Type".into(),
+                "demo_request".into(),
+            ],
+            sql_rule: None,
+            recycle_rules: Some(pb::RecycleRules {
+                mql_acceptance_timeout: Some(prost_types::Duration {
+                    seconds: -60,
+                    nanos: 0,
+                }),
+                mql_score_floor: None,
+            }),
+            rejection_routes: vec![
+                pb::RejectionRoute {
+                    reason: common::RejectionReason::Premature as i32,
+                    target_stage: common::LeadStage::Nurture as i32,
+                },
+                pb::RejectionRoute {
+                    reason: common::RejectionReason::Premature as i32,
+                    target_stage: common::LeadStage::Disqualified as i32,
+                },
+                pb::RejectionRoute {
+                    reason: common::RejectionReason::InaccurateData as i32,
+                    target_stage: common::LeadStage::Sql as i32,
+                },
+            ],
+            lost_routes: vec![pb::LostRoute {
+                reason: 99,
+                target_stage: 0,
+            }],
+            default_lost_stage: common::LeadStage::Customer as i32,
+            ..Default::default()
+        };
+        let violations = definition_from_pb(bad).expect_err("invalid");
+        assert_eq!(
+            fields(&violations),
+            [
+                "description",
+                "hand_raise_activity_types[2]",
+                "sql_rule",
+                "rejection_routes[1].reason",
+                "rejection_routes[2].target_stage",
+                "lost_routes[0].target_stage",
+                "lost_routes[0].reason",
+                "default_lost_stage",
+                "hand_raise_activity_types[1]",
+                "recycle_rules.mql_acceptance_timeout",
             ]
         );
     }
 
     #[test]
-    fn bant_checks_its_enums_and_time() {
+    fn bant_checks_its_enums_lengths_and_time() {
         let bad = common::Bant {
             budget: 9,
+            authority: 42,
+            need: "n".repeat(MAX_NEED_CHARS + 1),
             expected_decision_time: Some(prost_types::Timestamp {
                 seconds: 0,
                 nanos: -5,
             }),
-            ..Default::default()
+            notes: "n".repeat(MAX_NOTES_CHARS + 1),
         };
-        let fields: Vec<String> = bant_from_pb(&bad)
-            .expect_err("invalid")
-            .violations()
-            .iter()
-            .map(|v| v.field.clone())
-            .collect();
-        assert_eq!(fields, ["budget", "expected_decision_time"]);
+        assert_eq!(
+            fields(&bant_from_pb(&bad).expect_err("invalid")),
+            [
+                "budget",
+                "authority",
+                "need",
+                "expected_decision_time",
+                "notes"
+            ]
+        );
+        assert_eq!(
+            bant_from_pb(&common::Bant::default()).expect("valid"),
+            Bant::default(),
+            "unspecified budget and authority are not known yet"
+        );
         let bant = Bant {
             budget: Budget::Approved,
             authority: Authority::Influencer,
-            need: "a pipeline".into(),
-            expected_decision: DateTime::from_timestamp(1_700_000_000, 0),
-            notes: "n".into(),
+            need: " a pipeline ".into(),
+            expected_decision: DateTime::from_timestamp(1_700_000_000, 5),
+            notes: "n".repeat(MAX_NOTES_CHARS),
         };
         assert_eq!(bant_from_pb(&bant_to_pb(&bant)).expect("valid"), bant);
     }
@@ -727,22 +891,25 @@ mod tests {
             &meta,
         );
         assert_eq!(
-            (
-                lost.reason,
-                lost.lost_reason,
-                lost.actor_type,
-                lost.actor_id.as_str()
-            ),
-            (
-                pb::TransitionReason::Lost as i32,
-                common::LostReason::BadTiming as i32,
-                pb::ActorType::Sales as i32,
-                "ae"
-            )
-        );
-        assert_eq!(
-            (lost.definition_version, lost.score, lost.fit_grade),
-            (3, 61.5, common::FitGrade::B as i32)
+            lost,
+            pb::StageTransition {
+                transition_id: "t".into(),
+                lead_id: "l".into(),
+                from_stage: common::LeadStage::Sql as i32,
+                to_stage: common::LeadStage::Nurture as i32,
+                reason: pb::TransitionReason::Lost as i32,
+                rejection_reason: 0,
+                lost_reason: common::LostReason::BadTiming as i32,
+                merged_lead_id: String::new(),
+                actor_type: pb::ActorType::Sales as i32,
+                actor_id: "ae".into(),
+                definition_version: 3,
+                score: 61.5,
+                fit_grade: common::FitGrade::B as i32,
+                transition_time: Some(to_timestamp(at)),
+                trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+                note: "note".into(),
+            }
         );
         let rejected = transition_to_pb(
             &move_(
@@ -752,43 +919,128 @@ mod tests {
             &meta,
         );
         assert_eq!(
-            rejected.rejection_reason,
-            common::RejectionReason::Premature as i32
+            (
+                rejected.reason,
+                rejected.rejection_reason,
+                rejected.lost_reason,
+                rejected.actor_type
+            ),
+            (
+                pb::TransitionReason::SdrRejected as i32,
+                common::RejectionReason::Premature as i32,
+                0,
+                pb::ActorType::Sdr as i32
+            )
         );
         let merged = transition_to_pb(&move_(Reason::Merged("dup".into()), Actor::System), &meta);
         assert_eq!(
-            (merged.reason, merged.merged_lead_id.as_str()),
-            (pb::TransitionReason::Merge as i32, "dup")
+            (
+                merged.reason,
+                merged.merged_lead_id.as_str(),
+                merged.actor_type,
+                merged.actor_id.as_str()
+            ),
+            (
+                pb::TransitionReason::Merge as i32,
+                "dup",
+                pb::ActorType::System as i32,
+                ""
+            )
+        );
+        assert_eq!(
+            actor_to_pb(&Actor::Rule),
+            (pb::ActorType::Rule, String::new())
         );
     }
 
     #[test]
     fn figures_list_every_stage_and_conversion() {
-        let figures = Figures {
-            entered: BTreeMap::from([(Stage::Mql, 4), (Stage::Sal, 2)]),
-            conversions: vec![Conversion {
-                from: Stage::Mql,
-                to: Stage::Sal,
-                cohort: 4,
-                converted: 2,
-                rate: 0.5,
-                median: Some(Duration::hours(5)),
-                p90: Some(Duration::hours(9)),
-            }],
-            recycled: BTreeMap::from([(Reason::NotAcceptedInTime, 1)]),
-            disqualified: BTreeMap::new(),
+        let conversion = |(from, to): (Stage, Stage)| Conversion {
+            from,
+            to,
+            cohort: 0,
+            converted: 0,
+            rate: 0.0,
+            median: None,
+            p90: None,
         };
-        let group = figures_to_pb(&figures, 2, 0);
-        assert_eq!(group.stage_entries.len(), Stage::ALL.len());
-        assert_eq!(group.stage_entries[2].entered_count, 4);
-        assert_eq!(group.stage_entries[0].entered_count, 0);
+        let mut conversions: Vec<Conversion> = CONVERSIONS.into_iter().map(conversion).collect();
+        conversions[0] = Conversion {
+            cohort: 4,
+            converted: 2,
+            rate: 0.5,
+            median: Some(Duration::hours(5)),
+            p90: Some(Duration::hours(9)),
+            ..conversions[0].clone()
+        };
+        let figures = Figures {
+            entered: BTreeMap::from([(Stage::Mql, 4), (Stage::Sal, u64::MAX)]),
+            conversions,
+            recycled: BTreeMap::from([(Reason::NotAcceptedInTime, 1)]),
+            disqualified: BTreeMap::from([(Reason::Rejected(RejectReason::NotIdealCustomer), 3)]),
+        };
+        let group = figures_to_pb(&figures, common::SourceChannel::Email as i32, 2);
         assert_eq!(
-            group.conversions[0].median_time.as_ref().map(|d| d.seconds),
-            Some(5 * 3600)
+            (group.source_channel, group.definition_version),
+            (common::SourceChannel::Email as i32, 2)
+        );
+        let entries: Vec<(i32, i64)> = group
+            .stage_entries
+            .iter()
+            .map(|e| (e.stage, e.entered_count))
+            .collect();
+        let expected: Vec<(i32, i64)> = Stage::ALL
+            .iter()
+            .map(|s| {
+                let n = match s {
+                    Stage::Mql => 4,
+                    Stage::Sal => i64::MAX,
+                    _ => 0,
+                };
+                (stage_to_pb(*s) as i32, n)
+            })
+            .collect();
+        assert_eq!(entries, expected, "every stage, zeros included, saturated");
+        let pairs: Vec<(i32, i32)> = group
+            .conversions
+            .iter()
+            .map(|c| (c.from_stage, c.to_stage))
+            .collect();
+        let expected: Vec<(i32, i32)> = CONVERSIONS
+            .iter()
+            .map(|(f, t)| (stage_to_pb(*f) as i32, stage_to_pb(*t) as i32))
+            .collect();
+        assert_eq!(pairs, expected);
+        let first = &group.conversions[0];
+        assert_eq!(
+            (first.cohort_count, first.converted_count, first.rate),
+            (4, 2, 0.5)
         );
         assert_eq!(
-            group.recycled[0].reason,
-            pb::TransitionReason::RecycleNotAccepted as i32
+            (
+                first.median_time.as_ref().map(|d| d.seconds),
+                first.p90_time.as_ref().map(|d| d.seconds)
+            ),
+            (Some(5 * 3600), Some(9 * 3600))
+        );
+        assert_eq!(group.conversions[1].median_time, None);
+        assert_eq!(
+            group.recycled,
+            [pb::ReasonCount {
+                reason: pb::TransitionReason::RecycleNotAccepted as i32,
+                rejection_reason: 0,
+                lost_reason: 0,
+                count: 1,
+            }]
+        );
+        assert_eq!(
+            group.disqualified,
+            [pb::ReasonCount {
+                reason: pb::TransitionReason::SdrRejected as i32,
+                rejection_reason: common::RejectionReason::NotIdealCustomerProfile as i32,
+                lost_reason: 0,
+                count: 3,
+            }]
         );
     }
 
@@ -805,16 +1057,29 @@ mod tests {
             end_time: end,
             ..Default::default()
         };
-        assert!(funnel_period_from_pb(&request(at(0), at(10))).is_ok());
-        let fields = |r: pb::GetFunnelRequest| -> Vec<String> {
+        assert_eq!(
+            funnel_period_from_pb(&request(at(0), at(10))).expect("valid"),
+            Period {
+                start: DateTime::from_timestamp(0, 0).expect("time"),
+                end: DateTime::from_timestamp(10, 0).expect("time"),
+            }
+        );
+        let bad = |r: pb::GetFunnelRequest| {
             funnel_period_from_pb(&r)
                 .expect_err("invalid")
                 .violations()
                 .iter()
                 .map(|v| v.field.clone())
-                .collect()
+                .collect::<Vec<_>>()
         };
-        assert_eq!(fields(request(None, at(1))), ["start_time"]);
-        assert_eq!(fields(request(at(5), at(5))), ["end_time"]);
+        assert_eq!(bad(request(None, None)), ["start_time", "end_time"]);
+        assert_eq!(bad(request(None, at(1))), ["start_time"]);
+        let invalid = Some(prost_types::Timestamp {
+            seconds: 0,
+            nanos: 2_000_000_000,
+        });
+        assert_eq!(bad(request(at(0), invalid)), ["end_time"]);
+        assert_eq!(bad(request(at(5), at(5))), ["end_time"]);
+        assert_eq!(bad(request(at(6), at(5))), ["end_time"]);
     }
 }

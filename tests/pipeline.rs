@@ -1,19 +1,26 @@
-//! Ingestion, scoring and qualification as separate services over gRPC, each with its own
-//! database: the seed journey tracked at ingestion is scored through the outbox and makes the
-//! lead an MQL at qualification; restarting ingestion and qualification half-way loses nothing
-//! and counts nothing twice. On SQLite and on PostgreSQL.
+//! The four services as separate servers over gRPC, each with its own database: the seed journey
+//! tracked at ingestion is scored through the outbox and makes the lead an MQL at qualification
+//! (restarting ingestion and qualification half-way loses nothing and counts nothing twice);
+//! handoff routes it to an SDR with the lead's real timeline and score explanation; the CRM's
+//! accept, qualification's BANT and the CRM's won outcome make it a customer. On SQLite and on
+//! PostgreSQL.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use leadflow_proto::common::v1::LeadStage;
-use leadflow_proto::common::v1::{Activity, Profile, Seniority};
+use leadflow_proto::common::v1::{
+    Activity, Bant, BudgetStatus, HandoffKind, LeadStage, Profile, SalesOutcome, Seniority,
+    WonOutcome, sales_outcome,
+};
+use leadflow_proto::handoff::v1::{
+    self as pb_handoff, handoff_service_client::HandoffServiceClient,
+};
 use leadflow_proto::ingestion::v1::{
     IdentifyRequest, LeadIdentity, TrackRequest, ingestion_service_client::IngestionServiceClient,
 };
 use leadflow_proto::qualification::v1::{
-    GetHistoryRequest, GetLeadStageRequest, TransitionReason,
+    GetHistoryRequest, GetLeadStageRequest, RecordBantRequest, TransitionReason,
     qualification_service_client::QualificationServiceClient,
 };
 use leadflow_proto::scoring::v1::{
@@ -58,7 +65,41 @@ impl Running {
     }
 }
 
-async fn qualification(db: &TestDb, addr: Option<SocketAddr>) -> Running {
+async fn handoff(
+    db: &TestDb,
+    listener: tokio::net::TcpListener,
+    upstream: [&Running; 3],
+) -> Running {
+    let addr = listener.local_addr().expect("addr");
+    let [ingestion, scoring, qualification] = upstream;
+    let config = leadflow_handoff::Config {
+        listen_addr: addr,
+        database_url: Some(db.url.clone()),
+        data_dir: std::env::temp_dir(),
+        database_max_connections: 5,
+        ingestion_url: format!("http://{}", ingestion.addr),
+        scoring_url: format!("http://{}", scoring.addr),
+        qualification_url: format!("http://{}", qualification.addr),
+        sla_sweep_interval_ms: 60_000,
+        webhook_poll_ms: 60_000,
+        auth: AuthArgs::default(),
+        outbox: fast_outbox(),
+    };
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(leadflow_handoff::serve(
+        config,
+        listener,
+        Arc::new(SystemClock),
+        shutdown.clone(),
+    ));
+    Running {
+        addr,
+        shutdown,
+        task,
+    }
+}
+
+async fn qualification(db: &TestDb, addr: Option<SocketAddr>, handoff: SocketAddr) -> Running {
     let listener = tokio::net::TcpListener::bind(addr.unwrap_or(([127, 0, 0, 1], 0).into()))
         .await
         .expect("bind");
@@ -68,7 +109,7 @@ async fn qualification(db: &TestDb, addr: Option<SocketAddr>) -> Running {
         database_url: Some(db.url.clone()),
         data_dir: std::env::temp_dir(),
         database_max_connections: 5,
-        handoff_url: "http://127.0.0.1:9".into(),
+        handoff_url: format!("http://{handoff}"),
         recycle_interval_ms: 60_000,
         auth: AuthArgs::default(),
         outbox: fast_outbox(),
@@ -167,14 +208,19 @@ fn track(message_id: &str, kind: &str, days_ago: i64, asset: &[(&str, &str)]) ->
 }
 
 async fn seed_journey_is_scored_across_a_restart(backend: Backend) {
-    let (Some(ingestion_db), Some(scoring_db), Some(qualification_db)) = (
+    let (Some(ingestion_db), Some(scoring_db), Some(qualification_db), Some(handoff_db)) = (
+        TestDb::new(backend).await,
         TestDb::new(backend).await,
         TestDb::new(backend).await,
         TestDb::new(backend).await,
     ) else {
         return;
     };
-    let first_qualification = qualification(&qualification_db, None).await;
+    let handoff_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let handoff_addr = handoff_listener.local_addr().expect("addr");
+    let first_qualification = qualification(&qualification_db, None, handoff_addr).await;
     let scoring = scoring(&scoring_db, &first_qualification).await;
     let first = ingestion(&ingestion_db, &scoring).await;
     let mut client = IngestionServiceClient::new(first.channel());
@@ -241,7 +287,14 @@ async fn seed_journey_is_scored_across_a_restart(backend: Backend) {
         .await
         .expect("track");
 
-    let qualification = qualification(&qualification_db, Some(qualification_addr)).await;
+    let qualification =
+        qualification(&qualification_db, Some(qualification_addr), handoff_addr).await;
+    let handoff = handoff(
+        &handoff_db,
+        handoff_listener,
+        [&second, &scoring, &qualification],
+    )
+    .await;
     let mut scores = ScoringServiceClient::new(scoring.channel());
     let explanation = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
@@ -308,9 +361,145 @@ async fn seed_journey_is_scored_across_a_restart(backend: Backend) {
     assert_eq!(history.len(), 1, "one MQL transition: {history:?}");
     assert_eq!(history[0].reason, TransitionReason::ScoreThreshold as i32);
     assert!(history[0].score > 60.0);
+
+    sales_close_the_loop(&handoff, &qualification, &lead_id).await;
     second.stop().await;
     scoring.stop().await;
     qualification.stop().await;
+    handoff.stop().await;
+}
+
+/// Waits for `lead_id`'s open hand-off of `kind` at handoff.
+async fn open_handoff(handoff: &Running, lead_id: &str, kind: HandoffKind) -> pb_handoff::Handoff {
+    let mut client = HandoffServiceClient::new(handoff.channel());
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let found = client
+                .list_handoffs(pb_handoff::ListHandoffsRequest {
+                    filter: Some(pb_handoff::HandoffFilter {
+                        lead_id: lead_id.to_owned(),
+                        kind: kind as i32,
+                        statuses: vec![pb_handoff::HandoffStatus::Pending as i32],
+                        ..Default::default()
+                    }),
+                    view: pb_handoff::HandoffView::Full as i32,
+                    ..Default::default()
+                })
+                .await
+                .expect("list")
+                .into_inner()
+                .handoffs
+                .pop();
+            if let Some(found) = found {
+                return found;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the hand-off reaches handoff")
+}
+
+/// Waits until qualification has `lead_id` in `stage`.
+async fn wait_for_stage(qualification: &Running, lead_id: &str, stage: LeadStage) {
+    let mut client = QualificationServiceClient::new(qualification.channel());
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let now = client
+                .get_lead_stage(GetLeadStageRequest {
+                    lead_id: lead_id.to_owned(),
+                })
+                .await
+                .ok()
+                .and_then(|r| r.into_inner().lead)
+                .map(|l| l.stage);
+            if now == Some(stage as i32) {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{lead_id} reaches {stage:?} at qualification"));
+}
+
+/// The hand-over: an SDR reviews the MQL with its warm context and accepts it; BANT makes it
+/// SQL; an account executive wins the deal, and qualification follows each step.
+async fn sales_close_the_loop(handoff: &Running, qualification: &Running, lead_id: &str) {
+    let review = open_handoff(handoff, lead_id, HandoffKind::SdrReview).await;
+    let context = review.context.clone().expect("warm context");
+    let explained = context.score_explanation.expect("the score explanation");
+    assert!(explained.score.map_or(0.0, |s| s.score) > 60.0);
+    assert!(
+        explained
+            .contributions
+            .iter()
+            .any(|c| c.rule_id == "email-open"),
+        "the explanation's contributions travel with the hand-off"
+    );
+    let viewed: Vec<String> = context
+        .recent_activities
+        .iter()
+        .filter_map(|e| e.activity.as_ref().map(|a| a.r#type.clone()))
+        .collect();
+    assert_eq!(viewed.len(), 6, "the lead's real timeline: {viewed:?}");
+    assert!(viewed.contains(&"content_download".to_owned()));
+
+    let mut crm = HandoffServiceClient::new(handoff.channel());
+    crm.record_contact(pb_handoff::RecordContactRequest {
+        request_id: "contact-1".into(),
+        handoff_id: review.handoff_id.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("contact");
+    crm.accept_handoff(pb_handoff::AcceptHandoffRequest {
+        request_id: "accept-1".into(),
+        handoff_id: review.handoff_id.clone(),
+        actor_id: "sdr-sam".into(),
+        note: String::new(),
+    })
+    .await
+    .expect("accept");
+    wait_for_stage(qualification, lead_id, LeadStage::Sal).await;
+
+    let now = chrono::Utc::now();
+    QualificationServiceClient::new(qualification.channel())
+        .record_bant(RecordBantRequest {
+            request_id: "bant-1".into(),
+            lead_id: lead_id.to_owned(),
+            bant: Some(Bant {
+                budget: BudgetStatus::Expected as i32,
+                need: "replace spreadsheets".into(),
+                expected_decision_time: Some(prost_types::Timestamp {
+                    seconds: (now + chrono::Duration::days(60)).timestamp(),
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+            actor_id: "sdr-sam".into(),
+        })
+        .await
+        .expect("bant");
+    let sales = open_handoff(handoff, lead_id, HandoffKind::Sales).await;
+    crm.record_contact(pb_handoff::RecordContactRequest {
+        request_id: "contact-2".into(),
+        handoff_id: sales.handoff_id.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("contact");
+    crm.report_outcome(pb_handoff::ReportOutcomeRequest {
+        request_id: "won-1".into(),
+        handoff_id: sales.handoff_id,
+        outcome: Some(SalesOutcome {
+            outcome: Some(sales_outcome::Outcome::Won(WonOutcome::default())),
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("won");
+    wait_for_stage(qualification, lead_id, LeadStage::Customer).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
