@@ -24,6 +24,7 @@ use crate::convert;
 use crate::domain::owner::TimeWindow;
 use crate::domain::report::{HandoffRecord, sla_report};
 use crate::domain::status::Action;
+use crate::domain::webhook;
 use crate::error::Error;
 use crate::store::{Act, Prepared, Store, handoff, status_of};
 
@@ -31,8 +32,6 @@ use crate::store::{Act, Prepared, Store, handoff, status_of};
 pub const MAX_PAGE: usize = 1000;
 /// Largest `ListWebhooks` page.
 pub const MAX_WEBHOOK_PAGE: usize = 100;
-/// Shortest webhook secret, in bytes.
-pub const MIN_SECRET_BYTES: usize = 32;
 /// Changes read per step of a stream.
 const STREAM_BATCH: u64 = 200;
 
@@ -192,18 +191,9 @@ fn passes(filter: &pb::HandoffFilter, h: &pb::Handoff) -> bool {
         && (filter.lead_id.is_empty() || filter.lead_id == h.lead_id)
 }
 
+/// Every mistake in a webhook to upsert: the filter's enum values here, the URL and secret
+/// rules in the domain.
 fn check_webhook(hook: &pb::Webhook, secret: &str, creating: bool, v: &mut FieldViolations) {
-    let url = hook.url.trim();
-    let valid = url
-        .split_once("://")
-        .filter(|(scheme, _)| matches!(*scheme, "http" | "https"))
-        .is_some_and(|(_, rest)| {
-            let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
-            !host.is_empty() && !host.contains(char::is_whitespace)
-        });
-    if !valid {
-        v.add("webhook.url", "an http:// or https:// url with a host");
-    }
     let filter = hook.event_filter.clone().unwrap_or_default();
     for (i, status) in filter.statuses.iter().enumerate() {
         if convert::status_from_pb(*status).is_none() {
@@ -221,11 +211,14 @@ fn check_webhook(hook: &pb::Webhook, secret: &str, creating: bool, v: &mut Field
             );
         }
     }
-    if (creating || !secret.is_empty()) && secret.len() < MIN_SECRET_BYTES {
-        v.add(
-            "secret",
-            format!("at least {MIN_SECRET_BYTES} bytes (required on create)"),
-        );
+    let endpoint = webhook::Webhook {
+        id: hook.webhook_id.clone(),
+        url: hook.url.trim().to_owned(),
+        enabled: hook.enabled,
+        ..Default::default()
+    };
+    if let Err(more) = webhook::validate_webhook(&endpoint, secret.as_bytes(), creating) {
+        v.extend(more);
     }
 }
 

@@ -212,6 +212,29 @@ async fn requests_are_routed_by_weight_with_a_warm_context(db: TestDb) {
             .collect::<Vec<_>>(),
         [("sdr-1", 2), ("sdr-2", 4)]
     );
+
+    // sdr-2 leaves: its open reviews go to whoever is left in the pool.
+    let gone = h
+        .client()
+        .deactivate_owner(pb::DeactivateOwnerRequest {
+            request_id: String::new(),
+            owner_id: "sdr-2".into(),
+            reassign_open_handoffs: true,
+        })
+        .await
+        .expect("deactivate")
+        .into_inner();
+    assert_eq!(gone.reassigned_count, 4);
+    assert_eq!(
+        gone.owner.map(|o| (o.active, o.open_handoff_count)),
+        Some((false, 0))
+    );
+    for i in 0..6 {
+        assert_eq!(
+            handoffs_of(&h, &format!("lead-{i}")).await[0].owner_id,
+            "sdr-1"
+        );
+    }
     h.stop().await;
 }
 
@@ -773,7 +796,7 @@ async fn webhooks_are_signed_retried_and_logged(db: TestDb) {
         .expect_err("invalid");
     assert_eq!(
         fields(&bad),
-        ["webhook.url", "webhook.event_filter.statuses[0]", "secret"]
+        ["webhook.event_filter.statuses[0]", "webhook.url", "secret"]
     );
     h.client()
         .delete_webhook(pb::DeleteWebhookRequest {
