@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use leadflow_runtime::clock::SharedClock;
-use tokio_util::sync::CancellationToken;
 
 use crate::domain::webhook::{SIGNATURE_HEADER, next_attempt_delay, signature_header};
 use crate::error::Error;
@@ -96,19 +95,6 @@ impl Dispatcher {
                 }
             }
             Err(err) => (0, Some(format!("no response: {err}"))),
-        }
-    }
-
-    /// Runs passes every `interval` until `shutdown`.
-    pub async fn run(self, interval: Duration, shutdown: CancellationToken) {
-        loop {
-            if let Err(err) = self.run_once().await {
-                tracing::warn!(error = %err, "webhook dispatch failed");
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(interval) => {}
-            }
         }
     }
 }

@@ -25,6 +25,7 @@ use leadflow_proto::handoff::v1::handoff_internal_service_server::HandoffInterna
 use leadflow_proto::handoff::v1::handoff_service_server::HandoffServiceServer;
 use leadflow_runtime::auth::{AuthArgs, Keys};
 use leadflow_runtime::clock::SharedClock;
+use leadflow_runtime::lease::{self, Lease};
 use leadflow_runtime::outbox::{OutboxArgs, Relay, Wakeup};
 use leadflow_runtime::server::{self, Health, MAX_MESSAGE_BYTES};
 use tokio::net::TcpListener;
@@ -159,16 +160,23 @@ pub async fn serve(
         <HandoffServiceServer<HandoffApi> as NamedService>::NAME,
         <HandoffInternalServiceServer<HandoffApi> as NamedService>::NAME,
     ]);
-    let sweeper = tokio::spawn(sweep(
-        store.clone(),
-        clock.clone(),
-        Duration::from_millis(config.sla_sweep_interval_ms.max(1)),
-        shutdown.clone(),
-    ));
-    let dispatcher = tokio::spawn(Dispatcher::new(store, clock)?.run(
-        Duration::from_millis(config.webhook_poll_ms.max(1)),
-        shutdown.clone(),
-    ));
+    let interval = Duration::from_millis(config.sla_sweep_interval_ms.max(1));
+    let lease = Lease::new(db.clone(), "handoff.sla_sweeper", lease::ttl_for(interval));
+    let sweeper = tokio::spawn(lease::every(lease, interval, shutdown.clone(), {
+        let (store, clock) = (store.clone(), clock.clone());
+        move || sweep(store.clone(), clock.clone())
+    }));
+    let interval = Duration::from_millis(config.webhook_poll_ms.max(1));
+    let lease = Lease::new(db.clone(), "handoff.webhooks", lease::ttl_for(interval));
+    let dispatcher = Dispatcher::new(store, clock)?;
+    let dispatcher = tokio::spawn(lease::every(lease, interval, shutdown.clone(), move || {
+        let dispatcher = dispatcher.clone();
+        async move {
+            if let Err(err) = dispatcher.run_once().await {
+                tracing::warn!(service = SERVICE, error = %err, "webhook dispatch failed");
+            }
+        }
+    }));
     let to_qualification = Relay::new(
         db.clone(),
         QualificationSink::new(&config.qualification_url, keys.internal_key())?,
@@ -191,17 +199,11 @@ pub async fn serve(
     Ok(())
 }
 
-/// Escalates breached hand-offs every `interval` until `shutdown`.
-async fn sweep(store: Store, clock: SharedClock, interval: Duration, shutdown: CancellationToken) {
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(interval) => {}
-        }
-        match store.sweep_sla(clock.now()).await {
-            Ok(0) => {}
-            Ok(escalated) => tracing::info!(service = SERVICE, escalated, "sla breaches escalated"),
-            Err(err) => tracing::warn!(service = SERVICE, error = %err, "sla sweep failed"),
-        }
+/// One SLA sweep: escalates breached hand-offs.
+async fn sweep(store: Store, clock: SharedClock) {
+    match store.sweep_sla(clock.now()).await {
+        Ok(0) => {}
+        Ok(escalated) => tracing::info!(service = SERVICE, escalated, "sla breaches escalated"),
+        Err(err) => tracing::warn!(service = SERVICE, error = %err, "sla sweep failed"),
     }
 }

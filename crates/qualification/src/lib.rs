@@ -23,6 +23,7 @@ use leadflow_proto::qualification::v1::qualification_internal_service_server::Qu
 use leadflow_proto::qualification::v1::qualification_service_server::QualificationServiceServer;
 use leadflow_runtime::auth::{AuthArgs, Keys};
 use leadflow_runtime::clock::SharedClock;
+use leadflow_runtime::lease::{self, Lease};
 use leadflow_runtime::outbox::{OutboxArgs, Relay, Wakeup};
 use leadflow_runtime::server::{self, Health, MAX_MESSAGE_BYTES};
 use tokio::net::TcpListener;
@@ -129,12 +130,15 @@ pub async fn serve(
         <QualificationServiceServer<QualificationApi> as NamedService>::NAME,
         <QualificationInternalServiceServer<QualificationApi> as NamedService>::NAME,
     ]);
-    let recycler = tokio::spawn(recycle(
-        store,
-        clock,
-        Duration::from_millis(config.recycle_interval_ms.max(1)),
-        shutdown.clone(),
-    ));
+    let interval = Duration::from_millis(config.recycle_interval_ms.max(1));
+    let lease = Lease::new(
+        db.clone(),
+        "qualification.recycler",
+        lease::ttl_for(interval),
+    );
+    let recycler = tokio::spawn(lease::every(lease, interval, shutdown.clone(), move || {
+        recycle(store.clone(), clock.clone())
+    }));
     let sink = HandoffSink::new(&config.handoff_url, keys.internal_key())?;
     let relay = Relay::new(
         db.clone(),
@@ -156,22 +160,11 @@ pub async fn serve(
     Ok(())
 }
 
-/// Runs the recycle rules every `interval` until `shutdown`.
-async fn recycle(
-    store: Store,
-    clock: SharedClock,
-    interval: Duration,
-    shutdown: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(interval) => {}
-        }
-        match store.recycle(clock.now()).await {
-            Ok(0) => {}
-            Ok(recycled) => tracing::info!(service = SERVICE, recycled, "mqls recycled"),
-            Err(err) => tracing::warn!(service = SERVICE, error = %err, "recycle failed"),
-        }
+/// One pass of the recycle rules.
+async fn recycle(store: Store, clock: SharedClock) {
+    match store.recycle(clock.now()).await {
+        Ok(0) => {}
+        Ok(recycled) => tracing::info!(service = SERVICE, recycled, "mqls recycled"),
+        Err(err) => tracing::warn!(service = SERVICE, error = %err, "recycle failed"),
     }
 }

@@ -7,6 +7,7 @@ pub mod client;
 pub mod clock;
 pub mod db;
 pub mod error;
+pub mod lease;
 pub mod outbox;
 pub mod pbtime;
 pub mod server;

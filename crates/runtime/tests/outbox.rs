@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
+use leadflow_runtime::lease::{CreateLeases, Lease};
 use leadflow_runtime::outbox::{
     self, CreateOutboxAndInbox, DeliveryError, NewMessage, OutboxMessage, OutboxSink, Relay,
     RelayConfig, Wakeup, inbox,
@@ -20,7 +21,7 @@ struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateOutboxAndInbox)]
+        vec![Box::new(CreateOutboxAndInbox), Box::new(CreateLeases)]
     }
 }
 
@@ -212,7 +213,40 @@ async fn inbox_claims_a_message_id_once(db: TestDb) {
     );
 }
 
+/// Two replicas share a lease: one holds it while it renews, the other takes over only once it
+/// has expired.
+async fn a_lease_has_one_holder_until_it_expires(db: TestDb) {
+    let conn = connect(&db).await;
+    let ttl = Duration::from_secs(30);
+    let first = Lease::new(conn.clone(), "test.sweeper", ttl);
+    let second = Lease::new(conn, "test.sweeper", ttl);
+    let t0 = Utc::now();
+    let at = |s: i64| t0 + chrono::Duration::seconds(s);
+    assert!(first.acquire_at(at(0)).await.expect("acquire"));
+    assert!(
+        !second.acquire_at(at(1)).await.expect("acquire"),
+        "held by the first"
+    );
+    assert!(
+        first.acquire_at(at(20)).await.expect("renew"),
+        "the holder renews"
+    );
+    assert!(
+        !second.acquire_at(at(45)).await.expect("acquire"),
+        "renewed until 50"
+    );
+    assert!(
+        second.acquire_at(at(51)).await.expect("acquire"),
+        "expired: taken over"
+    );
+    assert!(
+        !first.acquire_at(at(52)).await.expect("acquire"),
+        "the first lost it"
+    );
+}
+
 on_both_backends! {
+    lease => a_lease_has_one_holder_until_it_expires;
     failing_receiver => failing_receiver_gets_everything_once_in_order;
     restart => undelivered_rows_survive_a_restart;
     inbox_dedupe => inbox_claims_a_message_id_once;

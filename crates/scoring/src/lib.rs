@@ -21,6 +21,7 @@ use leadflow_proto::scoring::v1::scoring_internal_service_server::ScoringInterna
 use leadflow_proto::scoring::v1::scoring_service_server::ScoringServiceServer;
 use leadflow_runtime::auth::{AuthArgs, Keys};
 use leadflow_runtime::clock::SharedClock;
+use leadflow_runtime::lease::{self, Lease};
 use leadflow_runtime::outbox::{OutboxArgs, Relay, Wakeup};
 use leadflow_runtime::server::{self, Health, MAX_MESSAGE_BYTES};
 use tokio::net::TcpListener;
@@ -133,12 +134,12 @@ pub async fn serve(
         <ScoringServiceServer<ScoringApi> as NamedService>::NAME,
         <ScoringInternalServiceServer<ScoringApi> as NamedService>::NAME,
     ]);
-    let sweeper = tokio::spawn(sweep(
-        store.clone(),
-        clock,
-        Duration::from_millis(config.sweep_interval_ms.max(1)),
-        shutdown.clone(),
-    ));
+    let interval = Duration::from_millis(config.sweep_interval_ms.max(1));
+    let lease = Lease::new(db.clone(), "scoring.sweeper", lease::ttl_for(interval));
+    let sweeper = tokio::spawn(lease::every(lease, interval, shutdown.clone(), {
+        let store = store.clone();
+        move || sweep(store.clone(), clock.clone())
+    }));
     let sink = QualificationSink::new(&config.qualification_url, keys.internal_key())?;
     let relay = Relay::new(
         db.clone(),
@@ -160,21 +161,15 @@ pub async fn serve(
     Ok(())
 }
 
-/// Applies inactivity rules and announces decay every `interval` until `shutdown`.
-async fn sweep(store: Store, clock: SharedClock, interval: Duration, shutdown: CancellationToken) {
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(interval) => {}
-        }
-        match store.sweep(clock.now()).await {
-            Ok(0) => {}
-            Ok(announced) => tracing::info!(
-                service = SERVICE,
-                announced,
-                "sweep announced score changes"
-            ),
-            Err(err) => tracing::warn!(service = SERVICE, error = %err, "sweep failed"),
-        }
+/// One sweep: applies inactivity rules and announces decay.
+async fn sweep(store: Store, clock: SharedClock) {
+    match store.sweep(clock.now()).await {
+        Ok(0) => {}
+        Ok(announced) => tracing::info!(
+            service = SERVICE,
+            announced,
+            "sweep announced score changes"
+        ),
+        Err(err) => tracing::warn!(service = SERVICE, error = %err, "sweep failed"),
     }
 }

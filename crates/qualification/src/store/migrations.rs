@@ -14,6 +14,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(leadflow_runtime::outbox::CreateOutboxAndInbox),
             Box::new(CreateQualificationTables),
+            Box::new(leadflow_runtime::lease::CreateLeases),
         ]
     }
 }

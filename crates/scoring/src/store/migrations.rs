@@ -15,6 +15,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(leadflow_runtime::outbox::CreateOutboxAndInbox),
             Box::new(CreateScoringTables),
+            Box::new(leadflow_runtime::lease::CreateLeases),
         ]
     }
 }
