@@ -538,7 +538,9 @@ impl Store {
                 .map_err(|err| Error::corrupt("stored answer does not decode", err))?;
             return Ok((answer, true));
         }
+        // Locked (PostgreSQL) so the SLA sweeper and another call wait for this change.
         let row = handoff::Entity::find_by_id((tenant.to_owned(), handoff_id.to_owned()))
+            .lock_exclusive()
             .one(&txn)
             .await?
             .ok_or_else(|| Error::NotFound(format!("hand-off {handoff_id}")))?;
@@ -648,6 +650,7 @@ impl Store {
         for row in due {
             let Some(row) =
                 handoff::Entity::find_by_id((row.tenant_id.clone(), row.handoff_id.clone()))
+                    .lock_exclusive()
                     .one(&txn)
                     .await?
             else {
@@ -979,6 +982,7 @@ impl Routing {
             .map(|row| from_json(&row.body))
             .collect::<Result<Vec<Owner>, Error>>()?;
         let state = match round_robin::Entity::find_by_id(tenant.to_owned())
+            .lock_exclusive()
             .one(txn)
             .await?
         {

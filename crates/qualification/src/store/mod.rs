@@ -224,7 +224,7 @@ impl Store {
 
     /// The lead `lead_id` (or the lead it was merged into).
     pub async fn lead(&self, tenant: &str, lead_id: &str) -> Result<Option<LeadRecord>, Error> {
-        load_lead(&self.db, tenant, lead_id).await
+        find_lead(&self.db, tenant, lead_id, false).await
     }
 
     /// The ids of the leads merged into each of `lead_ids`.
@@ -343,7 +343,7 @@ impl Store {
             .await?
             .ok_or_else(|| Error::NotFound(format!("lead {lead_id}")))?;
         let (definition, _) = active_definition_on(&txn, tenant).await?;
-        let (recorded, messages) = apply(&txn, &mut lead, &definition, input, note, now)
+        let (recorded, messages) = apply(&txn, &mut lead, &definition, input, note, now, false)
             .await?
             .map_err(Error::Refused)?;
         let answer = respond(&lead, &recorded);
@@ -417,7 +417,7 @@ impl Store {
                 activity_type: event.triggering_activity.map(|activity| activity.r#type),
             };
             lead.score = Some(score);
-            match apply(&txn, &mut lead, definition, input, "", now).await? {
+            match apply(&txn, &mut lead, definition, input, "", now, true).await? {
                 Ok((_, messages)) => out.extend(messages),
                 Err(refusal) => {
                     return Err(Error::Corrupt(format!("a score was refused: {refusal}")));
@@ -462,7 +462,8 @@ impl Store {
                 (_, Err(why)) => Some(why),
                 (Some(mut lead), Ok(input)) => {
                     let definition = definitions.get(&txn, tenant).await?;
-                    match apply(&txn, &mut lead, definition, input, &event.note, now).await? {
+                    match apply(&txn, &mut lead, definition, input, &event.note, now, false).await?
+                    {
                         Ok((_, messages)) => {
                             out.extend(messages);
                             None
@@ -546,7 +547,7 @@ impl Store {
                 };
                 let definition = definitions.get(&txn, tenant).await?;
                 if let Ok((recorded, messages)) =
-                    apply(&txn, &mut lead, definition, Input::Tick, "", now).await?
+                    apply(&txn, &mut lead, definition, Input::Tick, "", now, false).await?
                 {
                     moved += recorded.len();
                     out.extend(messages);
@@ -635,8 +636,9 @@ impl Store {
 }
 
 /// Applies `input` to `lead` under `definition` inside `txn`: records each transition (with the
-/// current trace id), saves the lead, and returns the records and the events announcing them;
-/// or the refusal, having changed nothing.
+/// current trace id), saves the lead (unless nothing changed and `always_save` is off), and
+/// returns the records and the events announcing them; or the refusal, having changed nothing.
+#[allow(clippy::too_many_arguments)] // one input applied to one lead, with what to record
 async fn apply(
     txn: &DatabaseTransaction,
     lead: &mut LeadRecord,
@@ -644,11 +646,16 @@ async fn apply(
     input: Input,
     note: &str,
     now: DateTime<Utc>,
+    always_save: bool,
 ) -> Result<Result<(Vec<Recorded>, Vec<NewMessage>), crate::domain::Refusal>, Error> {
+    let before = lead.state.clone();
     let transitions = match lead.state.apply(definition, input, now) {
         Ok(transitions) => transitions,
         Err(refusal) => return Ok(Err(refusal)),
     };
+    if transitions.is_empty() && lead.state == before && !always_save {
+        return Ok(Ok((Vec::new(), Vec::new())));
+    }
     let trace_id = current_trace_id().unwrap_or_default();
     let mut recorded = Vec::with_capacity(transitions.len());
     for transition in transitions {
@@ -694,6 +701,7 @@ async fn merge(
         return Ok(());
     }
     let row = lead::Entity::find_by_id((survivor.row.tenant_id.clone(), absorbed_id.to_owned()))
+        .lock_exclusive()
         .one(txn)
         .await?;
     let Some(row) = row.filter(|row| row.merged_into.is_none()) else {
@@ -708,7 +716,7 @@ async fn merge(
         absorbed_id: absorbed_id.to_owned(),
         absorbed: Box::new(absorbed.state),
     };
-    if let Ok((_, messages)) = apply(txn, survivor, definition, input, "", now).await? {
+    if let Ok((_, messages)) = apply(txn, survivor, definition, input, "", now, true).await? {
         out.extend(messages);
     }
     out.push(events::leads_merged(survivor, absorbed_id, now));
@@ -821,19 +829,32 @@ fn decode(row: lead::Model, merged: bool) -> Result<LeadRecord, Error> {
     })
 }
 
+/// The lead `lead_id` (or the lead it was merged into), its row locked until the end of the
+/// transaction `conn` (PostgreSQL; SQLite has a single writer): a concurrent change to the same
+/// lead waits instead of being overwritten.
 async fn load_lead<C: ConnectionTrait>(
     conn: &C,
     tenant: &str,
     lead_id: &str,
 ) -> Result<Option<LeadRecord>, Error> {
-    let Some(row) = lead::Entity::find_by_id((tenant.to_owned(), lead_id.to_owned()))
-        .one(conn)
-        .await?
-    else {
+    find_lead(conn, tenant, lead_id, true).await
+}
+
+async fn find_lead<C: ConnectionTrait>(
+    conn: &C,
+    tenant: &str,
+    lead_id: &str,
+    lock: bool,
+) -> Result<Option<LeadRecord>, Error> {
+    let by_id = |id: String| {
+        let query = lead::Entity::find_by_id((tenant.to_owned(), id));
+        if lock { query.lock_exclusive() } else { query }
+    };
+    let Some(row) = by_id(lead_id.to_owned()).one(conn).await? else {
         return Ok(None);
     };
     match row.merged_into.clone() {
-        Some(survivor) => lead::Entity::find_by_id((tenant.to_owned(), survivor))
+        Some(survivor) => by_id(survivor)
             .one(conn)
             .await?
             .map(|row| decode(row, true))

@@ -157,7 +157,7 @@ impl Store {
 
     /// The state of `lead_id` (or of the lead it was merged into).
     pub async fn lead(&self, tenant: &str, lead_id: &str) -> Result<Option<LeadState>, Error> {
-        load_lead(&self.db, tenant, lead_id).await
+        find_lead(&self.db, tenant, lead_id, false).await
     }
 
     /// Applies lead events from ingestion in order, each message id once, in one transaction.
@@ -637,24 +637,36 @@ fn decode(row: lead_score::Model, merged: bool) -> Result<LeadState, Error> {
     })
 }
 
+/// The state of `lead_id` (or of the lead it was merged into), its row locked until the end of
+/// the transaction `conn` (PostgreSQL; SQLite has a single writer): a concurrent update of the
+/// same lead (an event and the sweeper) waits instead of being overwritten.
 async fn load_lead<C: ConnectionTrait>(
     conn: &C,
     tenant: &str,
     lead_id: &str,
 ) -> Result<Option<LeadState>, Error> {
-    let Some(row) = lead_score::Entity::find_by_id((tenant.to_owned(), lead_id.to_owned()))
-        .one(conn)
-        .await?
-    else {
+    find_lead(conn, tenant, lead_id, true).await
+}
+
+async fn find_lead<C: ConnectionTrait>(
+    conn: &C,
+    tenant: &str,
+    lead_id: &str,
+    lock: bool,
+) -> Result<Option<LeadState>, Error> {
+    let by_id = |id: String| {
+        let query = lead_score::Entity::find_by_id((tenant.to_owned(), id));
+        if lock { query.lock_exclusive() } else { query }
+    };
+    let Some(row) = by_id(lead_id.to_owned()).one(conn).await? else {
         return Ok(None);
     };
     match row.merged_into.clone() {
-        Some(survivor) => {
-            let survivor = lead_score::Entity::find_by_id((tenant.to_owned(), survivor))
-                .one(conn)
-                .await?;
-            survivor.map(|row| decode(row, true)).transpose()
-        }
+        Some(survivor) => by_id(survivor)
+            .one(conn)
+            .await?
+            .map(|row| decode(row, true))
+            .transpose(),
         None => decode(row, false).map(Some),
     }
 }
