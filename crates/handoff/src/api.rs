@@ -450,25 +450,23 @@ impl HandoffService for HandoffApi {
                     }
                 };
                 let caught_up = (batch.len() as u64) < STREAM_BATCH;
-                for (id, change, row) in batch {
+                for (id, mut handoff, row) in batch {
                     cursor = id;
-                    let mut handoff = if full {
+                    if !passes(&filter, &handoff) {
+                        continue;
+                    }
+                    if full {
+                        // The full view adds the history and the warm context (built once).
                         match api.full(&tenant, &row).await {
-                            Ok(h) => h,
+                            Ok(now) => {
+                                handoff.status_history = now.status_history;
+                                handoff.context = now.context;
+                            }
                             Err(err) => {
                                 let _ = sender.send(Err(Status::from(err))).await;
                                 return;
                             }
                         }
-                    } else {
-                        convert::handoff_to_pb(&row, None)
-                    };
-                    // As of this change.
-                    handoff.status = change.to_status;
-                    handoff.owner_id = change.owner_id.clone();
-                    handoff.queue = change.queue;
-                    if !passes(&filter, &handoff) {
-                        continue;
                     }
                     let item = pb::StreamHandoffsResponse {
                         handoff: Some(handoff),

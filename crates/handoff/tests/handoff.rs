@@ -544,6 +544,16 @@ async fn a_stream_resumes_from_its_cursor_without_loss_or_repeats(db: TestDb) {
             .collect(),
     )
     .await;
+    // A change to lead-0 after its creation: the creation item still shows it as created.
+    let first_id = handoffs_of(&h, "lead-0").await[0].handoff_id.clone();
+    h.client()
+        .acknowledge_handoff(pb::AcknowledgeHandoffRequest {
+            request_id: String::new(),
+            handoff_id: first_id,
+            crm_record_id: "crm-0".into(),
+        })
+        .await
+        .expect("ack");
     let mut first = h
         .client()
         .stream_handoffs(pb::StreamHandoffsRequest::default())
@@ -552,9 +562,17 @@ async fn a_stream_resumes_from_its_cursor_without_loss_or_repeats(db: TestDb) {
         .into_inner();
     let mut seen = Vec::new();
     let mut cursor = String::new();
-    for _ in 0..2 {
+    for i in 0..2 {
         let item = first.next().await.expect("an item").expect("ok");
-        seen.push(item.handoff.expect("handoff").lead_id);
+        let handoff = item.handoff.expect("handoff");
+        if i == 0 {
+            assert_eq!(
+                (handoff.status, handoff.crm_record_id.as_str()),
+                (HandoffStatus::Pending as i32, ""),
+                "each item is the hand-off as of its change"
+            );
+        }
+        seen.push(handoff.lead_id);
         cursor = item.cursor;
     }
     drop(first);
@@ -572,11 +590,15 @@ async fn a_stream_resumes_from_its_cursor_without_loss_or_repeats(db: TestDb) {
         .await
         .expect("resume")
         .into_inner();
-    for _ in 0..2 {
+    for _ in 0..3 {
         let item = second.next().await.expect("an item").expect("ok");
         seen.push(item.handoff.expect("handoff").lead_id);
     }
-    assert_eq!(seen, ["lead-0", "lead-1", "lead-2", "lead-3"]);
+    assert_eq!(
+        seen,
+        ["lead-0", "lead-1", "lead-2", "lead-0", "lead-3"],
+        "lead-0 again when it was acknowledged"
+    );
     // A change made while the stream waits arrives live.
     apply(
         &h,

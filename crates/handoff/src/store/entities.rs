@@ -161,6 +161,8 @@ pub mod change {
         pub handoff_id: String,
         /// The encoded `HandoffStatusChange`.
         pub body: Vec<u8>,
+        /// The encoded `Handoff` (basic view) as of the change, what a stream item shows.
+        pub snapshot: Vec<u8>,
         /// When.
         pub at: DateTimeUtc,
     }

@@ -90,6 +90,7 @@ enum HandoffChanges {
     TenantId,
     HandoffId,
     Body,
+    Snapshot,
     At,
 }
 
@@ -262,6 +263,7 @@ impl MigrationTrait for CreateHandoffTables {
                     .col(string(HandoffChanges::TenantId))
                     .col(string(HandoffChanges::HandoffId))
                     .col(blob(HandoffChanges::Body))
+                    .col(blob(HandoffChanges::Snapshot))
                     .col(timestamp_with_time_zone(HandoffChanges::At))
                     .to_owned(),
             )

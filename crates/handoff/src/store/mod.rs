@@ -386,14 +386,14 @@ impl Store {
             .await?)
     }
 
-    /// Logged changes of the tenant after position `after`, oldest first, with the hand-off
-    /// each belongs to (as it is now).
+    /// Logged changes of the tenant after position `after`, oldest first: each with the
+    /// hand-off as of the change, and the hand-off's row as it is now (for the full view).
     pub async fn changes_after(
         &self,
         tenant: &str,
         after: i64,
         limit: u64,
-    ) -> Result<Vec<(i64, pb::HandoffStatusChange, handoff::Model)>, Error> {
+    ) -> Result<Vec<(i64, pb::Handoff, handoff::Model)>, Error> {
         let rows = change::Entity::find()
             .filter(change::Column::TenantId.eq(tenant))
             .filter(change::Column::Id.gt(after))
@@ -415,7 +415,9 @@ impl Store {
                 let h = handoffs.get(&row.handoff_id).cloned().ok_or_else(|| {
                     Error::Corrupt(format!("hand-off {} missing", row.handoff_id))
                 })?;
-                Ok((row.id, decode_change(&row.body)?, h))
+                let snapshot = pb::Handoff::decode(row.snapshot.as_slice())
+                    .map_err(|err| Error::corrupt("stored snapshot does not decode", err))?;
+                Ok((row.id, snapshot, h))
             })
             .collect()
     }
@@ -1214,6 +1216,7 @@ async fn log_change_with(
         tenant_id: Set(row.tenant_id.clone()),
         handoff_id: Set(row.handoff_id.clone()),
         body: Set(body.encode_to_vec()),
+        snapshot: Set(convert::handoff_to_pb(row, None).encode_to_vec()),
         at: Set(at),
         ..Default::default()
     }
