@@ -898,12 +898,119 @@ async fn the_callers_trace_continues_through_the_outbox(db: TestDb) {
     server.stop().await;
 }
 
+/// One batch that introduces a visitor, then names them, then repeats a message id: the repeat
+/// has no second effect, and every item lands on the one lead.
+async fn a_batch_links_its_own_ids_and_applies_a_repeated_message_once(db: TestDb) {
+    let receiver = ScoringReceiver::start(0).await;
+    let server = Ingestion::start(
+        &db,
+        Options {
+            scoring_url: Some(receiver.url()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut client = server.client(None);
+    let items = vec![
+        pb::batch_item::Item::Track(track("v1", "", "cookie-9", activity("page_view", 3, &[]))),
+        pb::batch_item::Item::Identify(identify(
+            "v2",
+            "kim@acme.io",
+            "cookie-9",
+            common::Profile {
+                email: Some("kim@acme.io".into()),
+                ..Default::default()
+            },
+        )),
+        pb::batch_item::Item::Track(track(
+            "v3",
+            "kim@acme.io",
+            "",
+            activity("email_open", 2, &[]),
+        )),
+        pb::batch_item::Item::Track(track("v1", "", "cookie-9", activity("page_view", 3, &[]))),
+    ];
+    let response = client
+        .batch(pb::BatchRequest {
+            items: items
+                .into_iter()
+                .map(|i| pb::BatchItem { item: Some(i) })
+                .collect(),
+        })
+        .await
+        .expect("batch")
+        .into_inner();
+    let answers: Vec<(String, String, bool)> = response
+        .results
+        .into_iter()
+        .map(|r| match r.result.expect("result") {
+            ItemResult::Track(t) => (t.lead_id, t.activity_id, t.duplicate),
+            ItemResult::Identify(i) => (i.lead_id, String::new(), i.duplicate),
+            ItemResult::Error(e) => panic!("unexpected error {e:?}"),
+        })
+        .collect();
+    let lead_id = answers[0].0.clone();
+    assert!(answers.iter().all(|a| a.0 == lead_id), "{answers:?}");
+    assert_eq!(
+        answers.iter().map(|a| a.2).collect::<Vec<_>>(),
+        [false, false, false, true]
+    );
+    assert_eq!(
+        answers[3].1, answers[0].1,
+        "the repeat answers the first activity"
+    );
+    let lead = client
+        .get_lead(pb::GetLeadRequest {
+            lead_id: lead_id.clone(),
+        })
+        .await
+        .expect("lead")
+        .into_inner()
+        .lead
+        .expect("lead");
+    assert_eq!(lead.activity_count, 2);
+    assert_eq!(lead.user_ids, ["kim@acme.io"]);
+    assert_eq!(lead.anonymous_ids, ["cookie-9"]);
+    assert_eq!(
+        lead.profile.and_then(|p| p.email).as_deref(),
+        Some("kim@acme.io")
+    );
+    let events = receiver.wait_for(3).await;
+    assert_eq!(
+        events.len(),
+        3,
+        "one event per applied item, none for the repeat"
+    );
+    // The same batch again: every item answered from the first time.
+    let again = client
+        .batch(pb::BatchRequest {
+            items: vec![pb::BatchItem {
+                item: Some(pb::batch_item::Item::Track(track(
+                    "v3",
+                    "kim@acme.io",
+                    "",
+                    activity("email_open", 2, &[]),
+                ))),
+            }],
+        })
+        .await
+        .expect("batch again")
+        .into_inner();
+    let Some(ItemResult::Track(t)) = again.results[0].result.clone() else {
+        panic!("track answer expected")
+    };
+    assert!(t.duplicate);
+    assert_eq!(t.activity_id, answers[2].1);
+    server.stop().await;
+}
+
 on_both_backends! {
     round_trip => identify_track_and_read_back;
     timeline_paging => timeline_pages_and_filters;
     validation => each_validation_rule_names_its_field;
     batch_partial => a_bad_batch_item_fails_alone;
     idempotency => a_replayed_message_id_has_no_second_effect;
+    batch_linking => a_batch_links_its_own_ids_and_applies_a_repeated_message_once;
     anonymous_linking => anonymous_history_joins_the_known_lead;
     merge => two_known_leads_merge;
     outbox_delivery => every_event_reaches_scoring_once_in_order_despite_failures;

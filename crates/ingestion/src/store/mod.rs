@@ -1,6 +1,7 @@
 //! Ingestion's store: leads, identities, activities, the answers to accepted message ids, and the
 //! outbox to scoring. Every write and the events announcing it commit in one transaction.
 
+mod bulk;
 mod entities;
 mod events;
 pub mod migrations;
@@ -82,20 +83,11 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Vec<Accepted>, Error> {
         let txn = self.db.begin().await?;
-        let mut answers = Vec::with_capacity(commands.len());
         let mut events = Vec::new();
-        for command in commands {
-            if let Some(previous) = find_request(&txn, tenant, command.message_id()).await? {
-                answers.push(previous);
-                continue;
-            }
-            let accepted = match command {
-                Command::Identify(c) => identify(&txn, tenant, c, now, &mut events).await?,
-                Command::Track(c) => track(&txn, tenant, c, now, &mut events).await?,
-            };
-            save_request(&txn, tenant, command.message_id(), &accepted, now).await?;
-            answers.push(accepted);
-        }
+        let answers = match bulk::try_apply(&txn, tenant, commands, now, &mut events).await? {
+            Some(answers) => answers,
+            None => one_by_one(&txn, tenant, commands, now, &mut events).await?,
+        };
         let enqueued = !events.is_empty();
         outbox::enqueue(&txn, events).await?;
         txn.commit().await?;
@@ -207,32 +199,61 @@ impl Store {
     }
 }
 
+/// Applies `commands` in order inside `txn`, each with its own reads and writes: the path for
+/// batches that link ids across leads (merges, shared devices) or name a lead merged away.
+async fn one_by_one(
+    txn: &DatabaseTransaction,
+    tenant: &str,
+    commands: &[Command],
+    now: DateTime<Utc>,
+    events: &mut Vec<NewMessage>,
+) -> Result<Vec<Accepted>, Error> {
+    let mut answers = Vec::with_capacity(commands.len());
+    for command in commands {
+        if let Some(previous) = find_request(txn, tenant, command.message_id()).await? {
+            answers.push(previous);
+            continue;
+        }
+        let accepted = match command {
+            Command::Identify(c) => identify(txn, tenant, c, now, events).await?,
+            Command::Track(c) => track(txn, tenant, c, now, events).await?,
+        };
+        save_request(txn, tenant, command.message_id(), &accepted, now).await?;
+        answers.push(accepted);
+    }
+    Ok(answers)
+}
+
 async fn find_request(
     txn: &DatabaseTransaction,
     tenant: &str,
     message_id: &str,
 ) -> Result<Option<Accepted>, Error> {
-    let Some(row) = request::Entity::find_by_id((tenant.to_owned(), message_id.to_owned()))
-        .one(txn)
-        .await?
-    else {
-        return Ok(None);
-    };
-    Ok(Some(Accepted {
+    Ok(
+        request::Entity::find_by_id((tenant.to_owned(), message_id.to_owned()))
+            .one(txn)
+            .await?
+            .map(stored_answer),
+    )
+}
+
+/// What a stored request row answers when its message id comes again.
+fn stored_answer(row: request::Model) -> Accepted {
+    Accepted {
         lead_id: row.lead_id,
         activity_id: row.activity_id,
         merged_lead_ids: serde_json::from_str(&row.merged_lead_ids).unwrap_or_default(),
         duplicate: true,
-    }))
+    }
 }
 
-async fn save_request(
-    txn: &DatabaseTransaction,
+/// The row remembering what `message_id` was answered.
+fn request_row(
     tenant: &str,
     message_id: &str,
     accepted: &Accepted,
     now: DateTime<Utc>,
-) -> Result<(), Error> {
+) -> request::ActiveModel {
     request::ActiveModel {
         tenant_id: Set(tenant.to_owned()),
         message_id: Set(message_id.to_owned()),
@@ -243,8 +264,18 @@ async fn save_request(
         ),
         created_at: Set(now),
     }
-    .insert(txn)
-    .await?;
+}
+
+async fn save_request(
+    txn: &DatabaseTransaction,
+    tenant: &str,
+    message_id: &str,
+    accepted: &Accepted,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    request_row(tenant, message_id, accepted, now)
+        .insert(txn)
+        .await?;
     Ok(())
 }
 

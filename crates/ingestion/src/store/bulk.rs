@@ -1,0 +1,389 @@
+//! The set-based path of [`Store::apply`](super::Store::apply): when every command of a batch
+//! names one lead without linking ids across two leads (no merge, no shared device), the whole
+//! batch is read with three queries and written with five statements, whatever its size, instead
+//! of several statements per command. Anything else returns `None` before writing, and the
+//! caller takes the command-by-command path, which handles every case.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use leadflow_runtime::outbox::NewMessage;
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, DatabaseTransaction, EntityTrait, IntoActiveModel, QueryFilter,
+    QueryOrder, QuerySelect,
+};
+
+use super::{ANONYMOUS, Accepted, USER, activity, events, identity, lead, request};
+use crate::convert::Command;
+use crate::domain::{Identity, Profile};
+use crate::error::Error;
+
+/// Most values in one `IN (…)` list or rows in one multi-row `INSERT` (well under SQLite's and
+/// PostgreSQL's bound-parameter limits for these tables).
+const CHUNK: usize = 1000;
+
+/// A lead touched by the batch, as it will be written back.
+struct Draft {
+    row: lead::Model,
+    /// The parsed profile, once a command needed it.
+    profile: Option<Profile>,
+}
+
+/// What a command becomes once its lead is known.
+enum Step {
+    /// Answered before this batch: the stored answer.
+    Answered(Accepted),
+    /// The same message id as an earlier command of this batch (its index).
+    Repeat(usize),
+    /// To apply to this lead.
+    Apply(String),
+}
+
+/// Applies `commands` in order inside `txn` and appends the events they produce, or returns
+/// `None` having written nothing when the batch needs the command-by-command path.
+pub(super) async fn try_apply(
+    txn: &DatabaseTransaction,
+    tenant: &str,
+    commands: &[Command],
+    now: DateTime<Utc>,
+    events: &mut Vec<NewMessage>,
+) -> Result<Option<Vec<Accepted>>, Error> {
+    let answered = stored_answers(txn, tenant, commands).await?;
+    let mut links = known_links(txn, tenant, commands, &answered).await?;
+
+    // Resolve every command to its lead, in order, as the command-by-command path would.
+    let mut steps = Vec::with_capacity(commands.len());
+    let mut first_of: HashMap<&str, usize> = HashMap::new();
+    let mut new_identities = Vec::new();
+    let mut new_leads = HashSet::new();
+    for (index, command) in commands.iter().enumerate() {
+        let message_id = command.message_id();
+        if let Some(previous) = answered.get(message_id) {
+            steps.push(Step::Answered(previous.clone()));
+            continue;
+        }
+        if let Some(first) = first_of.get(message_id) {
+            steps.push(Step::Repeat(*first));
+            continue;
+        }
+        first_of.insert(message_id, index);
+        let who = identity_of(command);
+        let by_user = who
+            .user_id
+            .as_ref()
+            .and_then(|id| links.get(&key(USER, id)));
+        let by_anonymous = who
+            .anonymous_id
+            .as_ref()
+            .and_then(|id| links.get(&key(ANONYMOUS, id)));
+        let lead_id = match (by_user, by_anonymous) {
+            (None, None) => {
+                let id = uuid::Uuid::now_v7().to_string();
+                new_leads.insert(id.clone());
+                id
+            }
+            (Some(lead), None) | (None, Some(lead)) => lead.clone(),
+            (Some(user_lead), Some(anonymous_lead)) if user_lead == anonymous_lead => {
+                user_lead.clone()
+            }
+            (Some(_), Some(_)) => return Ok(None),
+        };
+        for (kind, id) in [(USER, &who.user_id), (ANONYMOUS, &who.anonymous_id)] {
+            if let Some(id) = id
+                && !links.contains_key(&key(kind, id))
+            {
+                links.insert(key(kind, id), lead_id.clone());
+                new_identities.push(identity::ActiveModel {
+                    tenant_id: Set(tenant.to_owned()),
+                    kind: Set(kind.to_owned()),
+                    external_id: Set(id.clone()),
+                    lead_id: Set(lead_id.clone()),
+                });
+            }
+        }
+        steps.push(Step::Apply(lead_id));
+    }
+
+    let Some(mut drafts) = load_drafts(txn, tenant, &steps, &new_leads, now).await? else {
+        return Ok(None);
+    };
+
+    // Apply each command to its lead's draft, in order.
+    let mut answers: Vec<Accepted> = Vec::with_capacity(commands.len());
+    let mut activities = Vec::new();
+    let mut requests = Vec::new();
+    for (command, step) in commands.iter().zip(steps) {
+        let lead_id = match step {
+            Step::Answered(previous) => {
+                answers.push(previous);
+                continue;
+            }
+            Step::Repeat(first) => {
+                let mut previous = answers[first].clone();
+                previous.duplicate = true;
+                answers.push(previous);
+                continue;
+            }
+            Step::Apply(lead_id) => lead_id,
+        };
+        let draft = drafts
+            .get_mut(&lead_id)
+            .ok_or_else(|| Error::LeadNotFound(lead_id.clone()))?;
+        let accepted = match command {
+            Command::Identify(c) => {
+                let profile = draft.profile_mut()?;
+                profile.apply(&c.profile);
+                events.push(events::profile_changed(tenant, &lead_id, profile, now));
+                Accepted {
+                    lead_id,
+                    activity_id: None,
+                    merged_lead_ids: Vec::new(),
+                    duplicate: false,
+                }
+            }
+            Command::Track(c) => {
+                let activity_id = uuid::Uuid::now_v7().to_string();
+                let occurred_us = c.activity.occurred_at.timestamp_micros();
+                activities.push(activity::ActiveModel {
+                    activity_id: Set(activity_id.clone()),
+                    tenant_id: Set(tenant.to_owned()),
+                    lead_id: Set(lead_id.clone()),
+                    original_lead_id: Set(lead_id.clone()),
+                    activity_type: Set(c.activity.kind.as_str().to_owned()),
+                    occurred_at_us: Set(occurred_us),
+                    received_at: Set(now),
+                    properties: Set(serde_json::to_string(&c.activity.properties)
+                        .unwrap_or_else(|_| "{}".into())),
+                });
+                let row = &mut draft.row;
+                row.last_activity_us = Some(
+                    row.last_activity_us
+                        .map_or(occurred_us, |l| Ord::max(l, occurred_us)),
+                );
+                row.activity_count += 1;
+                events.push(events::activity_recorded(
+                    tenant,
+                    &lead_id,
+                    &activity_id,
+                    &c.activity,
+                    now,
+                ));
+                Accepted {
+                    lead_id,
+                    activity_id: Some(activity_id),
+                    merged_lead_ids: Vec::new(),
+                    duplicate: false,
+                }
+            }
+        };
+        draft.row.updated_at = now;
+        requests.push(super::request_row(
+            tenant,
+            command.message_id(),
+            &accepted,
+            now,
+        ));
+        answers.push(accepted);
+    }
+
+    write(txn, drafts, new_identities, activities, requests).await?;
+    Ok(Some(answers))
+}
+
+impl Draft {
+    fn profile_mut(&mut self) -> Result<&mut Profile, Error> {
+        if self.profile.is_none() {
+            self.profile = Some(super::parse_profile(&self.row.profile)?);
+        }
+        self.profile
+            .as_mut()
+            .ok_or_else(|| Error::LeadNotFound(self.row.lead_id.clone()))
+    }
+}
+
+fn key(kind: &str, external_id: &str) -> (String, String) {
+    (kind.to_owned(), external_id.to_owned())
+}
+
+fn identity_of(command: &Command) -> &Identity {
+    match command {
+        Command::Identify(c) => &c.identity,
+        Command::Track(c) => &c.identity,
+    }
+}
+
+/// The stored answers of the batch's message ids accepted before.
+async fn stored_answers(
+    txn: &DatabaseTransaction,
+    tenant: &str,
+    commands: &[Command],
+) -> Result<HashMap<String, Accepted>, Error> {
+    let ids: Vec<&str> = commands.iter().map(Command::message_id).collect();
+    let mut answered = HashMap::new();
+    for chunk in ids.chunks(CHUNK) {
+        let rows = request::Entity::find()
+            .filter(request::Column::TenantId.eq(tenant))
+            .filter(request::Column::MessageId.is_in(chunk.iter().copied()))
+            .all(txn)
+            .await?;
+        for row in rows {
+            answered.insert(row.message_id.clone(), super::stored_answer(row));
+        }
+    }
+    Ok(answered)
+}
+
+/// The leads the batch's ids (of commands not answered before) already point at.
+async fn known_links(
+    txn: &DatabaseTransaction,
+    tenant: &str,
+    commands: &[Command],
+    answered: &HashMap<String, Accepted>,
+) -> Result<HashMap<(String, String), String>, Error> {
+    let mut ids: Vec<&str> = commands
+        .iter()
+        .filter(|c| !answered.contains_key(c.message_id()))
+        .flat_map(|c| {
+            let who = identity_of(c);
+            [who.user_id.as_deref(), who.anonymous_id.as_deref()]
+        })
+        .flatten()
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut links = HashMap::new();
+    for chunk in ids.chunks(CHUNK) {
+        let rows = identity::Entity::find()
+            .filter(identity::Column::TenantId.eq(tenant))
+            .filter(identity::Column::ExternalId.is_in(chunk.iter().copied()))
+            .all(txn)
+            .await?;
+        for row in rows {
+            links.insert((row.kind, row.external_id), row.lead_id);
+        }
+    }
+    Ok(links)
+}
+
+/// The drafts of every lead the steps apply to: existing ones read (and on PostgreSQL locked,
+/// in key order so concurrent batches cannot deadlock), new ones fresh. `None` when an
+/// identity points at a lead that is missing or merged away: the command-by-command path
+/// answers that.
+async fn load_drafts(
+    txn: &DatabaseTransaction,
+    tenant: &str,
+    steps: &[Step],
+    new_leads: &HashSet<String>,
+    now: DateTime<Utc>,
+) -> Result<Option<HashMap<String, Draft>>, Error> {
+    let mut existing: Vec<&str> = steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Apply(id) if !new_leads.contains(id) => Some(id.as_str()),
+            _ => None,
+        })
+        .collect();
+    existing.sort_unstable();
+    existing.dedup();
+    let mut drafts = HashMap::with_capacity(existing.len() + new_leads.len());
+    for chunk in existing.chunks(CHUNK) {
+        let rows = lead::Entity::find()
+            .filter(lead::Column::TenantId.eq(tenant))
+            .filter(lead::Column::LeadId.is_in(chunk.iter().copied()))
+            .order_by_asc(lead::Column::LeadId)
+            .lock_exclusive()
+            .all(txn)
+            .await?;
+        for row in rows {
+            if row.merged_into.is_some() {
+                return Ok(None);
+            }
+            drafts.insert(row.lead_id.clone(), Draft { row, profile: None });
+        }
+    }
+    if drafts.len() != existing.len() {
+        return Ok(None);
+    }
+    for id in new_leads {
+        let row = lead::Model {
+            tenant_id: tenant.to_owned(),
+            lead_id: id.clone(),
+            profile: "{}".to_owned(),
+            merged_into: None,
+            created_at: now,
+            updated_at: now,
+            last_activity_us: None,
+            activity_count: 0,
+        };
+        drafts.insert(
+            id.clone(),
+            Draft {
+                row,
+                profile: Some(Profile::default()),
+            },
+        );
+    }
+    Ok(Some(drafts))
+}
+
+/// Writes the batch: every touched lead in one upsert (in key order), then the new identities,
+/// activities and answers, each as multi-row inserts.
+async fn write(
+    txn: &DatabaseTransaction,
+    drafts: HashMap<String, Draft>,
+    identities: Vec<identity::ActiveModel>,
+    activities: Vec<activity::ActiveModel>,
+    requests: Vec<request::ActiveModel>,
+) -> Result<(), Error> {
+    let mut leads: Vec<lead::ActiveModel> = drafts
+        .into_values()
+        .map(|mut draft| {
+            if let Some(profile) = &draft.profile {
+                draft.row.profile = super::serialize_profile(profile);
+            }
+            draft.row.into_active_model()
+        })
+        .collect();
+    leads.sort_unstable_by(|a, b| a.lead_id.as_ref().cmp(b.lead_id.as_ref()));
+    let upsert = OnConflict::columns([lead::Column::TenantId, lead::Column::LeadId])
+        .update_columns([
+            lead::Column::Profile,
+            lead::Column::UpdatedAt,
+            lead::Column::LastActivityUs,
+            lead::Column::ActivityCount,
+        ])
+        .to_owned();
+    for chunk in chunked(leads) {
+        lead::Entity::insert_many(chunk)
+            .on_conflict(upsert.clone())
+            .exec_without_returning(txn)
+            .await?;
+    }
+    for chunk in chunked(identities) {
+        identity::Entity::insert_many(chunk)
+            .exec_without_returning(txn)
+            .await?;
+    }
+    for chunk in chunked(activities) {
+        activity::Entity::insert_many(chunk)
+            .exec_without_returning(txn)
+            .await?;
+    }
+    for chunk in chunked(requests) {
+        request::Entity::insert_many(chunk)
+            .exec_without_returning(txn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// `rows` in groups of at most [`CHUNK`].
+fn chunked<T>(rows: Vec<T>) -> Vec<Vec<T>> {
+    let mut chunks = Vec::with_capacity(rows.len().div_ceil(CHUNK));
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        chunks.push(rows.by_ref().take(CHUNK).collect());
+    }
+    chunks
+}
