@@ -213,6 +213,47 @@ async fn inbox_claims_a_message_id_once(db: TestDb) {
     );
 }
 
+async fn inbox_claims_a_batch_of_message_ids_once(db: TestDb) {
+    let conn = connect(&db).await;
+    let txn = conn.begin().await.expect("begin");
+    assert!(
+        inbox::claim(&txn, "m-1", "t", Utc::now())
+            .await
+            .expect("claim")
+    );
+    let claimed = inbox::claim_many(
+        &txn,
+        &[("m-1", "t"), ("m-2", "t"), ("m-3", "u"), ("m-2", "t")],
+        Utc::now(),
+    )
+    .await
+    .expect("claim many");
+    let mut claimed: Vec<String> = claimed.into_iter().collect();
+    claimed.sort();
+    assert_eq!(
+        claimed,
+        ["m-2", "m-3"],
+        "m-1 was applied before, m-2 repeats"
+    );
+    txn.commit().await.expect("commit");
+    let txn = conn.begin().await.expect("begin");
+    let many: Vec<String> = (0..2500).map(|i| format!("n-{i}")).collect();
+    let pairs: Vec<(&str, &str)> = many.iter().map(|id| (id.as_str(), "t")).collect();
+    let claimed = inbox::claim_many(&txn, &pairs, Utc::now())
+        .await
+        .expect("claim many in chunks");
+    assert_eq!(claimed.len(), 2500);
+    let again = inbox::claim_many(&txn, &[("n-2499", "t"), ("m-3", "u")], Utc::now())
+        .await
+        .expect("claim again");
+    assert!(again.is_empty(), "{again:?}");
+    assert!(
+        !inbox::claim(&txn, "m-2", "t", Utc::now())
+            .await
+            .expect("one by one")
+    );
+}
+
 /// Two replicas share a lease: one holds it while it renews, the other takes over only once it
 /// has expired.
 async fn a_lease_has_one_holder_until_it_expires(db: TestDb) {
@@ -250,6 +291,7 @@ on_both_backends! {
     failing_receiver => failing_receiver_gets_everything_once_in_order;
     restart => undelivered_rows_survive_a_restart;
     inbox_dedupe => inbox_claims_a_message_id_once;
+    inbox_batch_dedupe => inbox_claims_a_batch_of_message_ids_once;
 }
 
 /// Two relays (two replicas) on one PostgreSQL database: every message is delivered exactly

@@ -2,6 +2,7 @@
 //! facts rescoring replays, rescore jobs, decisions reported back, and the outbox to
 //! qualification. Every state change and the score change announcing it commit together.
 
+mod cache;
 mod entities;
 mod events;
 pub mod migrations;
@@ -25,6 +26,7 @@ use crate::convert;
 use crate::domain::default_model::default_model;
 use crate::domain::{ActivityFact, LeadScore, Model};
 use crate::error::Error;
+use cache::LeadCache;
 pub use entities::{decision, fact, lead_score, model, request, rescore_job};
 
 /// Outbox destination of score changes.
@@ -160,26 +162,49 @@ impl Store {
         find_lead(&self.db, tenant, lead_id, false).await
     }
 
-    /// Applies lead events from ingestion in order, each message id once, in one transaction.
+    /// Applies lead events from ingestion in order, each message id once, in one transaction:
+    /// the batch's message ids are claimed and its leads read up front, each lead is changed in
+    /// memory event after event, and written back once at the end (a merge writes back what
+    /// came before it, then re-reads).
     pub async fn apply_lead_events(
         &self,
         events: Vec<LeadEvent>,
         now: DateTime<Utc>,
     ) -> Result<Applied, Error> {
-        let txn = self.db.begin().await?;
-        let mut applied = Applied::default();
-        let mut out = Vec::new();
-        let mut models = ActiveModels::default();
-        for event in events {
+        let mut headers = Vec::with_capacity(events.len());
+        for event in &events {
             let header = event
                 .header
                 .clone()
                 .ok_or_else(|| Error::invalid("events[].header", "required"))?;
-            if !inbox::claim(&txn, &header.message_id, &header.tenant_id, now).await? {
+            headers.push(header);
+        }
+        let txn = self.db.begin().await?;
+        let ids: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|h| (h.message_id.as_str(), h.tenant_id.as_str()))
+            .collect();
+        let mut claimed = inbox::claim_many(&txn, &ids, now).await?;
+        let mut leads = LeadCache::default();
+        leads
+            .prefetch(
+                &txn,
+                headers
+                    .iter()
+                    .filter(|h| claimed.contains(&h.message_id))
+                    .map(|h| (h.tenant_id.clone(), h.lead_id.clone())),
+            )
+            .await?;
+        let mut applied = Applied::default();
+        let mut out = Vec::new();
+        let mut models = ActiveModels::default();
+        for (event, header) in events.into_iter().zip(headers) {
+            if !claimed.remove(&header.message_id) {
                 applied.duplicates += 1;
                 continue;
             }
-            let model = models.get(self, &txn, &header.tenant_id).await?;
+            let tenant = header.tenant_id.as_str();
+            let model = models.get(self, &txn, tenant).await?;
             let produced = header
                 .produced_at
                 .as_ref()
@@ -188,32 +213,31 @@ impl Store {
             match event.event {
                 Some(Event::ProfileChanged(changed)) => {
                     let profile = changed.profile.unwrap_or_default();
-                    let mut lead =
-                        load_or_create(&txn, &header.tenant_id, &header.lead_id, model, produced)
-                            .await?;
+                    let lead = leads
+                        .lead(&txn, tenant, &header.lead_id, model, produced)
+                        .await?;
                     let before = lead.score.score(model, now);
                     lead.score
                         .set_profile(model, convert::profile_attributes(&profile), produced);
                     lead.profile = profile;
                     out.push(events::message(events::score_changed(
-                        &lead,
+                        lead,
                         model,
                         events::Previous::from(&before),
                         ScoreChangeReason::Profile,
                         None,
                         now,
                     )));
-                    save_lead(&txn, &mut lead, model, now).await?;
+                    let (key, announced) = (cache::key_of(lead), Announced::of(lead, model, now));
+                    leads.changed(key, announced, None);
                 }
                 Some(Event::ActivityRecorded(recorded)) => {
                     let activity = recorded.activity.unwrap_or_default();
                     let fact = convert::fact_from_pb(&recorded.activity_id, &activity)
                         .map_err(Error::Invalid)?;
-                    let mut lead =
-                        load_or_create(&txn, &header.tenant_id, &header.lead_id, model, produced)
-                            .await?;
-                    let lead_id = lead.row.lead_id.clone();
-                    insert_fact(&txn, &header.tenant_id, &lead_id, &fact).await?;
+                    let lead = leads
+                        .lead(&txn, tenant, &header.lead_id, model, produced)
+                        .await?;
                     let before = lead.score.score(model, now);
                     lead.score.sweep(model, fact.occurred_at);
                     lead.score.apply_activity(model, &fact);
@@ -221,7 +245,7 @@ impl Store {
                     let after = lead.score.score(model, now);
                     if hand_raise || events::moved(&before, &after) {
                         out.push(events::message(events::score_changed(
-                            &lead,
+                            lead,
                             model,
                             events::Previous::from(&before),
                             ScoreChangeReason::Activity,
@@ -229,13 +253,16 @@ impl Store {
                             now,
                         )));
                     }
-                    save_lead(&txn, &mut lead, model, now).await?;
+                    let row = fact_row(tenant, &lead.row.lead_id, &fact);
+                    let (key, announced) = (cache::key_of(lead), Announced::of(lead, model, now));
+                    leads.changed(key, announced, Some(row));
                 }
                 Some(Event::LeadsMerged(merged)) => {
+                    leads.flush(&txn, now).await?;
                     if let Some(message) = self
                         .merge(
                             &txn,
-                            &header.tenant_id,
+                            tenant,
                             &merged.source_lead_id,
                             &header.lead_id,
                             merged.profile.unwrap_or_default(),
@@ -251,6 +278,7 @@ impl Store {
             }
             applied.applied += 1;
         }
+        leads.flush(&txn, now).await?;
         let enqueued = !out.is_empty();
         outbox::enqueue(&txn, out).await?;
         txn.commit().await?;
@@ -706,43 +734,71 @@ async fn load_or_create(
     })
 }
 
+/// What a lead's row records of its score once saved under a model at a time.
+#[derive(Debug, Clone, Copy)]
+struct Announced {
+    model_version: i32,
+    score: f64,
+    grade: i32,
+}
+
+impl Announced {
+    fn of(lead: &LeadState, model: &Model, now: DateTime<Utc>) -> Self {
+        let view = lead.score.score(model, now);
+        Self {
+            model_version: model.version,
+            score: view.score,
+            grade: convert::grade_to_pb(view.grade) as i32,
+        }
+    }
+}
+
+/// `lead`'s row as saved at `now`: its state, profile and what it announces.
+fn saved_row(
+    lead: &LeadState,
+    announced: &Announced,
+    now: DateTime<Utc>,
+) -> Result<lead_score::Model, Error> {
+    Ok(lead_score::Model {
+        state: serde_json::to_string(&lead.score).map_err(|e| Error::Corrupt(e.to_string()))?,
+        profile: lead.profile.encode_to_vec(),
+        model_version: announced.model_version,
+        announced_score: announced.score,
+        announced_grade: announced.grade,
+        updated_at: now,
+        ..lead.row.clone()
+    })
+}
+
 async fn save_lead(
     txn: &DatabaseTransaction,
     lead: &mut LeadState,
     model: &Model,
     now: DateTime<Utc>,
 ) -> Result<(), Error> {
-    let view = lead.score.score(model, now);
+    let saved = saved_row(lead, &Announced::of(lead, model, now), now)?;
     let mut row: lead_score::ActiveModel = lead.row.clone().into();
-    row.state = Set(serde_json::to_string(&lead.score).map_err(|e| Error::Corrupt(e.to_string()))?);
-    row.profile = Set(lead.profile.encode_to_vec());
-    row.first_seen = Set(lead.row.first_seen);
-    row.model_version = Set(model.version);
-    row.announced_score = Set(view.score);
-    row.announced_grade = Set(convert::grade_to_pb(view.grade) as i32);
-    row.updated_at = Set(now);
+    row.state = Set(saved.state);
+    row.profile = Set(saved.profile);
+    row.first_seen = Set(saved.first_seen);
+    row.model_version = Set(saved.model_version);
+    row.announced_score = Set(saved.announced_score);
+    row.announced_grade = Set(saved.announced_grade);
+    row.updated_at = Set(saved.updated_at);
     lead.row = row.update(txn).await?;
     Ok(())
 }
 
-async fn insert_fact(
-    txn: &DatabaseTransaction,
-    tenant: &str,
-    lead_id: &str,
-    fact: &ActivityFact,
-) -> Result<(), Error> {
-    fact::Entity::insert(fact::ActiveModel {
+/// The stored row of `fact`, now belonging to `lead_id`.
+fn fact_row(tenant: &str, lead_id: &str, fact: &ActivityFact) -> fact::ActiveModel {
+    fact::ActiveModel {
         tenant_id: Set(tenant.to_owned()),
         activity_id: Set(fact.id.clone()),
         lead_id: Set(lead_id.to_owned()),
         activity_type: Set(fact.activity_type.clone()),
         occurred_at_us: Set(fact.occurred_at.timestamp_micros()),
         properties: Set(serde_json::to_string(&fact.properties).unwrap_or_else(|_| "{}".into())),
-    })
-    .on_conflict_do_nothing_on([fact::Column::TenantId, fact::Column::ActivityId])
-    .exec(txn)
-    .await?;
-    Ok(())
+    }
 }
 
 async fn lead_facts<C: ConnectionTrait>(
