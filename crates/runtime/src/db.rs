@@ -112,6 +112,21 @@ pub async fn open<M: MigratorTrait>(
     Ok(db)
 }
 
+/// Most rows in one multi-row `INSERT`, or values in one `IN (…)` list, that the services
+/// send: well under SQLite's (32,766) and PostgreSQL's (65,535) bound-parameter limits for
+/// tables of up to a dozen columns.
+pub const MAX_ROWS_PER_STATEMENT: usize = 1000;
+
+/// `rows` in groups of at most [`MAX_ROWS_PER_STATEMENT`], in order: one statement each.
+pub fn chunked<T>(rows: Vec<T>) -> Vec<Vec<T>> {
+    let mut chunks = Vec::with_capacity(rows.len().div_ceil(MAX_ROWS_PER_STATEMENT));
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        chunks.push(rows.by_ref().take(MAX_ROWS_PER_STATEMENT).collect());
+    }
+    chunks
+}
+
 /// True when `db` is PostgreSQL (row locking and advisory locks are available).
 pub fn is_postgres(db: &impl ConnectionTrait) -> bool {
     db.get_database_backend() == DatabaseBackend::Postgres

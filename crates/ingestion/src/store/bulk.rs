@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
+use leadflow_runtime::db::{MAX_ROWS_PER_STATEMENT, chunked};
 use leadflow_runtime::outbox::NewMessage;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
@@ -18,10 +19,6 @@ use super::{ANONYMOUS, Accepted, USER, activity, events, identity, lead, request
 use crate::convert::Command;
 use crate::domain::{Identity, Profile};
 use crate::error::Error;
-
-/// Most values in one `IN (…)` list or rows in one multi-row `INSERT` (well under SQLite's and
-/// PostgreSQL's bound-parameter limits for these tables).
-const CHUNK: usize = 1000;
 
 /// A lead touched by the batch, as it will be written back.
 struct Draft {
@@ -221,7 +218,7 @@ async fn stored_answers(
 ) -> Result<HashMap<String, Accepted>, Error> {
     let ids: Vec<&str> = commands.iter().map(Command::message_id).collect();
     let mut answered = HashMap::new();
-    for chunk in ids.chunks(CHUNK) {
+    for chunk in ids.chunks(MAX_ROWS_PER_STATEMENT) {
         let rows = request::Entity::find()
             .filter(request::Column::TenantId.eq(tenant))
             .filter(request::Column::MessageId.is_in(chunk.iter().copied()))
@@ -253,7 +250,7 @@ async fn known_links(
     ids.sort_unstable();
     ids.dedup();
     let mut links = HashMap::new();
-    for chunk in ids.chunks(CHUNK) {
+    for chunk in ids.chunks(MAX_ROWS_PER_STATEMENT) {
         let rows = identity::Entity::find()
             .filter(identity::Column::TenantId.eq(tenant))
             .filter(identity::Column::ExternalId.is_in(chunk.iter().copied()))
@@ -287,7 +284,7 @@ async fn load_drafts(
     existing.sort_unstable();
     existing.dedup();
     let mut drafts = HashMap::with_capacity(existing.len() + new_leads.len());
-    for chunk in existing.chunks(CHUNK) {
+    for chunk in existing.chunks(MAX_ROWS_PER_STATEMENT) {
         let rows = lead::Entity::find()
             .filter(lead::Column::TenantId.eq(tenant))
             .filter(lead::Column::LeadId.is_in(chunk.iter().copied()))
@@ -376,14 +373,4 @@ async fn write(
             .await?;
     }
     Ok(())
-}
-
-/// `rows` in groups of at most [`CHUNK`].
-fn chunked<T>(rows: Vec<T>) -> Vec<Vec<T>> {
-    let mut chunks = Vec::with_capacity(rows.len().div_ceil(CHUNK));
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        chunks.push(rows.by_ref().take(CHUNK).collect());
-    }
-    chunks
 }

@@ -3,6 +3,7 @@
 //! and the outbox to handoff. Every stage change, its record and the events announcing it commit
 //! together.
 
+mod cache;
 mod entities;
 mod events;
 pub mod migrations;
@@ -26,6 +27,7 @@ use sea_orm::{
 use crate::convert::{self, TransitionMeta};
 use crate::domain::{Definition, FitGrade, Input, LeadQualification, Stage, Transition};
 use crate::error::Error;
+use cache::LeadCache;
 pub use entities::{definition, ignored_decision, lead, request, transition};
 
 /// Outbox destination of qualification's events.
@@ -371,27 +373,48 @@ impl Store {
 
     /// Applies score changes from scoring in order, each message id once, in one transaction:
     /// creates unknown leads, merges duplicates, keeps the latest profile and score, and runs
-    /// the definition's rules.
+    /// the definition's rules. The batch's message ids are claimed and its leads read up front,
+    /// each lead moves in memory event after event and is written back once at the end (a merge
+    /// writes back what came before it, then re-reads).
     pub async fn apply_score_changes(
         &self,
         events: Vec<ScoreChanged>,
         now: DateTime<Utc>,
     ) -> Result<Applied, Error> {
+        let headers: Vec<_> = events
+            .iter()
+            .map(|e| e.header.clone().unwrap_or_default())
+            .collect();
         let txn = self.db.begin().await?;
+        let ids: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|h| (h.message_id.as_str(), h.tenant_id.as_str()))
+            .collect();
+        let mut claimed = inbox::claim_many(&txn, &ids, now).await?;
+        let mut leads = LeadCache::default();
+        leads
+            .prefetch(
+                &txn,
+                headers
+                    .iter()
+                    .filter(|h| claimed.contains(&h.message_id))
+                    .map(|h| (h.tenant_id.clone(), h.lead_id.clone())),
+            )
+            .await?;
         let mut applied = Applied::default();
         let mut out = Vec::new();
         let mut definitions = ActiveDefinitions::default();
-        for event in events {
-            let header = event.header.clone().unwrap_or_default();
-            if !inbox::claim(&txn, &header.message_id, &header.tenant_id, now).await? {
+        for (event, header) in events.into_iter().zip(headers) {
+            if !claimed.remove(&header.message_id) {
                 applied.duplicates += 1;
                 continue;
             }
             applied.applied += 1;
             let tenant = header.tenant_id.as_str();
             let definition = definitions.get(&txn, tenant).await?;
-            let mut lead = load_or_create(&txn, tenant, &header.lead_id, now).await?;
             if event.reason == ScoreChangeReason::Merge as i32 && !event.merged_lead_id.is_empty() {
+                leads.flush(&txn, now).await?;
+                let mut lead = load_or_create(&txn, tenant, &header.lead_id, now).await?;
                 merge(
                     &txn,
                     &mut lead,
@@ -401,29 +424,21 @@ impl Store {
                     &mut out,
                 )
                 .await?;
-            }
-            if let Some(profile) = event.profile {
-                lead.row.source_channel = profile.source_channel;
-                lead.profile = profile;
-            }
-            let Some(score) = event.score else {
+                let staged = apply_score_change(&mut lead, event, definition, now)?;
+                transition::Entity::insert_many(staged.rows)
+                    .exec_without_returning(&txn)
+                    .await?;
                 save_lead(&txn, &mut lead, now).await?;
+                out.extend(staged.messages);
                 continue;
-            };
-            let input = Input::Score {
-                score: score.score,
-                // Scoring grades every lead it scores; an ungraded one does not fit.
-                grade: convert::grade_from_pb(score.fit_grade).unwrap_or(FitGrade::D),
-                activity_type: event.triggering_activity.map(|activity| activity.r#type),
-            };
-            lead.score = Some(score);
-            match apply(&txn, &mut lead, definition, input, "", now, true).await? {
-                Ok((_, messages)) => out.extend(messages),
-                Err(refusal) => {
-                    return Err(Error::Corrupt(format!("a score was refused: {refusal}")));
-                }
             }
+            let lead = leads.lead(&txn, tenant, &header.lead_id, now).await?;
+            let staged = apply_score_change(lead, event, definition, now)?;
+            out.extend(staged.messages);
+            let key = cache::key_of(lead);
+            leads.changed(key, staged.rows);
         }
+        leads.flush(&txn, now).await?;
         let announced = !out.is_empty();
         outbox::enqueue(&txn, out).await?;
         txn.commit().await?;
@@ -635,6 +650,95 @@ impl Store {
     }
 }
 
+/// What one input did to a lead, not yet written: the transitions to record (their rows) and
+/// the events announcing them.
+#[derive(Default)]
+struct Staged {
+    recorded: Vec<Recorded>,
+    rows: Vec<transition::ActiveModel>,
+    messages: Vec<NewMessage>,
+}
+
+/// Applies `input` to `lead` under `definition` in memory: the transitions (with the current
+/// trace id) and their events, `None` when nothing changed and `always_save` is off; or the
+/// refusal, having changed nothing.
+fn stage(
+    lead: &mut LeadRecord,
+    definition: &Definition,
+    input: Input,
+    note: &str,
+    now: DateTime<Utc>,
+    always_save: bool,
+) -> Result<Result<Option<Staged>, crate::domain::Refusal>, Error> {
+    let before = lead.state.clone();
+    let transitions = match lead.state.apply(definition, input, now) {
+        Ok(transitions) => transitions,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    if transitions.is_empty() && lead.state == before && !always_save {
+        return Ok(Ok(None));
+    }
+    let trace_id = current_trace_id().unwrap_or_default();
+    let mut recorded = Vec::with_capacity(transitions.len());
+    let mut rows = Vec::with_capacity(transitions.len());
+    for transition in transitions {
+        let r = Recorded {
+            lead_id: lead.row.lead_id.clone(),
+            transition_id: uuid::Uuid::now_v7().to_string(),
+            transition,
+            trace_id: trace_id.clone(),
+            note: note.to_owned(),
+        };
+        rows.push(transition::ActiveModel {
+            tenant_id: Set(lead.row.tenant_id.clone()),
+            lead_id: Set(r.lead_id.clone()),
+            transition_id: Set(r.transition_id.clone()),
+            body: Set(serde_json::to_string(&r.transition)
+                .map_err(|err| Error::corrupt("transition does not serialise", err))?),
+            at: Set(r.transition.at),
+            trace_id: Set(r.trace_id.clone()),
+            note: Set(r.note.clone()),
+            ..Default::default()
+        });
+        lead.row.definition_version = r.transition.definition_version;
+        recorded.push(r);
+    }
+    let messages = events::for_transitions(lead, &recorded, now);
+    Ok(Ok(Some(Staged {
+        recorded,
+        rows,
+        messages,
+    })))
+}
+
+/// Takes scoring's latest profile and score of `lead` and runs the definition's rules on the
+/// score, in memory: what the caller writes (the lead is always saved).
+fn apply_score_change(
+    lead: &mut LeadRecord,
+    event: ScoreChanged,
+    definition: &Definition,
+    now: DateTime<Utc>,
+) -> Result<Staged, Error> {
+    if let Some(profile) = event.profile {
+        lead.row.source_channel = profile.source_channel;
+        lead.profile = profile;
+    }
+    let Some(score) = event.score else {
+        return Ok(Staged::default());
+    };
+    let input = Input::Score {
+        score: score.score,
+        // Scoring grades every lead it scores; an ungraded one does not fit.
+        grade: convert::grade_from_pb(score.fit_grade).unwrap_or(FitGrade::D),
+        activity_type: event.triggering_activity.map(|activity| activity.r#type),
+    };
+    lead.score = Some(score);
+    match stage(lead, definition, input, "", now, true)? {
+        Ok(staged) => Ok(staged.unwrap_or_default()),
+        Err(refusal) => Err(Error::Corrupt(format!("a score was refused: {refusal}"))),
+    }
+}
+
 /// Applies `input` to `lead` under `definition` inside `txn`: records each transition (with the
 /// current trace id), saves the lead (unless nothing changed and `always_save` is off), and
 /// returns the records and the events announcing them; or the refusal, having changed nothing.
@@ -648,43 +752,16 @@ async fn apply(
     now: DateTime<Utc>,
     always_save: bool,
 ) -> Result<Result<(Vec<Recorded>, Vec<NewMessage>), crate::domain::Refusal>, Error> {
-    let before = lead.state.clone();
-    let transitions = match lead.state.apply(definition, input, now) {
-        Ok(transitions) => transitions,
+    let staged = match stage(lead, definition, input, note, now, always_save)? {
+        Ok(Some(staged)) => staged,
+        Ok(None) => return Ok(Ok((Vec::new(), Vec::new()))),
         Err(refusal) => return Ok(Err(refusal)),
     };
-    if transitions.is_empty() && lead.state == before && !always_save {
-        return Ok(Ok((Vec::new(), Vec::new())));
-    }
-    let trace_id = current_trace_id().unwrap_or_default();
-    let mut recorded = Vec::with_capacity(transitions.len());
-    for transition in transitions {
-        let r = Recorded {
-            lead_id: lead.row.lead_id.clone(),
-            transition_id: uuid::Uuid::now_v7().to_string(),
-            transition,
-            trace_id: trace_id.clone(),
-            note: note.to_owned(),
-        };
-        transition::ActiveModel {
-            tenant_id: Set(lead.row.tenant_id.clone()),
-            lead_id: Set(r.lead_id.clone()),
-            transition_id: Set(r.transition_id.clone()),
-            body: Set(serde_json::to_string(&r.transition)
-                .map_err(|err| Error::corrupt("transition does not serialise", err))?),
-            at: Set(r.transition.at),
-            trace_id: Set(r.trace_id.clone()),
-            note: Set(r.note.clone()),
-            ..Default::default()
-        }
-        .insert(txn)
+    transition::Entity::insert_many(staged.rows)
+        .exec_without_returning(txn)
         .await?;
-        lead.row.definition_version = r.transition.definition_version;
-        recorded.push(r);
-    }
     save_lead(txn, lead, now).await?;
-    let messages = events::for_transitions(lead, &recorded, now);
-    Ok(Ok((recorded, messages)))
+    Ok(Ok((staged.recorded, staged.messages)))
 }
 
 /// Merges `absorbed_id` into `survivor`: the absorbed lead points at the survivor from now on,
@@ -903,6 +980,28 @@ async fn save_lead(
     lead: &mut LeadRecord,
     now: DateTime<Utc>,
 ) -> Result<(), Error> {
+    refresh_row(lead, now)?;
+    let mut active = lead.row.clone().into_active_model();
+    for column in SAVED_COLUMNS {
+        active.reset(column);
+    }
+    active.update(txn).await?;
+    Ok(())
+}
+
+/// The columns a save writes.
+const SAVED_COLUMNS: [lead::Column; 7] = [
+    lead::Column::Stage,
+    lead::Column::State,
+    lead::Column::Profile,
+    lead::Column::Score,
+    lead::Column::SourceChannel,
+    lead::Column::DefinitionVersion,
+    lead::Column::UpdatedAt,
+];
+
+/// Brings `lead`'s row up to date with its state, profile and score, as saved at `now`.
+fn refresh_row(lead: &mut LeadRecord, now: DateTime<Utc>) -> Result<(), Error> {
     lead.row.stage = lead.state.stage.name().to_owned();
     lead.row.state = serde_json::to_string(&lead.state)
         .map_err(|err| Error::corrupt("lead state does not serialise", err))?;
@@ -913,19 +1012,6 @@ async fn save_lead(
         .map(Message::encode_to_vec)
         .unwrap_or_default();
     lead.row.updated_at = now;
-    let mut active = lead.row.clone().into_active_model();
-    for column in [
-        lead::Column::Stage,
-        lead::Column::State,
-        lead::Column::Profile,
-        lead::Column::Score,
-        lead::Column::SourceChannel,
-        lead::Column::DefinitionVersion,
-        lead::Column::UpdatedAt,
-    ] {
-        active.reset(column);
-    }
-    active.update(txn).await?;
     Ok(())
 }
 

@@ -34,9 +34,6 @@ pub async fn claim<C: ConnectionTrait>(
     Ok(matches!(result, TryInsertResult::Inserted(_)))
 }
 
-/// Most ids per `IN (…)` list or multi-row insert in [`claim_many`].
-const CLAIM_CHUNK: usize = 1000;
-
 /// Records every `(message_id, tenant_id)` of a delivered batch as applied inside `txn`, with
 /// one query and one insert per thousand ids instead of a statement per message. Returns the
 /// ids claimed now, which the caller applies; the others (applied before, or repeated within
@@ -48,7 +45,7 @@ pub async fn claim_many<C: ConnectionTrait>(
     now: DateTime<Utc>,
 ) -> Result<HashSet<String>, DbErr> {
     let mut seen = HashSet::with_capacity(messages.len());
-    for chunk in messages.chunks(CLAIM_CHUNK) {
+    for chunk in messages.chunks(crate::db::MAX_ROWS_PER_STATEMENT) {
         let ids = chunk.iter().map(|(id, _)| *id);
         let applied = inbox_message::Entity::find()
             .filter(inbox_message::Column::MessageId.is_in(ids))
@@ -68,9 +65,8 @@ pub async fn claim_many<C: ConnectionTrait>(
             processed_at: Set(now),
         });
     }
-    while !rows.is_empty() {
-        let rest = rows.split_off(rows.len().min(CLAIM_CHUNK));
-        inbox_message::Entity::insert_many(std::mem::replace(&mut rows, rest))
+    for chunk in crate::db::chunked(rows) {
+        inbox_message::Entity::insert_many(chunk)
             .exec_without_returning(txn)
             .await?;
     }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use leadflow_proto::common::v1 as common;
+use leadflow_runtime::db::{MAX_ROWS_PER_STATEMENT, chunked};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ColumnTrait, DatabaseTransaction, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
@@ -16,9 +17,6 @@ use sea_orm::{
 use super::{Announced, LeadState, decode, fact, lead_score, saved_row};
 use crate::domain::{LeadScore, Model};
 use crate::error::Error;
-
-/// Most ids per `IN (…)` list and rows per multi-row insert.
-const CHUNK: usize = 1000;
 
 /// `(tenant, lead)`.
 type Key = (String, String);
@@ -184,7 +182,7 @@ async fn rows(
     ids: &[String],
 ) -> Result<Vec<lead_score::Model>, Error> {
     let mut all = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(CHUNK) {
+    for chunk in ids.chunks(MAX_ROWS_PER_STATEMENT) {
         all.extend(
             lead_score::Entity::find()
                 .filter(lead_score::Column::TenantId.eq(tenant))
@@ -217,14 +215,4 @@ fn new_lead(tenant: &str, lead_id: &str, model: &Model, first_seen: DateTime<Utc
         profile: common::Profile::default(),
         merged: false,
     }
-}
-
-/// `rows` in groups of at most [`CHUNK`].
-fn chunked<T>(rows: Vec<T>) -> Vec<Vec<T>> {
-    let mut chunks = Vec::with_capacity(rows.len().div_ceil(CHUNK));
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        chunks.push(rows.by_ref().take(CHUNK).collect());
-    }
-    chunks
 }
