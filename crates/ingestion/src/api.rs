@@ -147,7 +147,7 @@ impl IngestionService for IngestionApi {
             .collect();
         let mut accepted = self
             .store
-            .apply(&tenant.0, &commands, now)
+            .apply(&tenant.0, commands, now)
             .await?
             .into_iter();
         let mut response = pb::BatchResponse::default();
@@ -292,7 +292,7 @@ impl IngestionApi {
     async fn apply_one(&self, tenant: &str, command: Command) -> Result<Accepted, Error> {
         let mut answers = self
             .store
-            .apply(tenant, &[command], self.clock.now())
+            .apply(tenant, vec![command], self.clock.now())
             .await?;
         answers
             .pop()

@@ -18,6 +18,9 @@ pub enum Error {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] sea_orm::DbErr),
+    /// The writer task is gone: the service is shutting down.
+    #[error("the writer has stopped")]
+    WriterStopped,
 }
 
 impl From<Error> for Status {
@@ -27,6 +30,7 @@ impl From<Error> for Status {
             Error::LeadNotFound(id) => Status::not_found(format!("lead {id} not found")),
             Error::FailedPrecondition(message) => Status::failed_precondition(message),
             Error::Store(db) => error::store(&db),
+            Error::WriterStopped => Status::unavailable("shutting down, retry"),
         }
     }
 }

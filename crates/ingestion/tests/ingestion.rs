@@ -1004,12 +1004,67 @@ async fn a_batch_links_its_own_ids_and_applies_a_repeated_message_once(db: TestD
     server.stop().await;
 }
 
+/// Concurrent writes share commits: every call is answered with its own lead, a message id
+/// sent twice at once is applied once, and a merge among them is applied on its own.
+async fn concurrent_writes_are_committed_together_and_answered_alone(db: TestDb) {
+    let server = Ingestion::start(&db, Options::default()).await;
+    let client = server.client(None);
+    let mut calls = Vec::new();
+    for i in 0..40 {
+        let mut client = client.clone();
+        calls.push(tokio::spawn(async move {
+            // The last two calls are one message sent twice at once, by user 18.
+            let (user, message) = if i >= 38 {
+                ("user-18@acme.io".to_owned(), "twice".to_owned())
+            } else {
+                (format!("user-{}@acme.io", i % 20), format!("c-{i}"))
+            };
+            client
+                .track(track(&message, &user, "", activity("page_view", 1, &[])))
+                .await
+                .map(|r| (message, user, r.into_inner()))
+        }));
+    }
+    let mut answers = Vec::new();
+    for call in calls {
+        answers.push(call.await.expect("join").expect("track"));
+    }
+    let twice: Vec<_> = answers.iter().filter(|a| a.0 == "twice").collect();
+    assert_eq!(twice.iter().filter(|a| !a.2.duplicate).count(), 1);
+    assert_eq!(twice[0].2.activity_id, twice[1].2.activity_id);
+    let mut by_user: HashMap<String, String> = HashMap::new();
+    for (_, user, answer) in &answers {
+        let lead = by_user
+            .entry(user.clone())
+            .or_insert(answer.lead_id.clone());
+        assert_eq!(lead, &answer.lead_id, "one lead per user");
+    }
+    assert_eq!(by_user.len(), 20);
+    let mut client = client.clone();
+    let mut total = 0;
+    for lead_id in by_user.values() {
+        let lead = client
+            .get_lead(pb::GetLeadRequest {
+                lead_id: lead_id.clone(),
+            })
+            .await
+            .expect("lead")
+            .into_inner()
+            .lead
+            .expect("lead");
+        total += lead.activity_count;
+    }
+    assert_eq!(total, 39, "40 calls, one of them a repeat");
+    server.stop().await;
+}
+
 on_both_backends! {
     round_trip => identify_track_and_read_back;
     timeline_paging => timeline_pages_and_filters;
     validation => each_validation_rule_names_its_field;
     batch_partial => a_bad_batch_item_fails_alone;
     idempotency => a_replayed_message_id_has_no_second_effect;
+    group_commit => concurrent_writes_are_committed_together_and_answered_alone;
     batch_linking => a_batch_links_its_own_ids_and_applies_a_repeated_message_once;
     anonymous_linking => anonymous_history_joins_the_known_lead;
     merge => two_known_leads_merge;

@@ -6,6 +6,7 @@ mod entities;
 mod events;
 pub mod migrations;
 mod timeline;
+mod writer;
 
 use chrono::{DateTime, Utc};
 use leadflow_runtime::outbox::{self, NewMessage, Wakeup};
@@ -61,12 +62,15 @@ pub struct LeadView {
 pub struct Store {
     db: DatabaseConnection,
     wakeup: Wakeup,
+    writer: writer::Writer,
 }
 
 impl Store {
-    /// A store over `db`; `wakeup` is poked after each commit that enqueued events.
+    /// A store over `db`, with its group-commit writer task (call inside a tokio runtime);
+    /// `wakeup` is poked after each commit that enqueued events.
     pub fn new(db: DatabaseConnection, wakeup: Wakeup) -> Self {
-        Self { db, wakeup }
+        let writer = writer::Writer::start(db.clone(), wakeup.clone());
+        Self { db, wakeup, writer }
     }
 
     /// The connection, for the relay and health checks.
@@ -74,27 +78,16 @@ impl Store {
         &self.db
     }
 
-    /// Applies `commands` in order, in one transaction: each is answered, or all fail together
-    /// (and the caller may retry: replays are idempotent).
+    /// Applies `commands` in order, in one transaction (shared with the writes that arrive at
+    /// the same time): each is answered once committed, or all fail together (and the caller
+    /// may retry: replays are idempotent).
     pub async fn apply(
         &self,
         tenant: &str,
-        commands: &[Command],
+        commands: Vec<Command>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Accepted>, Error> {
-        let txn = self.db.begin().await?;
-        let mut events = Vec::new();
-        let answers = match bulk::try_apply(&txn, tenant, commands, now, &mut events).await? {
-            Some(answers) => answers,
-            None => one_by_one(&txn, tenant, commands, now, &mut events).await?,
-        };
-        let enqueued = !events.is_empty();
-        outbox::enqueue(&txn, events).await?;
-        txn.commit().await?;
-        if enqueued {
-            self.wakeup.wake();
-        }
-        Ok(answers)
+        self.writer.apply(tenant, commands, now).await
     }
 
     /// Merges `source` into `target`: history, identities and profile gaps move to the target,

@@ -1,0 +1,157 @@
+//! Group commit: writes that arrive together share one transaction. Each `Track`, `Identify`
+//! or `Batch` becomes a job on a queue; one task takes every job waiting (up to
+//! [`MAX_GROUP_COMMANDS`] commands), applies them in arrival order with the set-based path in
+//! one transaction, and answers each job only after that commit. A group the set-based path
+//! cannot take (a merge, a lead merged away) or that fails is applied job by job instead, each in
+//! its own transaction, so one job's error is never another's.
+
+use chrono::{DateTime, Utc};
+use leadflow_runtime::outbox::{self, NewMessage, Wakeup};
+use sea_orm::{DatabaseConnection, TransactionTrait};
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+use super::{Accepted, bulk, one_by_one};
+use crate::convert::Command;
+use crate::error::Error;
+
+/// Most commands committed together: big enough to amortise a commit over many callers, small
+/// enough that the first caller of a group does not wait long for the last.
+const MAX_GROUP_COMMANDS: usize = 2000;
+
+/// Jobs waiting for the writer. Callers wait for room when it is full (back-pressure).
+const QUEUE_DEPTH: usize = 1024;
+
+/// One caller's write.
+pub(super) struct Job {
+    tenant: String,
+    commands: Vec<Command>,
+    now: DateTime<Utc>,
+    /// The caller's span: its events carry the caller's trace.
+    span: tracing::Span,
+    reply: oneshot::Sender<Result<Vec<Accepted>, Error>>,
+}
+
+/// The queue into the writer task.
+#[derive(Debug, Clone)]
+pub(super) struct Writer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    /// Starts the writer task over `db`; it ends once every handle is dropped.
+    pub(super) fn start(db: DatabaseConnection, wakeup: Wakeup) -> Self {
+        let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(run(db, wakeup, queue));
+        Self { jobs }
+    }
+
+    /// Applies `commands` for `tenant`, answering once they are committed.
+    pub(super) async fn apply(
+        &self,
+        tenant: &str,
+        commands: Vec<Command>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Accepted>, Error> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            tenant: tenant.to_owned(),
+            commands,
+            now,
+            span: tracing::Span::current(),
+            reply,
+        };
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| Error::WriterStopped)?;
+        answer.await.map_err(|_| Error::WriterStopped)?
+    }
+}
+
+async fn run(db: DatabaseConnection, wakeup: Wakeup, mut queue: mpsc::Receiver<Job>) {
+    while let Some(first) = queue.recv().await {
+        let mut size = first.commands.len();
+        let mut group = vec![first];
+        while size < MAX_GROUP_COMMANDS {
+            match queue.try_recv() {
+                Ok(job) => {
+                    size += job.commands.len();
+                    group.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        match commit_group(&db, &group).await {
+            Ok(Some(answers)) => {
+                wakeup.wake();
+                for (job, answers) in group.into_iter().zip(answers) {
+                    let _ = job.reply.send(Ok(answers));
+                }
+            }
+            Ok(None) => apply_each(&db, &wakeup, group).await,
+            Err(err) => {
+                tracing::debug!(jobs = group.len(), error = %err, "group commit failed, applying job by job");
+                apply_each(&db, &wakeup, group).await;
+            }
+        }
+    }
+}
+
+/// The whole group in one transaction on the set-based path, each job's answers in order; or
+/// `None`, having written nothing, when a job needs the command-by-command path.
+async fn commit_group(
+    db: &DatabaseConnection,
+    group: &[Job],
+) -> Result<Option<Vec<Vec<Accepted>>>, Error> {
+    let txn = db.begin().await?;
+    let mut answers = Vec::with_capacity(group.len());
+    for job in group {
+        let mut events = Vec::new();
+        let Some(answered) =
+            bulk::try_apply(&txn, &job.tenant, &job.commands, job.now, &mut events).await?
+        else {
+            return Ok(None);
+        };
+        enqueue_as(&txn, events, &job.span).await?;
+        answers.push(answered);
+    }
+    txn.commit().await?;
+    Ok(Some(answers))
+}
+
+/// Each job in its own transaction, answered with its own result.
+async fn apply_each(db: &DatabaseConnection, wakeup: &Wakeup, group: Vec<Job>) {
+    for job in group {
+        let result = apply_alone(db, &job).await;
+        if result.is_ok() {
+            wakeup.wake();
+        }
+        let _ = job.reply.send(result);
+    }
+}
+
+async fn apply_alone(db: &DatabaseConnection, job: &Job) -> Result<Vec<Accepted>, Error> {
+    let txn = db.begin().await?;
+    let mut events = Vec::new();
+    let answers =
+        match bulk::try_apply(&txn, &job.tenant, &job.commands, job.now, &mut events).await? {
+            Some(answers) => answers,
+            None => one_by_one(&txn, &job.tenant, &job.commands, job.now, &mut events).await?,
+        };
+    enqueue_as(&txn, events, &job.span).await?;
+    txn.commit().await?;
+    Ok(answers)
+}
+
+/// Enqueues `events` under the caller's span, so the outbox rows carry the caller's trace.
+async fn enqueue_as(
+    txn: &sea_orm::DatabaseTransaction,
+    events: Vec<NewMessage>,
+    span: &tracing::Span,
+) -> Result<(), Error> {
+    outbox::enqueue(txn, events)
+        .instrument(span.clone())
+        .await?;
+    Ok(())
+}
