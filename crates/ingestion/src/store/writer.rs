@@ -6,10 +6,9 @@
 //! its own transaction, so one job's error is never another's.
 
 use chrono::{DateTime, Utc};
-use leadflow_runtime::outbox::{self, NewMessage, Wakeup};
+use leadflow_runtime::outbox::{self, Wakeup};
 use sea_orm::{DatabaseConnection, TransactionTrait};
 use tokio::sync::{mpsc, oneshot};
-use tracing::Instrument;
 
 use super::{Accepted, bulk, one_by_one};
 use crate::convert::Command;
@@ -27,8 +26,8 @@ pub(super) struct Job {
     tenant: String,
     commands: Vec<Command>,
     now: DateTime<Utc>,
-    /// The caller's span: its events carry the caller's trace.
-    span: tracing::Span,
+    /// The caller's trace context: its events carry the caller's trace.
+    trace_context: String,
     reply: oneshot::Sender<Result<Vec<Accepted>, Error>>,
 }
 
@@ -58,7 +57,7 @@ impl Writer {
             tenant: tenant.to_owned(),
             commands,
             now,
-            span: tracing::Span::current(),
+            trace_context: outbox::current_trace_context()?,
             reply,
         };
         self.jobs
@@ -98,24 +97,40 @@ async fn run(db: DatabaseConnection, wakeup: Wakeup, mut queue: mpsc::Receiver<J
     }
 }
 
-/// The whole group in one transaction on the set-based path, each job's answers in order; or
-/// `None`, having written nothing, when a job needs the command-by-command path.
+/// The whole group in one transaction on the set-based path (each run of jobs of one tenant as
+/// one batch, received at the time of its first job), each job's answers in order; or `None`,
+/// having written nothing, when a job needs the command-by-command path.
 async fn commit_group(
     db: &DatabaseConnection,
     group: &[Job],
 ) -> Result<Option<Vec<Vec<Accepted>>>, Error> {
     let txn = db.begin().await?;
     let mut answers = Vec::with_capacity(group.len());
-    for job in group {
+    let mut traced = Vec::with_capacity(group.len());
+    for run in group.chunk_by(|a, b| a.tenant == b.tenant) {
+        let commands: Vec<Command> = run
+            .iter()
+            .flat_map(|j| j.commands.iter().cloned())
+            .collect();
         let mut events = Vec::new();
         let Some(answered) =
-            bulk::try_apply(&txn, &job.tenant, &job.commands, job.now, &mut events).await?
+            bulk::try_apply(&txn, &run[0].tenant, &commands, run[0].now, &mut events).await?
         else {
             return Ok(None);
         };
-        enqueue_as(&txn, events, &job.span).await?;
-        answers.push(answered);
+        // The set-based path produces one event per command it applied (not answered before).
+        let (mut answered, mut events) = (answered.into_iter(), events.into_iter());
+        for job in run {
+            let mine: Vec<Accepted> = answered.by_ref().take(job.commands.len()).collect();
+            let applied = mine.iter().filter(|a| !a.duplicate).count();
+            traced.push((
+                job.trace_context.clone(),
+                events.by_ref().take(applied).collect(),
+            ));
+            answers.push(mine);
+        }
     }
+    outbox::enqueue_traced(&txn, traced).await?;
     txn.commit().await?;
     Ok(Some(answers))
 }
@@ -139,19 +154,7 @@ async fn apply_alone(db: &DatabaseConnection, job: &Job) -> Result<Vec<Accepted>
             Some(answers) => answers,
             None => one_by_one(&txn, &job.tenant, &job.commands, job.now, &mut events).await?,
         };
-    enqueue_as(&txn, events, &job.span).await?;
+    outbox::enqueue_traced(&txn, vec![(job.trace_context.clone(), events)]).await?;
     txn.commit().await?;
     Ok(answers)
-}
-
-/// Enqueues `events` under the caller's span, so the outbox rows carry the caller's trace.
-async fn enqueue_as(
-    txn: &sea_orm::DatabaseTransaction,
-    events: Vec<NewMessage>,
-    span: &tracing::Span,
-) -> Result<(), Error> {
-    outbox::enqueue(txn, events)
-        .instrument(span.clone())
-        .await?;
-    Ok(())
 }

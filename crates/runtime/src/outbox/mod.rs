@@ -82,26 +82,48 @@ pub fn decode_batch<M: prost::Message + Default>(
 /// Delivery times are wall-clock times (the relay runs on the wall clock), never a service's
 /// domain clock: a test or a replay moving domain time must not delay delivery.
 pub async fn enqueue<C: ConnectionTrait>(txn: &C, messages: Vec<NewMessage>) -> Result<(), DbErr> {
+    enqueue_traced(txn, vec![(current_trace_context()?, messages)]).await
+}
+
+/// The trace context of the current span, as an outbox row stores it: capture it where a
+/// write is requested when the messages are enqueued elsewhere (a group-commit writer).
+pub fn current_trace_context() -> Result<String, DbErr> {
+    serde_json::to_string(&crate::telemetry::current_trace_context())
+        .map_err(|err| DbErr::Custom(format!("trace context does not serialise: {err}")))
+}
+
+/// Writes groups of messages inside the caller's transaction `txn`, each group under its own
+/// trace context (from [`current_trace_context`]), with one multi-row insert per thousand rows.
+pub async fn enqueue_traced<C: ConnectionTrait>(
+    txn: &C,
+    groups: Vec<(String, Vec<NewMessage>)>,
+) -> Result<(), DbErr> {
     let now = Utc::now();
-    if messages.is_empty() {
-        return Ok(());
+    let rows: Vec<outbox_message::ActiveModel> = groups
+        .into_iter()
+        .flat_map(|(trace_context, messages)| {
+            messages
+                .into_iter()
+                .map(move |m| outbox_message::ActiveModel {
+                    destination: Set(m.destination.to_owned()),
+                    message_id: Set(m.message_id),
+                    tenant_id: Set(m.tenant_id),
+                    partition_key: Set(m.partition_key),
+                    payload: Set(m.payload),
+                    trace_context: Set(trace_context.clone()),
+                    created_at: Set(now),
+                    attempts: Set(0),
+                    next_attempt_at: Set(now),
+                    last_error: Set(None),
+                    ..Default::default()
+                })
+        })
+        .collect();
+    for chunk in crate::db::chunked(rows) {
+        outbox_message::Entity::insert_many(chunk)
+            .exec_without_returning(txn)
+            .await?;
     }
-    let trace_context = serde_json::to_string(&crate::telemetry::current_trace_context())
-        .map_err(|err| DbErr::Custom(format!("trace context does not serialise: {err}")))?;
-    let rows = messages.into_iter().map(|m| outbox_message::ActiveModel {
-        destination: Set(m.destination.to_owned()),
-        message_id: Set(m.message_id),
-        tenant_id: Set(m.tenant_id),
-        partition_key: Set(m.partition_key),
-        payload: Set(m.payload),
-        trace_context: Set(trace_context.clone()),
-        created_at: Set(now),
-        attempts: Set(0),
-        next_attempt_at: Set(now),
-        last_error: Set(None),
-        ..Default::default()
-    });
-    outbox_message::Entity::insert_many(rows).exec(txn).await?;
     Ok(())
 }
 

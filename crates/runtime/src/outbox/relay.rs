@@ -109,7 +109,13 @@ pub struct Relay<S> {
     config: RelayConfig,
     wakeup: Wakeup,
     metrics: RelayMetrics,
+    /// When the backlog gauges were last read (counting the backlog scans it).
+    backlog_read_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How often a busy relay counts its backlog for the gauges: counting scans every pending row,
+/// so doing it after each delivery would make draining a large backlog quadratic.
+const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct RelayMetrics {
@@ -157,6 +163,7 @@ impl<S: OutboxSink> Relay<S> {
             config,
             wakeup,
             metrics,
+            backlog_read_at: std::sync::Mutex::new(None),
         }
     }
 
@@ -202,7 +209,9 @@ impl<S: OutboxSink> Relay<S> {
         } else {
             self.pass_on(&self.db, false).await?
         };
-        self.record_backlog().await?;
+        if self.backlog_due(pass.delivered == 0) {
+            self.record_backlog().await?;
+        }
         Ok(pass)
     }
 
@@ -307,6 +316,20 @@ impl<S: OutboxSink> Relay<S> {
             .all(conn)
             .await?;
         Ok(rows.into_iter().collect())
+    }
+
+    /// Whether to count the backlog now: always when idle (it is small or waiting), else at most
+    /// once per [`BACKLOG_EVERY`].
+    fn backlog_due(&self, idle: bool) -> bool {
+        let now = std::time::Instant::now();
+        let Ok(mut last) = self.backlog_read_at.lock() else {
+            return true;
+        };
+        let due = idle || last.is_none_or(|at| now.duration_since(at) >= BACKLOG_EVERY);
+        if due {
+            *last = Some(now);
+        }
+        due
     }
 
     async fn record_backlog(&self) -> Result<(), DbErr> {
