@@ -12,13 +12,14 @@ use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 /// Every service `leadflow up` runs, in port order, with its public gRPC service.
-const SERVICES: [(&str, &str); 3] = [
+const SERVICES: [(&str, &str); 4] = [
     ("ingestion", "leadflow.ingestion.v1.IngestionService"),
     ("scoring", "leadflow.scoring.v1.ScoringService"),
     (
         "qualification",
         "leadflow.qualification.v1.QualificationService",
     ),
+    ("handoff", "leadflow.handoff.v1.HandoffService"),
 ];
 
 /// A port that was free a moment ago.

@@ -12,7 +12,7 @@ use leadflow_runtime::outbox::{
     RelayConfig, Wakeup, inbox,
 };
 use leadflow_test_support::{Backend, TestDb, on_both_backends};
-use sea_orm::{DatabaseConnection, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -328,5 +328,37 @@ async fn two_relays_on_postgres_never_deliver_twice() {
         per_key(&state.applied_in_order),
         expected,
         "per-key order kept across relays"
+    );
+}
+
+/// Two pods starting at once on a fresh PostgreSQL database both migrate it without error, and
+/// each migration is applied exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pods_migrating_at_once_apply_each_migration_once() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let pods: Vec<_> = (0..2)
+        .map(|_| {
+            let url = db.url.clone();
+            tokio::spawn(async move { leadflow_runtime::db::open::<Migrator>(&url, 2).await })
+        })
+        .collect();
+    let mut conns = Vec::new();
+    for pod in pods {
+        conns.push(pod.await.expect("join").expect("both pods migrate"));
+    }
+    let applied = conns[0]
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DatabaseBackend::Postgres,
+            "SELECT COUNT(*) AS n FROM seaql_migrations",
+        ))
+        .await
+        .expect("query")
+        .expect("a row");
+    let n: i64 = applied.try_get("", "n").expect("count");
+    assert_eq!(
+        n,
+        i64::try_from(Migrator::migrations().len()).expect("fits")
     );
 }
