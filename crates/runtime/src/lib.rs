@@ -7,6 +7,7 @@ pub mod client;
 pub mod clock;
 pub mod db;
 pub mod error;
+pub mod lead_cache;
 pub mod lease;
 pub mod outbox;
 pub mod pbtime;

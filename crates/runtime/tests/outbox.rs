@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
+use leadflow_proto::common::v1::MessageHeader;
 use leadflow_runtime::lease::{CreateLeases, Lease};
 use leadflow_runtime::outbox::{
     self, CreateOutboxAndInbox, DeliveryError, NewMessage, OutboxMessage, OutboxSink, Relay,
@@ -214,6 +215,12 @@ async fn inbox_claims_a_message_id_once(db: TestDb) {
 }
 
 async fn inbox_claims_a_batch_of_message_ids_once(db: TestDb) {
+    let header = |id: &str, tenant: &str| MessageHeader {
+        message_id: id.to_owned(),
+        tenant_id: tenant.to_owned(),
+        lead_id: "l".to_owned(),
+        ..Default::default()
+    };
     let conn = connect(&db).await;
     let txn = conn.begin().await.expect("begin");
     assert!(
@@ -221,13 +228,15 @@ async fn inbox_claims_a_batch_of_message_ids_once(db: TestDb) {
             .await
             .expect("claim")
     );
-    let claimed = inbox::claim_many(
-        &txn,
-        &[("m-1", "t"), ("m-2", "t"), ("m-3", "u"), ("m-2", "t")],
-        Utc::now(),
-    )
-    .await
-    .expect("claim many");
+    let batch = [
+        header("m-1", "t"),
+        header("m-2", "t"),
+        header("m-3", "u"),
+        header("m-2", "t"),
+    ];
+    let claimed = inbox::claim_many(&txn, &batch, Utc::now())
+        .await
+        .expect("claim many");
     let mut claimed: Vec<String> = claimed.into_iter().collect();
     claimed.sort();
     assert_eq!(
@@ -237,15 +246,18 @@ async fn inbox_claims_a_batch_of_message_ids_once(db: TestDb) {
     );
     txn.commit().await.expect("commit");
     let txn = conn.begin().await.expect("begin");
-    let many: Vec<String> = (0..2500).map(|i| format!("n-{i}")).collect();
-    let pairs: Vec<(&str, &str)> = many.iter().map(|id| (id.as_str(), "t")).collect();
-    let claimed = inbox::claim_many(&txn, &pairs, Utc::now())
+    let many: Vec<MessageHeader> = (0..2500).map(|i| header(&format!("n-{i}"), "t")).collect();
+    let claimed = inbox::claim_many(&txn, &many, Utc::now())
         .await
         .expect("claim many in chunks");
     assert_eq!(claimed.len(), 2500);
-    let again = inbox::claim_many(&txn, &[("n-2499", "t"), ("m-3", "u")], Utc::now())
-        .await
-        .expect("claim again");
+    let again = inbox::claim_many(
+        &txn,
+        &[header("n-2499", "t"), header("m-3", "u")],
+        Utc::now(),
+    )
+    .await
+    .expect("claim again");
     assert!(again.is_empty(), "{again:?}");
     assert!(
         !inbox::claim(&txn, "m-2", "t", Utc::now())

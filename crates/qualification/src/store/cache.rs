@@ -1,13 +1,12 @@
-//! The leads one delivered batch of score changes touches, read once and written once: read
-//! with one query per thousand ids (locked, in key order, on PostgreSQL), moved through the
-//! state machine in memory event after event, and written back with their transitions as
-//! multi-row statements, instead of a read, transition inserts and an update per event.
-
-use std::collections::{HashMap, HashSet};
+//! The leads one delivered batch of score changes touches (the runtime's [`LeadCache`]), with
+//! the transitions the batch records: read once, moved through the state machine in memory
+//! event after event, written back with one upsert and one multi-row transition insert instead
+//! of a read, transition inserts and an update per event.
 
 use chrono::{DateTime, Utc};
 use leadflow_proto::common::v1 as common;
 use leadflow_runtime::db::{MAX_ROWS_PER_STATEMENT, chunked};
+use leadflow_runtime::lead_cache::{self, Found, LeadKey};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ColumnTrait, DatabaseTransaction, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
@@ -18,17 +17,10 @@ use super::{LeadRecord, SAVED_COLUMNS, decode, lead, refresh_row, transition};
 use crate::domain::LeadQualification;
 use crate::error::Error;
 
-/// `(tenant, lead)`.
-type Key = (String, String);
-
-/// A batch's leads, keyed by the surviving lead, with the ids merged into them as aliases.
+/// A batch's leads, the changed ones marked, and the transitions recorded.
 #[derive(Default)]
 pub(super) struct LeadCache {
-    leads: HashMap<Key, LeadRecord>,
-    /// Requested id → the lead it was merged into.
-    aliases: HashMap<Key, Key>,
-    /// Leads changed since the last flush.
-    dirty: HashSet<Key>,
+    leads: lead_cache::LeadCache<LeadRecord, ()>,
     transitions: Vec<transition::ActiveModel>,
 }
 
@@ -37,40 +29,14 @@ impl LeadCache {
     pub(super) async fn prefetch(
         &mut self,
         txn: &DatabaseTransaction,
-        keys: impl IntoIterator<Item = Key>,
+        keys: impl IntoIterator<Item = LeadKey>,
     ) -> Result<(), Error> {
-        let mut by_tenant: HashMap<String, Vec<String>> = HashMap::new();
-        for (tenant, lead) in keys {
-            by_tenant.entry(tenant).or_default().push(lead);
-        }
-        for (tenant, mut ids) in by_tenant {
-            ids.sort_unstable();
-            ids.dedup();
-            let mut survivors = Vec::new();
-            for row in rows(txn, &tenant, &ids).await? {
-                match row.merged_into.clone() {
-                    Some(survivor) => {
-                        self.aliases.insert(
-                            (tenant.clone(), row.lead_id.clone()),
-                            (tenant.clone(), survivor.clone()),
-                        );
-                        survivors.push(survivor);
-                    }
-                    None => self.insert(decode(row, false)?),
-                }
-            }
-            survivors.sort_unstable();
-            survivors.dedup();
-            survivors.retain(|id| !self.leads.contains_key(&(tenant.clone(), id.clone())));
-            for row in rows(txn, &tenant, &survivors).await? {
-                self.insert(decode(row, false)?);
-            }
-        }
-        Ok(())
-    }
-
-    fn insert(&mut self, lead: LeadRecord) {
-        self.leads.insert(key_of(&lead), lead);
+        self.leads
+            .prefetch(
+                keys,
+                |tenant, ids| async move { rows(txn, &tenant, &ids).await },
+            )
+            .await
     }
 
     /// The lead `lead_id` names (the survivor, for a merged id), read if not prefetched, or a
@@ -82,53 +48,36 @@ impl LeadCache {
         lead_id: &str,
         now: DateTime<Utc>,
     ) -> Result<&mut LeadRecord, Error> {
-        let requested = (tenant.to_owned(), lead_id.to_owned());
-        let mut key = self
-            .aliases
-            .get(&requested)
-            .cloned()
-            .unwrap_or(requested.clone());
-        if !self.leads.contains_key(&key) {
-            match super::load_lead(txn, tenant, lead_id).await? {
-                Some(lead) => {
-                    key = key_of(&lead);
-                    if key != requested {
-                        self.aliases.insert(requested, key.clone());
-                    }
-                    self.leads.entry(key.clone()).or_insert(lead);
-                }
-                None => {
-                    self.leads
-                        .insert(key.clone(), new_lead(tenant, lead_id, now));
-                }
-            }
+        if !self.leads.contains(tenant, lead_id) {
+            let lead = match super::load_lead(txn, tenant, lead_id).await? {
+                Some(lead) => lead,
+                None => new_lead(tenant, lead_id, now),
+            };
+            let survivor = lead.row.lead_id.clone();
+            return Ok(self.leads.insert(tenant, lead_id, &survivor, lead));
         }
         self.leads
-            .get_mut(&key)
+            .get_mut(tenant, lead_id)
             .ok_or_else(|| Error::Corrupt(format!("lead {lead_id} not cached")))
     }
 
     /// Marks the lead `key` changed, with the transitions that changed it.
-    pub(super) fn changed(&mut self, key: Key, transitions: Vec<transition::ActiveModel>) {
-        self.dirty.insert(key);
+    pub(super) fn changed(&mut self, key: LeadKey, transitions: Vec<transition::ActiveModel>) {
+        self.leads.mark_changed(key, ());
         self.transitions.extend(transitions);
     }
 
-    /// Writes the transitions and every changed lead (one upsert, in key order), and forgets
+    /// Writes every changed lead (one upsert, in key order) and the transitions, and forgets
     /// everything: what comes next reads the store again.
     pub(super) async fn flush(
         &mut self,
         txn: &DatabaseTransaction,
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
-        let mut dirty: Vec<Key> = self.dirty.drain().collect();
-        dirty.sort_unstable();
-        let mut rows = Vec::with_capacity(dirty.len());
-        for key in dirty {
-            if let Some(lead) = self.leads.get_mut(&key) {
-                refresh_row(lead, now)?;
-                rows.push(lead.row.clone().into_active_model());
-            }
+        let mut rows = Vec::new();
+        for (mut lead, ()) in self.leads.take_changed() {
+            refresh_row(&mut lead, now)?;
+            rows.push(lead.row.into_active_model());
         }
         let upsert = OnConflict::columns([lead::Column::TenantId, lead::Column::LeadId])
             .update_columns(SAVED_COLUMNS)
@@ -144,14 +93,12 @@ impl LeadCache {
                 .exec_without_returning(txn)
                 .await?;
         }
-        self.leads.clear();
-        self.aliases.clear();
         Ok(())
     }
 }
 
 /// The cache key of `lead`.
-pub(super) fn key_of(lead: &LeadRecord) -> Key {
+pub(super) fn key_of(lead: &LeadRecord) -> LeadKey {
     (lead.row.tenant_id.clone(), lead.row.lead_id.clone())
 }
 
@@ -160,40 +107,44 @@ async fn rows(
     txn: &DatabaseTransaction,
     tenant: &str,
     ids: &[String],
-) -> Result<Vec<lead::Model>, Error> {
-    let mut all = Vec::with_capacity(ids.len());
+) -> Result<Vec<(String, Found<LeadRecord>)>, Error> {
+    let mut found = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(MAX_ROWS_PER_STATEMENT) {
-        all.extend(
-            lead::Entity::find()
-                .filter(lead::Column::TenantId.eq(tenant))
-                .filter(lead::Column::LeadId.is_in(chunk.iter().cloned()))
-                .order_by_asc(lead::Column::LeadId)
-                .lock_exclusive()
-                .all(txn)
-                .await?,
-        );
+        let rows = lead::Entity::find()
+            .filter(lead::Column::TenantId.eq(tenant))
+            .filter(lead::Column::LeadId.is_in(chunk.iter().cloned()))
+            .order_by_asc(lead::Column::LeadId)
+            .lock_exclusive()
+            .all(txn)
+            .await?;
+        for row in rows {
+            let id = row.lead_id.clone();
+            found.push(match row.merged_into.clone() {
+                Some(survivor) => (id, Found::MergedInto(survivor)),
+                None => (id, Found::Live(decode(row, false)?)),
+            });
+        }
     }
-    Ok(all)
+    Ok(found)
 }
 
-/// A lead qualification has not seen before.
-fn new_lead(tenant: &str, lead_id: &str, now: DateTime<Utc>) -> LeadRecord {
+/// A lead qualification has not seen before (its row is written when it is first saved).
+pub(super) fn new_lead(tenant: &str, lead_id: &str, now: DateTime<Utc>) -> LeadRecord {
     let state = LeadQualification::new(now);
-    let row = lead::Model {
-        tenant_id: tenant.to_owned(),
-        lead_id: lead_id.to_owned(),
-        stage: state.stage.name().to_owned(),
-        state: String::new(),
-        profile: Vec::new(),
-        score: Vec::new(),
-        source_channel: 0,
-        definition_version: 0,
-        merged_into: None,
-        created_at: now,
-        updated_at: now,
-    };
     LeadRecord {
-        row,
+        row: lead::Model {
+            tenant_id: tenant.to_owned(),
+            lead_id: lead_id.to_owned(),
+            stage: state.stage.name().to_owned(),
+            state: String::new(),
+            profile: Vec::new(),
+            score: Vec::new(),
+            source_channel: 0,
+            definition_version: 0,
+            merged_into: None,
+            created_at: now,
+            updated_at: now,
+        },
         state,
         profile: common::Profile::default(),
         score: None,

@@ -386,11 +386,7 @@ impl Store {
             .map(|e| e.header.clone().unwrap_or_default())
             .collect();
         let txn = self.db.begin().await?;
-        let ids: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|h| (h.message_id.as_str(), h.tenant_id.as_str()))
-            .collect();
-        let mut claimed = inbox::claim_many(&txn, &ids, now).await?;
+        let mut claimed = inbox::claim_many(&txn, &headers, now).await?;
         let mut leads = LeadCache::default();
         leads
             .prefetch(
@@ -949,29 +945,10 @@ async fn load_or_create(
     if let Some(lead) = load_lead(txn, tenant, lead_id).await? {
         return Ok(lead);
     }
-    let state = LeadQualification::new(now);
-    let row = lead::Model {
-        tenant_id: tenant.to_owned(),
-        lead_id: lead_id.to_owned(),
-        stage: state.stage.name().to_owned(),
-        state: serde_json::to_string(&state)
-            .map_err(|err| Error::corrupt("lead state does not serialise", err))?,
-        profile: Vec::new(),
-        score: Vec::new(),
-        source_channel: 0,
-        definition_version: 0,
-        merged_into: None,
-        created_at: now,
-        updated_at: now,
-    };
-    row.clone().into_active_model().insert(txn).await?;
-    Ok(LeadRecord {
-        row,
-        state,
-        profile: common::Profile::default(),
-        score: None,
-        merged: false,
-    })
+    let mut lead = cache::new_lead(tenant, lead_id, now);
+    refresh_row(&mut lead, now)?;
+    lead.row.clone().into_active_model().insert(txn).await?;
+    Ok(lead)
 }
 
 /// Writes `lead` back: its stage, state, profile and score.

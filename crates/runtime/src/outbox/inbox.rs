@@ -34,34 +34,34 @@ pub async fn claim<C: ConnectionTrait>(
     Ok(matches!(result, TryInsertResult::Inserted(_)))
 }
 
-/// Records every `(message_id, tenant_id)` of a delivered batch as applied inside `txn`, with
+/// Records the message id of every header of a delivered batch as applied inside `txn`, with
 /// one query and one insert per thousand ids instead of a statement per message. Returns the
 /// ids claimed now, which the caller applies; the others (applied before, or repeated within
 /// the batch) it skips. A concurrent receiver claiming the same id makes the insert fail, and
 /// the whole transaction with it, so nothing is applied twice.
 pub async fn claim_many<C: ConnectionTrait>(
     txn: &C,
-    messages: &[(&str, &str)],
+    headers: &[MessageHeader],
     now: DateTime<Utc>,
 ) -> Result<HashSet<String>, DbErr> {
-    let mut seen = HashSet::with_capacity(messages.len());
-    for chunk in messages.chunks(crate::db::MAX_ROWS_PER_STATEMENT) {
-        let ids = chunk.iter().map(|(id, _)| *id);
+    let mut seen = HashSet::with_capacity(headers.len());
+    for chunk in headers.chunks(crate::db::MAX_ROWS_PER_STATEMENT) {
+        let ids = chunk.iter().map(|h| h.message_id.as_str());
         let applied = inbox_message::Entity::find()
             .filter(inbox_message::Column::MessageId.is_in(ids))
             .all(txn)
             .await?;
         seen.extend(applied.into_iter().map(|row| row.message_id));
     }
-    let mut claimed = HashSet::with_capacity(messages.len());
-    let mut rows = Vec::with_capacity(messages.len());
-    for (message_id, tenant_id) in messages {
-        if seen.contains(*message_id) || !claimed.insert((*message_id).to_owned()) {
+    let mut claimed = HashSet::with_capacity(headers.len());
+    let mut rows = Vec::with_capacity(headers.len());
+    for header in headers {
+        if seen.contains(&header.message_id) || !claimed.insert(header.message_id.clone()) {
             continue;
         }
         rows.push(inbox_message::ActiveModel {
-            message_id: Set((*message_id).to_owned()),
-            tenant_id: Set((*tenant_id).to_owned()),
+            message_id: Set(header.message_id.clone()),
+            tenant_id: Set(header.tenant_id.clone()),
             processed_at: Set(now),
         });
     }

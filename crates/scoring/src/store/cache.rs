@@ -1,13 +1,11 @@
-//! The leads one delivered batch touches, read once and written once: a batch's leads are read
-//! with one query per thousand ids (and locked, in key order, on PostgreSQL), changed in memory
-//! event after event, and written back with their new facts as multi-row statements, instead
-//! of a read, a fact insert and an update per event.
-
-use std::collections::HashMap;
+//! The leads one delivered batch touches (the runtime's [`LeadCache`]), with the facts the
+//! batch adds: read once, changed in memory event after event, written back with one upsert
+//! and one multi-row fact insert instead of a read, a fact insert and an update per event.
 
 use chrono::{DateTime, Utc};
 use leadflow_proto::common::v1 as common;
 use leadflow_runtime::db::{MAX_ROWS_PER_STATEMENT, chunked};
+use leadflow_runtime::lead_cache::{self, Found, LeadKey};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ColumnTrait, DatabaseTransaction, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
@@ -18,17 +16,10 @@ use super::{Announced, LeadState, decode, fact, lead_score, saved_row};
 use crate::domain::{LeadScore, Model};
 use crate::error::Error;
 
-/// `(tenant, lead)`.
-type Key = (String, String);
-
-/// A batch's leads, keyed by the surviving lead, with the ids merged into them as aliases.
+/// A batch's leads, each changed one marked with what its row will announce, and new facts.
 #[derive(Default)]
 pub(super) struct LeadCache {
-    leads: HashMap<Key, LeadState>,
-    /// Requested id → the lead it was merged into.
-    aliases: HashMap<Key, Key>,
-    /// Leads changed since the last flush, and what their rows announce.
-    dirty: HashMap<Key, Announced>,
+    leads: lead_cache::LeadCache<LeadState, Announced>,
     facts: Vec<fact::ActiveModel>,
 }
 
@@ -37,40 +28,14 @@ impl LeadCache {
     pub(super) async fn prefetch(
         &mut self,
         txn: &DatabaseTransaction,
-        keys: impl IntoIterator<Item = Key>,
+        keys: impl IntoIterator<Item = LeadKey>,
     ) -> Result<(), Error> {
-        let mut by_tenant: HashMap<String, Vec<String>> = HashMap::new();
-        for (tenant, lead) in keys {
-            by_tenant.entry(tenant).or_default().push(lead);
-        }
-        for (tenant, mut ids) in by_tenant {
-            ids.sort_unstable();
-            ids.dedup();
-            let mut survivors = Vec::new();
-            for row in rows(txn, &tenant, &ids).await? {
-                match row.merged_into.clone() {
-                    Some(survivor) => {
-                        self.aliases.insert(
-                            (tenant.clone(), row.lead_id.clone()),
-                            (tenant.clone(), survivor.clone()),
-                        );
-                        survivors.push(survivor);
-                    }
-                    None => self.insert(decode(row, false)?),
-                }
-            }
-            survivors.sort_unstable();
-            survivors.dedup();
-            survivors.retain(|id| !self.leads.contains_key(&(tenant.clone(), id.clone())));
-            for row in rows(txn, &tenant, &survivors).await? {
-                self.insert(decode(row, false)?);
-            }
-        }
-        Ok(())
-    }
-
-    fn insert(&mut self, lead: LeadState) {
-        self.leads.insert(key_of(&lead), lead);
+        self.leads
+            .prefetch(
+                keys,
+                |tenant, ids| async move { rows(txn, &tenant, &ids).await },
+            )
+            .await
     }
 
     /// The lead `lead_id` names (the survivor, for a merged id), read if not prefetched, or a
@@ -83,40 +48,27 @@ impl LeadCache {
         model: &Model,
         first_seen: DateTime<Utc>,
     ) -> Result<&mut LeadState, Error> {
-        let requested = (tenant.to_owned(), lead_id.to_owned());
-        let mut key = self
-            .aliases
-            .get(&requested)
-            .cloned()
-            .unwrap_or(requested.clone());
-        if !self.leads.contains_key(&key) {
-            match super::load_lead(txn, tenant, lead_id).await? {
-                Some(lead) => {
-                    key = (tenant.to_owned(), lead.row.lead_id.clone());
-                    if key != requested {
-                        self.aliases.insert(requested, key.clone());
-                    }
-                    self.leads.entry(key.clone()).or_insert(lead);
-                }
-                None => {
-                    self.leads
-                        .insert(key.clone(), new_lead(tenant, lead_id, model, first_seen));
-                }
-            }
+        if !self.leads.contains(tenant, lead_id) {
+            let lead = match super::load_lead(txn, tenant, lead_id).await? {
+                Some(lead) => lead,
+                None => new_lead(tenant, lead_id, model, first_seen),
+            };
+            let survivor = lead.row.lead_id.clone();
+            return Ok(self.leads.insert(tenant, lead_id, &survivor, lead));
         }
         self.leads
-            .get_mut(&key)
+            .get_mut(tenant, lead_id)
             .ok_or_else(|| Error::Corrupt(format!("lead {lead_id} not cached")))
     }
 
     /// Marks the lead `key` changed, with what its row announces and the fact that changed it.
     pub(super) fn changed(
         &mut self,
-        key: Key,
+        key: LeadKey,
         announced: Announced,
         fact: Option<fact::ActiveModel>,
     ) {
-        self.dirty.insert(key, announced);
+        self.leads.mark_changed(key, announced);
         self.facts.extend(fact);
     }
 
@@ -127,8 +79,7 @@ impl LeadCache {
         txn: &DatabaseTransaction,
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
-        let facts = std::mem::take(&mut self.facts);
-        for chunk in chunked(facts) {
+        for chunk in chunked(std::mem::take(&mut self.facts)) {
             fact::Entity::insert_many(chunk)
                 .on_conflict(
                     OnConflict::columns([fact::Column::TenantId, fact::Column::ActivityId])
@@ -138,13 +89,9 @@ impl LeadCache {
                 .exec_without_returning(txn)
                 .await?;
         }
-        let mut dirty: Vec<(Key, Announced)> = self.dirty.drain().collect();
-        dirty.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut rows = Vec::with_capacity(dirty.len());
-        for (key, announced) in dirty {
-            if let Some(lead) = self.leads.get(&key) {
-                rows.push(saved_row(lead, &announced, now)?.into_active_model());
-            }
+        let mut rows = Vec::new();
+        for (lead, announced) in self.leads.take_changed() {
+            rows.push(saved_row(&lead, &announced, now)?.into_active_model());
         }
         let upsert =
             OnConflict::columns([lead_score::Column::TenantId, lead_score::Column::LeadId])
@@ -164,14 +111,12 @@ impl LeadCache {
                 .exec_without_returning(txn)
                 .await?;
         }
-        self.leads.clear();
-        self.aliases.clear();
         Ok(())
     }
 }
 
 /// The cache key of `lead`.
-pub(super) fn key_of(lead: &LeadState) -> Key {
+pub(super) fn key_of(lead: &LeadState) -> LeadKey {
     (lead.row.tenant_id.clone(), lead.row.lead_id.clone())
 }
 
@@ -180,24 +125,34 @@ async fn rows(
     txn: &DatabaseTransaction,
     tenant: &str,
     ids: &[String],
-) -> Result<Vec<lead_score::Model>, Error> {
-    let mut all = Vec::with_capacity(ids.len());
+) -> Result<Vec<(String, Found<LeadState>)>, Error> {
+    let mut found = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(MAX_ROWS_PER_STATEMENT) {
-        all.extend(
-            lead_score::Entity::find()
-                .filter(lead_score::Column::TenantId.eq(tenant))
-                .filter(lead_score::Column::LeadId.is_in(chunk.iter().cloned()))
-                .order_by_asc(lead_score::Column::LeadId)
-                .lock_exclusive()
-                .all(txn)
-                .await?,
-        );
+        let rows = lead_score::Entity::find()
+            .filter(lead_score::Column::TenantId.eq(tenant))
+            .filter(lead_score::Column::LeadId.is_in(chunk.iter().cloned()))
+            .order_by_asc(lead_score::Column::LeadId)
+            .lock_exclusive()
+            .all(txn)
+            .await?;
+        for row in rows {
+            let id = row.lead_id.clone();
+            found.push(match row.merged_into.clone() {
+                Some(survivor) => (id, Found::MergedInto(survivor)),
+                None => (id, Found::Live(decode(row, false)?)),
+            });
+        }
     }
-    Ok(all)
+    Ok(found)
 }
 
-/// A lead scoring has not seen before.
-fn new_lead(tenant: &str, lead_id: &str, model: &Model, first_seen: DateTime<Utc>) -> LeadState {
+/// A lead scoring has not seen before (its row is written when it is first saved).
+pub(super) fn new_lead(
+    tenant: &str,
+    lead_id: &str,
+    model: &Model,
+    first_seen: DateTime<Utc>,
+) -> LeadState {
     LeadState {
         row: lead_score::Model {
             tenant_id: tenant.to_owned(),

@@ -180,11 +180,7 @@ impl Store {
             headers.push(header);
         }
         let txn = self.db.begin().await?;
-        let ids: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|h| (h.message_id.as_str(), h.tenant_id.as_str()))
-            .collect();
-        let mut claimed = inbox::claim_many(&txn, &ids, now).await?;
+        let mut claimed = inbox::claim_many(&txn, &headers, now).await?;
         let mut leads = LeadCache::default();
         leads
             .prefetch(
@@ -709,29 +705,11 @@ async fn load_or_create(
     if let Some(lead) = load_lead(txn, tenant, lead_id).await? {
         return Ok(lead);
     }
-    let score = LeadScore::new(first_seen);
-    let row = lead_score::Model {
-        tenant_id: tenant.to_owned(),
-        lead_id: lead_id.to_owned(),
-        state: String::new(),
-        profile: Vec::new(),
-        first_seen,
-        model_version: model.version,
-        merged_into: None,
-        announced_score: 0.0,
-        announced_grade: convert::grade_to_pb(crate::domain::Grade::D) as i32,
-        updated_at: first_seen,
-    };
-    let mut row_active: lead_score::ActiveModel = row.clone().into();
-    row_active.state =
-        Set(serde_json::to_string(&score).map_err(|e| Error::Corrupt(e.to_string()))?);
-    row_active.insert(txn).await?;
-    Ok(LeadState {
-        row,
-        score,
-        profile: common::Profile::default(),
-        merged: false,
-    })
+    let lead = cache::new_lead(tenant, lead_id, model, first_seen);
+    let mut row: lead_score::ActiveModel = lead.row.clone().into();
+    row.state = Set(serde_json::to_string(&lead.score).map_err(|e| Error::Corrupt(e.to_string()))?);
+    row.insert(txn).await?;
+    Ok(lead)
 }
 
 /// What a lead's row records of its score once saved under a model at a time.

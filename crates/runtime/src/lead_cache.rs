@@ -1,0 +1,190 @@
+//! The leads one delivered batch touches, held while a receiver applies the batch: read up
+//! front with a query per thousand ids (following merges to the surviving lead), changed in
+//! memory message after message, and handed back once, in key order, for one multi-row write.
+//! A receiver that reads and writes a lead per message instead pays a statement per message.
+
+use std::collections::HashMap;
+use std::future::Future;
+
+/// `(tenant, lead id)`.
+pub type LeadKey = (String, String);
+
+/// What reading one lead id found.
+#[derive(Debug)]
+pub enum Found<L> {
+    /// The lead itself.
+    Live(L),
+    /// The id was merged into this lead id.
+    MergedInto(String),
+}
+
+/// A batch's leads keyed by the surviving lead, the ids merged into them as aliases, and a mark
+/// `D` on each lead changed since the last [`take_changed`](Self::take_changed).
+#[derive(Debug)]
+pub struct LeadCache<L, D> {
+    leads: HashMap<LeadKey, L>,
+    aliases: HashMap<LeadKey, LeadKey>,
+    changed: HashMap<LeadKey, D>,
+}
+
+impl<L, D> Default for LeadCache<L, D> {
+    fn default() -> Self {
+        Self {
+            leads: HashMap::new(),
+            aliases: HashMap::new(),
+            changed: HashMap::new(),
+        }
+    }
+}
+
+impl<L, D> LeadCache<L, D> {
+    /// Reads the leads `keys` name with `read(tenant, ids)` (ids sorted, each once), then the
+    /// leads the merged ones point at.
+    pub async fn prefetch<E, F, Fut>(
+        &mut self,
+        keys: impl IntoIterator<Item = LeadKey>,
+        mut read: F,
+    ) -> Result<(), E>
+    where
+        F: FnMut(String, Vec<String>) -> Fut,
+        Fut: Future<Output = Result<Vec<(String, Found<L>)>, E>>,
+    {
+        let mut by_tenant: HashMap<String, Vec<String>> = HashMap::new();
+        for (tenant, lead) in keys {
+            by_tenant.entry(tenant).or_default().push(lead);
+        }
+        for (tenant, mut ids) in by_tenant {
+            ids.sort_unstable();
+            ids.dedup();
+            let mut survivors = Vec::new();
+            for (id, found) in read(tenant.clone(), ids).await? {
+                match found {
+                    Found::Live(lead) => {
+                        self.leads.insert((tenant.clone(), id), lead);
+                    }
+                    Found::MergedInto(survivor) => {
+                        self.aliases
+                            .insert((tenant.clone(), id), (tenant.clone(), survivor.clone()));
+                        survivors.push(survivor);
+                    }
+                }
+            }
+            survivors.sort_unstable();
+            survivors.dedup();
+            survivors.retain(|id| !self.leads.contains_key(&(tenant.clone(), id.clone())));
+            if survivors.is_empty() {
+                continue;
+            }
+            for (id, found) in read(tenant.clone(), survivors).await? {
+                if let Found::Live(lead) = found {
+                    self.leads.insert((tenant.clone(), id), lead);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn resolve(&self, tenant: &str, lead_id: &str) -> LeadKey {
+        let requested = (tenant.to_owned(), lead_id.to_owned());
+        self.aliases.get(&requested).cloned().unwrap_or(requested)
+    }
+
+    /// Whether the lead `lead_id` names (following merges) is held.
+    pub fn contains(&self, tenant: &str, lead_id: &str) -> bool {
+        self.leads.contains_key(&self.resolve(tenant, lead_id))
+    }
+
+    /// The held lead `lead_id` names (following merges).
+    pub fn get_mut(&mut self, tenant: &str, lead_id: &str) -> Option<&mut L> {
+        let key = self.resolve(tenant, lead_id);
+        self.leads.get_mut(&key)
+    }
+
+    /// Holds `lead` as `survivor`'s, reached from `lead_id` too; a lead already held for
+    /// `survivor` is kept (it may carry changes).
+    pub fn insert(&mut self, tenant: &str, lead_id: &str, survivor: &str, lead: L) -> &mut L {
+        let key = (tenant.to_owned(), survivor.to_owned());
+        if lead_id != survivor {
+            self.aliases
+                .insert((tenant.to_owned(), lead_id.to_owned()), key.clone());
+        }
+        self.leads.entry(key).or_insert(lead)
+    }
+
+    /// Marks the lead `key` changed (a later mark replaces an earlier one).
+    pub fn mark_changed(&mut self, key: LeadKey, mark: D) {
+        self.changed.insert(key, mark);
+    }
+
+    /// Every changed lead with its mark, in key order (the order in which to lock or write
+    /// rows, so concurrent writers cannot deadlock); everything else is forgotten.
+    pub fn take_changed(&mut self) -> Vec<(L, D)> {
+        let mut changed: Vec<(LeadKey, D)> = self.changed.drain().collect();
+        changed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let taken = changed
+            .into_iter()
+            .filter_map(|(key, mark)| self.leads.remove(&key).map(|lead| (lead, mark)))
+            .collect();
+        self.leads.clear();
+        self.aliases.clear();
+        taken
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str) -> LeadKey {
+        ("t".to_owned(), id.to_owned())
+    }
+
+    #[tokio::test]
+    async fn merged_ids_reach_their_survivor_and_changes_come_back_in_key_order() {
+        let mut cache: LeadCache<u32, &str> = LeadCache::default();
+        let mut reads = Vec::new();
+        cache
+            .prefetch([key("b"), key("a"), key("old"), key("a")], |tenant, ids| {
+                reads.push((tenant, ids.clone()));
+                async move {
+                    Ok::<_, ()>(
+                        ids.into_iter()
+                            .filter_map(|id| match id.as_str() {
+                                "a" => Some((id, Found::Live(1))),
+                                "b" => Some((id, Found::Live(2))),
+                                "old" => Some((id, Found::MergedInto("c".into()))),
+                                "c" => Some((id, Found::Live(3))),
+                                _ => None,
+                            })
+                            .collect(),
+                    )
+                }
+            })
+            .await
+            .expect("prefetch");
+        assert_eq!(
+            reads,
+            [
+                ("t".to_owned(), vec!["a".into(), "b".into(), "old".into()]),
+                ("t".to_owned(), vec!["c".into()]),
+            ]
+        );
+        assert_eq!(cache.get_mut("t", "old").copied(), Some(3));
+        assert!(!cache.contains("t", "new"));
+        *cache.insert("t", "new", "new", 9) += 1;
+        assert_eq!(
+            *cache.insert("t", "again", "c", 0),
+            3,
+            "the held lead is kept"
+        );
+        assert_eq!(cache.get_mut("t", "again").copied(), Some(3));
+        cache.mark_changed(key("new"), "second");
+        cache.mark_changed(key("c"), "merged");
+        cache.mark_changed(key("a"), "first");
+        assert_eq!(
+            cache.take_changed(),
+            [(1, "first"), (3, "merged"), (10, "second")]
+        );
+        assert!(!cache.contains("t", "b"), "everything is forgotten");
+    }
+}
