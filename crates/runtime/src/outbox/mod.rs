@@ -155,7 +155,7 @@ pub struct OutboxArgs {
     #[arg(long, env = "LEADFLOW_OUTBOX_POLL_MS", default_value_t = 1000)]
     pub outbox_poll_ms: u64,
     /// Most messages per delivery call.
-    #[arg(long, env = "LEADFLOW_OUTBOX_BATCH_SIZE", default_value_t = 100)]
+    #[arg(long, env = "LEADFLOW_OUTBOX_BATCH_SIZE", default_value_t = 500)]
     pub outbox_batch_size: usize,
     /// Backoff after the first failed delivery, in milliseconds; doubled after each further one.
     #[arg(long, env = "LEADFLOW_OUTBOX_BACKOFF_MS", default_value_t = 200)]
@@ -169,7 +169,7 @@ impl Default for OutboxArgs {
     fn default() -> Self {
         Self {
             outbox_poll_ms: 1000,
-            outbox_batch_size: 100,
+            outbox_batch_size: 500,
             outbox_backoff_ms: 200,
             outbox_backoff_max_ms: 60_000,
         }
