@@ -80,6 +80,35 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
     Ok(Database::connect(options).await?)
 }
 
+/// Read-only SQLite connections a service keeps beside its single writer.
+const SQLITE_READERS: u32 = 2;
+
+/// A pool for the reads that need not see the caller's own open transaction (score lookups,
+/// listings), beside `writer` (the pool [`connect`] opened for `url`). On an SQLite file these
+/// are read-only connections, which WAL lets read while the writer writes, so reads never
+/// queue behind a write transaction; on PostgreSQL, and for an in-memory SQLite database, it is
+/// the writer's pool itself.
+pub async fn reader(url: &str, writer: &DatabaseConnection) -> Result<DatabaseConnection, DbError> {
+    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+    if !url.starts_with("sqlite:") || in_memory {
+        return Ok(writer.clone());
+    }
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .sqlx_logging(false)
+        .record_stmt_in_spans(false)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(30))
+        .max_connections(SQLITE_READERS)
+        .min_connections(1)
+        .map_sqlx_sqlite_opts(|opts| {
+            opts.read_only(true)
+                .busy_timeout(Duration::from_secs(5))
+                .pragma("cache_size", SQLITE_CACHE_SIZE)
+        });
+    Ok(Database::connect(options).await?)
+}
+
 fn create_dir(dir: &Path) -> Result<(), DbError> {
     std::fs::create_dir_all(dir).map_err(|source| DbError::CreateDir {
         path: dir.display().to_string(),

@@ -1,5 +1,7 @@
 //! The gRPC handlers, kept thin: request → validation → store/domain → response.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use leadflow_proto::scoring::v1::{
     self as pb, scoring_internal_service_server::ScoringInternalService,
@@ -58,7 +60,7 @@ impl ScoringApi {
         });
     }
 
-    async fn lead(&self, tenant: &str, lead_id: &str) -> Result<(LeadState, Model), Error> {
+    async fn lead(&self, tenant: &str, lead_id: &str) -> Result<(LeadState, Arc<Model>), Error> {
         if lead_id.trim().is_empty() {
             return Err(Error::invalid("lead_id", "required"));
         }
@@ -71,15 +73,13 @@ impl ScoringApi {
         Ok((lead, model))
     }
 
-    async fn model_of(&self, tenant: &str, lead: &LeadState) -> Result<Model, Error> {
-        Ok(self
-            .store
-            .model(tenant, lead.row.model_version)
+    async fn model_of(&self, tenant: &str, lead: &LeadState) -> Result<Arc<Model>, Error> {
+        self.store
+            .scoring_model(tenant, lead.row.model_version)
             .await?
             .ok_or_else(|| {
                 Error::Corrupt(format!("model version {} missing", lead.row.model_version))
-            })?
-            .0)
+            })
     }
 
     fn score(&self, lead: &LeadState, model: &Model) -> pb::Score {
@@ -170,7 +170,7 @@ impl ScoringService for ScoringApi {
             .into());
         }
         let mut response = pb::BatchGetScoresResponse::default();
-        let mut models: Vec<Model> = Vec::new();
+        let mut models: Vec<Arc<Model>> = Vec::new();
         for id in ids {
             let Some(lead) = self.store.lead(&tenant.0, id.trim()).await? else {
                 response.not_found_lead_ids.push(id);

@@ -105,8 +105,11 @@ pub async fn serve(
     .await
     .context("open the scoring database")?;
 
+    let reader = leadflow_runtime::db::reader(&config.database_url(), &db)
+        .await
+        .context("open the scoring database for reads")?;
     let wakeup = Wakeup::new();
-    let store = Store::new(db.clone(), wakeup.clone());
+    let store = Store::new(db.clone(), wakeup.clone()).with_reader(reader);
     let api = ScoringApi::new(store.clone(), clock.clone());
     for job in store
         .unfinished_jobs()

@@ -7,7 +7,8 @@ mod entities;
 mod events;
 pub mod migrations;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, TimeZone, Utc};
 use leadflow_proto::common::v1 as common;
@@ -58,13 +59,58 @@ pub struct Applied {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    /// Where score reads go: [`leadflow_runtime::db::reader`], or `db` itself.
+    reader: DatabaseConnection,
     wakeup: Wakeup,
+    models: ModelCache,
 }
+
+/// Parsed published models by `(tenant, version)`. A published version never changes, so a
+/// read needs no invalidation; the cache is emptied if it ever holds [`MAX_CACHED_MODELS`].
+type ModelCache = Arc<RwLock<HashMap<(String, i32), Arc<Model>>>>;
+
+/// Most model versions kept parsed.
+const MAX_CACHED_MODELS: usize = 1024;
 
 impl Store {
     /// A store over `db`; `wakeup` is poked after commits that enqueued score changes.
     pub fn new(db: DatabaseConnection, wakeup: Wakeup) -> Self {
-        Self { db, wakeup }
+        Self {
+            reader: db.clone(),
+            db,
+            wakeup,
+            models: ModelCache::default(),
+        }
+    }
+
+    /// The same store, reading scores and models through `reader` (read-only connections
+    /// beside the writer on SQLite).
+    pub fn with_reader(self, reader: DatabaseConnection) -> Self {
+        Self { reader, ..self }
+    }
+
+    /// Model `version` of the tenant (0: the default model), parsed once and then served from
+    /// memory: what every score read needs.
+    pub async fn scoring_model(
+        &self,
+        tenant: &str,
+        version: i32,
+    ) -> Result<Option<Arc<Model>>, Error> {
+        let key = (tenant.to_owned(), version);
+        if let Some(model) = self.models.read().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(Some(model));
+        }
+        let Some((model, _)) = model_on(&self.reader, tenant, version).await? else {
+            return Ok(None);
+        };
+        let model = Arc::new(model);
+        if let Ok(mut models) = self.models.write() {
+            if models.len() >= MAX_CACHED_MODELS {
+                models.clear();
+            }
+            models.insert(key, model.clone());
+        }
+        Ok(Some(model))
     }
 
     /// The connection.
@@ -159,7 +205,7 @@ impl Store {
 
     /// The state of `lead_id` (or of the lead it was merged into).
     pub async fn lead(&self, tenant: &str, lead_id: &str) -> Result<Option<LeadState>, Error> {
-        find_lead(&self.db, tenant, lead_id, false).await
+        find_lead(&self.reader, tenant, lead_id, false).await
     }
 
     /// Applies lead events from ingestion in order, each message id once, in one transaction:
