@@ -231,33 +231,41 @@ async fn stored_answers(
     Ok(answered)
 }
 
-/// The leads the batch's ids (of commands not answered before) already point at.
+/// The leads the batch's ids (of commands not answered before) already point at: one indexed
+/// lookup per kind of id (the key is tenant, kind, id, so leaving the kind out would scan the
+/// tenant's every identity).
 async fn known_links(
     txn: &DatabaseTransaction,
     tenant: &str,
     commands: &[Command],
     answered: &HashMap<String, Accepted>,
 ) -> Result<HashMap<(String, String), String>, Error> {
-    let mut ids: Vec<&str> = commands
+    let pending: Vec<&Identity> = commands
         .iter()
         .filter(|c| !answered.contains_key(c.message_id()))
-        .flat_map(|c| {
-            let who = identity_of(c);
-            [who.user_id.as_deref(), who.anonymous_id.as_deref()]
-        })
-        .flatten()
+        .map(identity_of)
         .collect();
-    ids.sort_unstable();
-    ids.dedup();
     let mut links = HashMap::new();
-    for chunk in ids.chunks(MAX_ROWS_PER_STATEMENT) {
-        let rows = identity::Entity::find()
-            .filter(identity::Column::TenantId.eq(tenant))
-            .filter(identity::Column::ExternalId.is_in(chunk.iter().copied()))
-            .all(txn)
-            .await?;
-        for row in rows {
-            links.insert((row.kind, row.external_id), row.lead_id);
+    for (kind, of) in [
+        (
+            USER,
+            (|who: &Identity| who.user_id.as_deref()) as fn(&Identity) -> Option<&str>,
+        ),
+        (ANONYMOUS, |who: &Identity| who.anonymous_id.as_deref()),
+    ] {
+        let mut ids: Vec<&str> = pending.iter().filter_map(|who| of(who)).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for chunk in ids.chunks(MAX_ROWS_PER_STATEMENT) {
+            let rows = identity::Entity::find()
+                .filter(identity::Column::TenantId.eq(tenant))
+                .filter(identity::Column::Kind.eq(kind))
+                .filter(identity::Column::ExternalId.is_in(chunk.iter().copied()))
+                .all(txn)
+                .await?;
+            for row in rows {
+                links.insert((row.kind, row.external_id), row.lead_id);
+            }
         }
     }
     Ok(links)
