@@ -26,7 +26,7 @@ use crate::domain::report::{HandoffRecord, sla_report};
 use crate::domain::status::Action;
 use crate::domain::webhook;
 use crate::error::Error;
-use crate::store::{Act, Prepared, Store, handoff, status_of};
+use crate::store::{Act, Prepared, Reader, Store, handoff, status_of};
 
 /// Largest `ListHandoffs`, `ListOwners` and `ListWebhookDeliveries` page.
 pub const MAX_PAGE: usize = 1000;
@@ -77,8 +77,8 @@ impl HandoffApi {
         ))
     }
 
-    async fn full(&self, tenant: &str, row: &handoff::Model) -> Result<pb::Handoff, Error> {
-        let history = self.store.history(tenant, &row.handoff_id).await?;
+    async fn full(read: &Reader, tenant: &str, row: &handoff::Model) -> Result<pb::Handoff, Error> {
+        let history = read.history(tenant, &row.handoff_id).await?;
         Ok(convert::handoff_to_pb(row, Some(history)))
     }
 
@@ -101,12 +101,12 @@ impl HandoffApi {
             })
             .await?;
         // The answer carries the full hand-off as it is now.
-        let row = self
-            .store
+        let read = self.store.read().await?;
+        let row = read
             .handoff(tenant, handoff_id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("hand-off {handoff_id}")))?;
-        let mut full = self.full(tenant, &row).await?;
+        let mut full = Self::full(&read, tenant, &row).await?;
         if duplicate && let Some(first) = answer.handoff {
             full.status = first.status;
         }
@@ -387,10 +387,10 @@ impl HandoffService for HandoffApi {
         check_filter(&filter, "filter", &mut v);
         let size = page_size(r.page_size, 100, MAX_PAGE, &mut v);
         v.into_result(()).map_err(Error::from)?;
-        let before = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
-        let mut rows = self
-            .store
-            .list(&tenant.0, &filter, before, size as u64 + 1)
+        let after = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
+        let read = self.store.read().await?;
+        let mut rows = read
+            .list(&tenant.0, &filter, after, size as u64 + 1)
             .await?;
         let next_page_token = if rows.len() > size {
             rows.truncate(size);
@@ -404,7 +404,7 @@ impl HandoffService for HandoffApi {
         let mut handoffs = Vec::with_capacity(rows.len());
         for row in &rows {
             handoffs.push(if full {
-                self.full(&tenant.0, row).await?
+                Self::full(&read, &tenant.0, row).await?
             } else {
                 convert::handoff_to_pb(row, None)
             });
@@ -457,7 +457,11 @@ impl HandoffService for HandoffApi {
                     }
                     if full {
                         // The full view adds the history and the warm context (built once).
-                        match api.full(&tenant, &row).await {
+                        let full = async {
+                            let read = api.store.read().await?;
+                            Self::full(&read, &tenant, &row).await
+                        };
+                        match full.await {
                             Ok(now) => {
                                 handoff.status_history = now.status_history;
                                 handoff.context = now.context;
@@ -499,13 +503,13 @@ impl HandoffService for HandoffApi {
         let mut v = FieldViolations::new();
         let id = required(&r.handoff_id, "handoff_id", &mut v);
         v.into_result(()).map_err(Error::from)?;
-        let row = self
-            .store
+        let read = self.store.read().await?;
+        let row = read
             .handoff(&tenant.0, id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("hand-off {id}")))?;
         Ok(Response::new(pb::GetHandoffResponse {
-            handoff: Some(self.full(&tenant.0, &row).await?),
+            handoff: Some(Self::full(&read, &tenant.0, &row).await?),
         }))
     }
 

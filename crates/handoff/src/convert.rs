@@ -393,6 +393,7 @@ pub fn handoff_to_pb(
         status_history,
         context,
         update_time: Some(to_timestamp(row.updated_at)),
+        contact_due_time: Some(to_timestamp(contact_due(row))),
     }
 }
 
@@ -433,6 +434,7 @@ pub fn webhook_payload(
             "create_time": row.created_at.to_rfc3339(),
             "sla_deadline": row.sla_deadline.to_rfc3339(),
             "sla_breached": row.sla_breached,
+            "contact_due_time": contact_due(row).to_rfc3339(),
             "first_contact_time": row.first_contact_at.map(|t| t.to_rfc3339()),
             "crm_record_id": row.crm_record_id,
         },
@@ -443,6 +445,11 @@ pub fn webhook_payload(
         },
     })
     .to_string()
+}
+
+/// When the hand-off's current owner must make first contact.
+pub fn contact_due(row: &handoff::Model) -> DateTime<Utc> {
+    row.contact_due_at.unwrap_or(row.sla_deadline)
 }
 
 #[cfg(test)]

@@ -339,60 +339,73 @@ async fn the_crm_moves_a_handoff_and_decisions_flow_back(db: TestDb) {
         .into_inner();
     assert!(repeat.duplicate);
 
-    for (request_id, action) in [
-        ("s-ack", None),
-        ("s-contact", None),
-        (
-            "s-won",
-            Some(Outcome::Won(common::WonOutcome {
-                amount: Some(common::Money {
-                    currency_code: "EUR".into(),
-                    units: 12_000,
-                    nanos: 0,
-                }),
-            })),
-        ),
-    ] {
-        match (request_id, action) {
-            ("s-ack", _) => {
-                h.client()
-                    .acknowledge_handoff(pb::AcknowledgeHandoffRequest {
-                        request_id: request_id.into(),
-                        handoff_id: sales.handoff_id.clone(),
-                        crm_record_id: "opp-9".into(),
-                    })
-                    .await
-                    .expect("ack");
-            }
-            ("s-contact", _) => {
-                h.client()
-                    .record_contact(pb::RecordContactRequest {
-                        request_id: request_id.into(),
-                        handoff_id: sales.handoff_id.clone(),
-                        ..Default::default()
-                    })
-                    .await
-                    .expect("contact");
-            }
-            (_, outcome) => {
-                let won = h
-                    .client()
-                    .report_outcome(pb::ReportOutcomeRequest {
-                        request_id: request_id.into(),
-                        handoff_id: sales.handoff_id.clone(),
-                        outcome: Some(common::SalesOutcome { outcome }),
-                        ..Default::default()
-                    })
-                    .await
-                    .expect("won")
-                    .into_inner()
-                    .handoff
-                    .expect("handoff");
-                assert_eq!(won.status, HandoffStatus::Won as i32);
-                assert_eq!(won.status_history.len(), 4, "created, ack, contact, won");
-            }
-        }
-    }
+    // Sales makes contact before the CRM creates its record: the acknowledgement that follows
+    // stores the record id and keeps the status.
+    h.client()
+        .record_contact(pb::RecordContactRequest {
+            request_id: "s-contact".into(),
+            handoff_id: sales.handoff_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("contact");
+    let late_ack = h
+        .client()
+        .acknowledge_handoff(pb::AcknowledgeHandoffRequest {
+            request_id: "s-ack".into(),
+            handoff_id: sales.handoff_id.clone(),
+            crm_record_id: "opp-9".into(),
+        })
+        .await
+        .expect("an acknowledgement after contact")
+        .into_inner()
+        .handoff
+        .expect("handoff");
+    assert_eq!(
+        (late_ack.status, late_ack.crm_record_id.as_str()),
+        (HandoffStatus::Contacted as i32, "opp-9")
+    );
+    let won = h
+        .client()
+        .report_outcome(pb::ReportOutcomeRequest {
+            request_id: "s-won".into(),
+            handoff_id: sales.handoff_id.clone(),
+            outcome: Some(common::SalesOutcome {
+                outcome: Some(Outcome::Won(common::WonOutcome {
+                    amount: Some(common::Money {
+                        currency_code: "EUR".into(),
+                        units: 12_000,
+                        nanos: 0,
+                    }),
+                })),
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("won")
+        .into_inner()
+        .handoff
+        .expect("handoff");
+    assert_eq!(won.status, HandoffStatus::Won as i32);
+    let moves: Vec<(i32, i32)> = won
+        .status_history
+        .iter()
+        .map(|c| (c.from_status, c.to_status))
+        .collect();
+    let (pending, contacted) = (
+        HandoffStatus::Pending as i32,
+        HandoffStatus::Contacted as i32,
+    );
+    assert_eq!(
+        moves,
+        [
+            (pending, pending),
+            (pending, contacted),
+            (contacted, contacted),
+            (contacted, HandoffStatus::Won as i32)
+        ],
+        "created, contact, acknowledgement in place, won"
+    );
 
     let decisions = upstream.decisions(2).await;
     assert_eq!(
@@ -617,6 +630,276 @@ async fn a_stream_resumes_from_its_cursor_without_loss_or_repeats(db: TestDb) {
         .await
         .expect_err("bad cursor");
     assert_eq!(fields(&bad), ["cursor"]);
+    h.stop().await;
+}
+
+/// Polls the lead's only hand-off until `done` holds (the sweeper runs every 20 ms).
+async fn until(h: &Handoff, lead: &str, done: impl Fn(&pb::Handoff) -> bool) -> pb::Handoff {
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            let handoff = handoffs_of(h, lead).await.remove(0);
+            if done(&handoff) {
+                return handoff;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the sweeper gets there")
+}
+
+fn escalations(handoff: &pb::Handoff) -> usize {
+    handoff
+        .status_history
+        .iter()
+        .filter(|c| c.to_status == HandoffStatus::Escalated as i32)
+        .count()
+}
+
+async fn a_new_owner_who_misses_the_fresh_sla_is_escalated_again(db: TestDb) {
+    let (h, _upstream) = start(&db).await;
+    dach_rules(&h, pb::EscalationTarget::NextOwner).await;
+    let t0 = h.clock.now();
+    apply(
+        &h,
+        vec![requested("a", "lead-a", HandoffKind::SdrReview, "DE", t0)],
+    )
+    .await;
+    let first_owner = handoffs_of(&h, "lead-a").await[0].owner_id.clone();
+    let seconds = |hours: i64| Some(to_timestamp(t0 + Duration::hours(hours)).seconds);
+
+    h.clock.advance(Duration::hours(25));
+    let once = until(&h, "lead-a", |x| escalations(x) == 1).await;
+    assert_ne!(once.owner_id, first_owner);
+    assert_eq!(
+        once.sla_deadline.map(|t| t.seconds),
+        seconds(24),
+        "the SLA stays"
+    );
+    assert_eq!(
+        once.contact_due_time.map(|t| t.seconds),
+        seconds(25 + 24),
+        "the new owner gets a fresh 24 hours from the escalation"
+    );
+
+    h.clock.advance(Duration::hours(25));
+    let twice = until(&h, "lead-a", |x| escalations(x) == 2).await;
+    eprintln!("{:#?}", twice.status_history);
+    assert_eq!(
+        twice.owner_id, first_owner,
+        "the only other eligible SDR takes it"
+    );
+    assert_eq!(twice.contact_due_time.map(|t| t.seconds), seconds(50 + 24));
+    assert!(twice.sla_breached);
+    h.stop().await;
+}
+
+async fn the_manager_queue_ends_escalation(db: TestDb) {
+    let (h, _upstream) = start(&db).await;
+    dach_rules(&h, pb::EscalationTarget::ManagerQueue).await;
+    let t0 = h.clock.now();
+    apply(
+        &h,
+        vec![requested("m", "lead-m", HandoffKind::Sales, "DE", t0)],
+    )
+    .await;
+    h.clock.advance(Duration::hours(25));
+    let escalated = until(&h, "lead-m", |x| escalations(x) == 1).await;
+    assert_eq!(
+        (
+            escalated.queue,
+            escalated.owner_id.as_str(),
+            escalated.status
+        ),
+        (
+            HandoffQueue::Manager as i32,
+            "",
+            HandoffStatus::Escalated as i32
+        )
+    );
+    // A second hand-off breaking a day later proves the sweeper ran past lead-m's due time
+    // again; lead-m, in the manager queue, is left there.
+    apply(
+        &h,
+        vec![requested(
+            "s",
+            "lead-s",
+            HandoffKind::Sales,
+            "DE",
+            h.clock.now(),
+        )],
+    )
+    .await;
+    h.clock.advance(Duration::hours(25));
+    until(&h, "lead-s", |x| escalations(x) == 1).await;
+    let still = handoffs_of(&h, "lead-m").await.remove(0);
+    assert_eq!(escalations(&still), 1);
+    assert_eq!(still.queue, HandoffQueue::Manager as i32);
+    let listed = h
+        .client()
+        .list_handoffs(pb::ListHandoffsRequest {
+            filter: Some(pb::HandoffFilter {
+                queue: HandoffQueue::Manager as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("the managers' queue")
+        .into_inner();
+    let leads: Vec<&str> = listed.handoffs.iter().map(|x| x.lead_id.as_str()).collect();
+    assert_eq!(leads, ["lead-m", "lead-s"]);
+    h.stop().await;
+}
+
+async fn handoffs_are_listed_oldest_first_in_pages(db: TestDb) {
+    let (h, _upstream) = start(&db).await;
+    let now = h.clock.now();
+    for i in 0..5 {
+        let kind = if i % 2 == 0 {
+            HandoffKind::Sales
+        } else {
+            HandoffKind::SdrReview
+        };
+        apply(
+            &h,
+            vec![requested(
+                &format!("p{i}"),
+                &format!("lead-{i}"),
+                kind,
+                "DE",
+                now,
+            )],
+        )
+        .await;
+    }
+    let page = |token: String, kind: HandoffKind| {
+        let h = &h;
+        async move {
+            h.client()
+                .list_handoffs(pb::ListHandoffsRequest {
+                    filter: Some(pb::HandoffFilter {
+                        kind: kind as i32,
+                        ..Default::default()
+                    }),
+                    page_size: 2,
+                    page_token: token,
+                    ..Default::default()
+                })
+                .await
+                .expect("page")
+                .into_inner()
+        }
+    };
+    let mut leads = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let r = page(token, HandoffKind::Unspecified).await;
+        leads.extend(r.handoffs.into_iter().map(|x| x.lead_id));
+        pages += 1;
+        if r.next_page_token.is_empty() {
+            break;
+        }
+        token = r.next_page_token;
+    }
+    assert_eq!(leads, ["lead-0", "lead-1", "lead-2", "lead-3", "lead-4"]);
+    assert_eq!(pages, 3);
+    let sales = page(String::new(), HandoffKind::Sales).await;
+    let sales_leads: Vec<&str> = sales.handoffs.iter().map(|x| x.lead_id.as_str()).collect();
+    assert_eq!(sales_leads, ["lead-0", "lead-2"]);
+    let rest = page(sales.next_page_token, HandoffKind::Sales).await;
+    assert_eq!(
+        rest.handoffs
+            .iter()
+            .map(|x| x.lead_id.as_str())
+            .collect::<Vec<_>>(),
+        ["lead-4"]
+    );
+    assert!(rest.next_page_token.is_empty());
+    h.stop().await;
+}
+
+/// Changes committed concurrently (on PostgreSQL, by parallel transactions) reach a following
+/// stream each exactly once: a change id drawn early never commits after a later one is read.
+async fn a_stream_misses_nothing_from_concurrent_writers(db: TestDb) {
+    let (h, _upstream) = start(&db).await;
+    let now = h.clock.now();
+    const LEADS: usize = 24;
+    apply(
+        &h,
+        (0..LEADS)
+            .map(|i| {
+                requested(
+                    &format!("w{i}"),
+                    &format!("lead-{i}"),
+                    HandoffKind::Sales,
+                    "DE",
+                    now,
+                )
+            })
+            .collect(),
+    )
+    .await;
+    let ids: Vec<String> = (0..LEADS)
+        .map(|i| format!("lead-{i}"))
+        .map(|lead| {
+            let h = &h;
+            async move { handoffs_of(h, &lead).await.remove(0).handoff_id }
+        })
+        .collect::<futures::future::JoinAll<_>>()
+        .await;
+    let mut stream = h
+        .client()
+        .stream_handoffs(pb::StreamHandoffsRequest::default())
+        .await
+        .expect("stream")
+        .into_inner();
+    let writers: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let client = h.client();
+            let id = id.clone();
+            tokio::spawn(async move {
+                let mut client = client;
+                client
+                    .acknowledge_handoff(pb::AcknowledgeHandoffRequest {
+                        request_id: format!("ack-{i}"),
+                        handoff_id: id.clone(),
+                        crm_record_id: format!("crm-{i}"),
+                    })
+                    .await
+                    .expect("ack");
+                client
+                    .record_contact(pb::RecordContactRequest {
+                        request_id: format!("contact-{i}"),
+                        handoff_id: id,
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("contact");
+            })
+        })
+        .collect();
+    let mut cursors = std::collections::HashSet::new();
+    let mut per_lead = std::collections::HashMap::<String, usize>::new();
+    let expected = LEADS * 3;
+    tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while cursors.len() < expected {
+            let item = stream.next().await.expect("an item").expect("ok");
+            assert!(cursors.insert(item.cursor.clone()), "no change twice");
+            *per_lead
+                .entry(item.handoff.expect("handoff").lead_id)
+                .or_default() += 1;
+        }
+    })
+    .await
+    .expect("every change arrives");
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    assert!(per_lead.values().all(|n| *n == 3), "{per_lead:?}");
     h.stop().await;
 }
 
@@ -916,6 +1199,10 @@ on_both_backends! {
     crm_flow => the_crm_moves_a_handoff_and_decisions_flow_back;
     sla => breaches_are_escalated_and_reported;
     stream => a_stream_resumes_from_its_cursor_without_loss_or_repeats;
+    stream_concurrent => a_stream_misses_nothing_from_concurrent_writers;
+    escalation_again => a_new_owner_who_misses_the_fresh_sla_is_escalated_again;
+    manager_queue => the_manager_queue_ends_escalation;
+    paging => handoffs_are_listed_oldest_first_in_pages;
     webhooks => webhooks_are_signed_retried_and_logged;
     bad_requests => bad_requests_get_field_violations;
 }

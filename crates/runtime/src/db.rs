@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, DbErr,
-    Statement, TransactionTrait,
+    AccessMode, ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection,
+    DatabaseTransaction, DbErr, IsolationLevel, Statement, TransactionTrait,
 };
 use sea_orm_migration::MigratorTrait;
 
@@ -169,6 +169,21 @@ pub fn chunked<T>(rows: Vec<T>) -> Vec<Vec<T>> {
 /// True when `db` is PostgreSQL (row locking and advisory locks are available).
 pub fn is_postgres(db: &impl ConnectionTrait) -> bool {
     db.get_database_backend() == DatabaseBackend::Postgres
+}
+
+/// Begins a read-only transaction in which every read sees the same committed state: REPEATABLE
+/// READ on PostgreSQL (its default takes a fresh snapshot per statement); on SQLite every
+/// transaction already reads one snapshot of the WAL. Dropping it ends it.
+pub async fn begin_snapshot(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+    if is_postgres(db) {
+        db.begin_with_config(
+            Some(IsolationLevel::RepeatableRead),
+            Some(AccessMode::ReadOnly),
+        )
+        .await
+    } else {
+        db.begin().await
+    }
 }
 
 /// Whether the store answers a trivial query.

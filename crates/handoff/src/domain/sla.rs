@@ -78,19 +78,21 @@ pub fn is_breached(
     }
 }
 
-/// True when the SLA sweeper must escalate the hand-off now: it still awaits contact (pending
-/// or acknowledged), was not escalated before (`sla_breached` unset) and its deadline passed.
+/// True when the SLA sweeper must escalate the hand-off now: nobody made contact, the current
+/// owner's contact is overdue (`contact_due` passed), and someone can still take it over —
+/// pending or acknowledged, or escalated to a new owner who let the fresh SLA pass too. The
+/// manager queue is where escalation ends.
 pub fn should_escalate(
     status: HandoffStatus,
-    sla_breached: bool,
+    in_manager_queue: bool,
     first_contact_at: Option<DateTime<Utc>>,
-    deadline: DateTime<Utc>,
+    contact_due: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> bool {
-    !sla_breached
-        && status.awaits_contact()
+    !in_manager_queue
+        && (status.awaits_contact() || status == HandoffStatus::Escalated)
         && first_contact_at.is_none()
-        && is_breached(None, deadline, now)
+        && is_breached(None, contact_due, now)
 }
 
 /// The hand-off being escalated.
@@ -127,6 +129,20 @@ impl Escalation {
         }
     }
 
+    /// When the new owner's first contact is due: a fresh SLA of `policy` from `now` when
+    /// re-routed; `None` in the manager queue (nothing escalates from there).
+    pub fn contact_due(
+        &self,
+        policy: &SlaPolicy,
+        kind: HandoffKind,
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        match self {
+            Escalation::Reassign { .. } => Some(policy.deadline(kind, now)),
+            Escalation::ManagerQueue => None,
+        }
+    }
+
     /// The queue the hand-off waits in, if not re-routed.
     pub fn queue(&self) -> Option<HandoffQueue> {
         match self {
@@ -139,7 +155,8 @@ impl Escalation {
 /// Decides where a breached hand-off goes under `rules.escalation_target`: with
 /// [`EscalationTarget::NextOwner`], the router runs again (updating `state`) without the current
 /// owner, and the manager queue takes it when nobody else fits; with
-/// [`EscalationTarget::ManagerQueue`], straight to the manager queue. The SLA deadline stays.
+/// [`EscalationTarget::ManagerQueue`], straight to the manager queue. The SLA deadline stays;
+/// a new owner gets a fresh time to first contact ([`Escalation::contact_due`]).
 pub fn escalate(
     rules: &RoutingRules,
     owners: &[Owner],
@@ -244,52 +261,52 @@ mod tests {
         assert!(is_breached(None, deadline, t(11, 9, 1)));
 
         let late = t(11, 9, 1);
-        assert!(should_escalate(
-            HandoffStatus::Pending,
-            false,
-            None,
-            deadline,
-            late
-        ));
-        assert!(should_escalate(
-            HandoffStatus::Acknowledged,
-            false,
-            None,
-            deadline,
-            late
-        ));
-        assert!(!should_escalate(
-            HandoffStatus::Pending,
-            false,
-            None,
-            deadline,
-            deadline
-        ));
+        use HandoffStatus::*;
+        let due =
+            |status, manager, contact| should_escalate(status, manager, contact, deadline, late);
+        assert!(due(Pending, false, None));
+        assert!(due(Acknowledged, false, None));
         assert!(
-            !should_escalate(HandoffStatus::Acknowledged, true, None, deadline, late),
-            "escalated once already"
+            due(Escalated, false, None),
+            "a re-routed hand-off whose new owner missed the fresh SLA"
         );
-        assert!(!should_escalate(
-            HandoffStatus::Escalated,
-            true,
-            None,
-            deadline,
-            late
-        ));
-        assert!(!should_escalate(
-            HandoffStatus::Contacted,
-            false,
-            Some(t(10, 10, 0)),
-            deadline,
-            late
-        ));
-        assert!(!should_escalate(
-            HandoffStatus::Withdrawn,
-            false,
-            None,
-            deadline,
-            late
-        ));
+        assert!(
+            !should_escalate(Pending, false, None, deadline, deadline),
+            "at the deadline"
+        );
+        assert!(
+            !due(Escalated, true, None),
+            "the manager queue ends escalation"
+        );
+        assert!(
+            !due(Acknowledged, true, None),
+            "the manager queue ends escalation"
+        );
+        assert!(!due(Contacted, false, Some(t(10, 10, 0))));
+        assert!(
+            !due(Escalated, false, Some(t(10, 10, 0))),
+            "contacted before"
+        );
+        assert!(!due(Withdrawn, false, None));
+        assert!(!due(Opportunity, false, None));
+    }
+
+    #[test]
+    fn a_new_owner_gets_a_fresh_sla_and_the_managers_none() {
+        let policy = SlaPolicy::default();
+        let now = t(12, 9, 0);
+        let reassigned = Escalation::Reassign {
+            owner_id: "b".into(),
+            rule_id: "all".into(),
+        };
+        assert_eq!(
+            reassigned.contact_due(&policy, HandoffKind::Sales, now),
+            Some(t(13, 9, 0))
+        );
+        assert_eq!(
+            Escalation::ManagerQueue.contact_due(&policy, HandoffKind::Sales, now),
+            None
+        );
     }
 
     #[test]

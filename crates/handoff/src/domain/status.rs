@@ -1,7 +1,8 @@
 //! The hand-off status machine: which status may follow which, per hand-off kind.
 //!
 //! Both kinds start `pending` and are acknowledged by the CRM and contacted by their owner
-//! (contact may come before the CRM's acknowledgement; it stops the SLA clock). After contact an
+//! (contact may come before the CRM's acknowledgement; it stops the SLA clock, and a later
+//! acknowledgement records the CRM's record without moving the status). After contact an
 //! SDR_REVIEW hand-off is accepted or rejected; a SALES hand-off becomes an opportunity, won or
 //! lost, and an opportunity is then won or lost. A hand-off whose SLA broke before contact is
 //! escalated (re-routed or moved to the manager queue) and goes on from there: it can still be
@@ -257,14 +258,27 @@ impl fmt::Display for Refusal {
 
 impl std::error::Error for Refusal {}
 
-/// The status `action` moves a hand-off of `kind` in status `from` to, or why it cannot.
+/// True when acknowledging a hand-off in `status` records the CRM's record id without moving
+/// it: the owner made contact (and maybe decided) before the CRM created its record.
+pub fn acknowledges_in_place(status: HandoffStatus) -> bool {
+    use HandoffStatus::*;
+    matches!(
+        status,
+        Contacted | Opportunity | Accepted | Rejected | Won | Lost
+    )
+}
+
+/// The status `action` moves a hand-off of `kind` in status `from` to (`from` itself for an
+/// acknowledgement in place), or why it cannot.
 pub fn apply(
     kind: HandoffKind,
     from: HandoffStatus,
     action: Action,
 ) -> Result<HandoffStatus, Refusal> {
     let to = action.target();
-    if can_move(kind, from, to) {
+    if action == Action::Acknowledge && acknowledges_in_place(from) && from.applies_to(kind) {
+        Ok(from)
+    } else if can_move(kind, from, to) {
         Ok(to)
     } else {
         Err(Refusal {
@@ -325,7 +339,12 @@ mod tests {
                     assert_eq!(can_move(kind, from, to), legal, "{kind:?} {from} -> {to}");
                     if let Some(action) = Action::leading_to(to) {
                         let result = apply(kind, from, action);
-                        if legal {
+                        if action == Action::Acknowledge
+                            && acknowledges_in_place(from)
+                            && from.applies_to(kind)
+                        {
+                            assert_eq!(result, Ok(from), "{kind:?} {from} acknowledged in place");
+                        } else if legal {
                             assert_eq!(result, Ok(to));
                         } else {
                             let refusal = result.expect_err("refused");
@@ -389,6 +408,27 @@ mod tests {
     }
 
     #[test]
+    fn a_late_acknowledgement_keeps_the_status() {
+        for (kind, from) in [
+            (Sales, Contacted),
+            (Sales, Opportunity),
+            (Sales, Won),
+            (Sales, Lost),
+            (SdrReview, Contacted),
+            (SdrReview, Accepted),
+            (SdrReview, Rejected),
+        ] {
+            assert_eq!(apply(kind, from, Action::Acknowledge), Ok(from));
+        }
+        for from in [Withdrawn, Acknowledged] {
+            let refusal = apply(Sales, from, Action::Acknowledge).expect_err("refused");
+            assert_eq!(refusal.status, from);
+        }
+        let refusal = apply(SdrReview, Won, Action::Acknowledge).expect_err("not its kind");
+        assert_eq!(refusal.status, Won);
+    }
+
+    #[test]
     fn an_escalated_hand_off_goes_on_to_a_decision() {
         let mut status = Pending;
         for action in [
@@ -421,6 +461,10 @@ mod tests {
             let mut status = HandoffStatus::INITIAL;
             for action in actions {
                 match apply(kind, status, action) {
+                    Ok(next) if next == status => {
+                        prop_assert_eq!(action, Action::Acknowledge);
+                        prop_assert!(acknowledges_in_place(status));
+                    }
                     Ok(next) => {
                         prop_assert!(!status.is_final());
                         prop_assert!(LEGAL.contains(&(kind, status, next)));

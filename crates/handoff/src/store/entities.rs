@@ -121,6 +121,9 @@ pub mod handoff {
         pub created_at: DateTimeUtc,
         /// First contact due.
         pub sla_deadline: DateTimeUtc,
+        /// The current owner's first contact due: the SLA deadline, or a fresh SLA from an
+        /// escalation that re-routed the hand-off (empty only on rows the migration missed).
+        pub contact_due_at: Option<DateTimeUtc>,
         /// The SLA broke.
         pub sla_breached: bool,
         /// First contact.

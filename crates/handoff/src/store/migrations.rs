@@ -16,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(leadflow_runtime::outbox::CreateOutboxAndInbox),
             Box::new(CreateHandoffTables),
             Box::new(leadflow_runtime::lease::CreateLeases),
+            Box::new(AddContactDue),
         ]
     }
 }
@@ -81,6 +82,7 @@ enum Handoffs {
     Outcome,
     Context,
     UpdatedAt,
+    ContactDueAt,
 }
 
 #[derive(DeriveIden)]
@@ -357,6 +359,51 @@ impl MigrationTrait for CreateHandoffTables {
                     .table(HandoffWebhookDeliveries::Table)
                     .col(HandoffWebhookDeliveries::State)
                     .col(HandoffWebhookDeliveries::NextAttemptAt)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+/// When the current owner's first contact is due: the SLA deadline until an escalation re-routes
+/// the hand-off and gives the new owner a fresh SLA. Existing rows start from their deadline.
+#[derive(Debug)]
+struct AddContactDue;
+
+impl MigrationName for AddContactDue {
+    fn name(&self) -> &str {
+        "m20261201_000001_add_handoff_contact_due"
+    }
+}
+
+#[async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait signature of sea-orm-migration elides it
+impl MigrationTrait for AddContactDue {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Handoffs::Table)
+                    .add_column(timestamp_with_time_zone_null(Handoffs::ContactDueAt))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .exec_stmt(
+                Query::update()
+                    .table(Handoffs::Table)
+                    .value(Handoffs::ContactDueAt, Expr::col(Handoffs::SlaDeadline))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("handoffs_status_contact_due")
+                    .table(Handoffs::Table)
+                    .col(Handoffs::Status)
+                    .col(Handoffs::ContactDueAt)
                     .if_not_exists()
                     .to_owned(),
             )

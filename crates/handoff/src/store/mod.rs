@@ -20,18 +20,24 @@ use prost::Message;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    DatabaseTransaction, EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
+    DatabaseTransaction, DbBackend, EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
 };
 use tokio::sync::watch;
 
 use crate::convert;
 use crate::domain::owner::{LeadFacts, Owner};
-use crate::domain::routing::{OpenCounts, RoundRobinState, Route, RoutingRules, route};
+use crate::domain::routing::{
+    HandoffQueue, OpenCounts, RoundRobinState, Route, RoutingRules, route,
+};
 use crate::domain::sla::{Escalation, EscalationCase, escalate, should_escalate};
 use crate::domain::status::{self, Action, HandoffKind, HandoffStatus};
 use crate::error::Error;
 pub use entities::{change, delivery, handoff, owner, request, round_robin, rules, webhook};
+
+/// The PostgreSQL advisory lock key that orders commits to the change log (b"handoff" as an
+/// integer; any constant no other lock in this database uses).
+const CHANGE_LOG_LOCK: i64 = 0x68_61_6e_64_6f_66_66;
 
 /// Outbox destination of decisions for qualification.
 pub const QUALIFICATION: &str = "qualification";
@@ -75,6 +81,79 @@ pub struct Act {
     pub outcome: Option<common::SalesOutcome>,
 }
 
+/// Reads of hand-offs from one snapshot of the store ([`Store::read`]).
+#[derive(Debug)]
+pub struct Reader {
+    txn: DatabaseTransaction,
+}
+
+impl Reader {
+    /// One hand-off.
+    pub async fn handoff(
+        &self,
+        tenant: &str,
+        handoff_id: &str,
+    ) -> Result<Option<handoff::Model>, Error> {
+        Ok(
+            handoff::Entity::find_by_id((tenant.to_owned(), handoff_id.to_owned()))
+                .one(&self.txn)
+                .await?,
+        )
+    }
+
+    /// A hand-off's changes, oldest first.
+    pub async fn history(
+        &self,
+        tenant: &str,
+        handoff_id: &str,
+    ) -> Result<Vec<pb::HandoffStatusChange>, Error> {
+        change::Entity::find()
+            .filter(change::Column::TenantId.eq(tenant))
+            .filter(change::Column::HandoffId.eq(handoff_id))
+            .order_by_asc(change::Column::Id)
+            .all(&self.txn)
+            .await?
+            .into_iter()
+            .map(|row| decode_change(&row.body))
+            .collect()
+    }
+
+    /// Hand-offs matching `filter`, oldest first (ids are time-ordered), after the hand-off id
+    /// `after` when given.
+    pub async fn list(
+        &self,
+        tenant: &str,
+        filter: &pb::HandoffFilter,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<handoff::Model>, Error> {
+        let mut query = handoff::Entity::find().filter(handoff::Column::TenantId.eq(tenant));
+        if !filter.statuses.is_empty() {
+            query = query.filter(handoff::Column::Status.is_in(filter.statuses.iter().copied()));
+        }
+        if !filter.owner_id.is_empty() {
+            query = query.filter(handoff::Column::OwnerId.eq(filter.owner_id.as_str()));
+        }
+        if filter.kind != 0 {
+            query = query.filter(handoff::Column::Kind.eq(filter.kind));
+        }
+        if filter.queue != 0 {
+            query = query.filter(handoff::Column::Queue.eq(filter.queue));
+        }
+        if !filter.lead_id.is_empty() {
+            query = query.filter(handoff::Column::LeadId.eq(filter.lead_id.as_str()));
+        }
+        if let Some(after) = after {
+            query = query.filter(handoff::Column::HandoffId.gt(after));
+        }
+        Ok(query
+            .order_by_asc(handoff::Column::HandoffId)
+            .limit(limit)
+            .all(&self.txn)
+            .await?)
+    }
+}
+
 /// Handoff's data access.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -102,6 +181,20 @@ impl Store {
     /// Fires after every commit that logged hand-off changes, for streams to catch up.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// Begins a transaction that may log hand-off changes. On PostgreSQL it first takes the
+    /// change log's advisory lock, held until commit: change ids then commit in the order they
+    /// are drawn, so a stream reading `id > cursor` can never pass over a lower id that commits
+    /// later. Taken before any row lock, so it cannot deadlock with them. SQLite has one writer
+    /// and needs nothing.
+    async fn begin_logged(&self) -> Result<DatabaseTransaction, Error> {
+        let txn = self.db.begin().await?;
+        if txn.get_database_backend() == DbBackend::Postgres {
+            txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({CHANGE_LOG_LOCK})"))
+                .await?;
+        }
+        Ok(txn)
     }
 
     fn committed(&self, changed: bool, announced: bool) {
@@ -202,7 +295,7 @@ impl Store {
         reassign: bool,
         now: DateTime<Utc>,
     ) -> Result<(owner::Model, i32), Error> {
-        let txn = self.db.begin().await?;
+        let txn = self.begin_logged().await?;
         let row = owner::Entity::find_by_id((tenant.to_owned(), owner_id.to_owned()))
             .one(&txn)
             .await?
@@ -322,68 +415,12 @@ impl Store {
     // Hand-offs
     // -----------------------------------------------------------------------------------------
 
-    /// One hand-off.
-    pub async fn handoff(
-        &self,
-        tenant: &str,
-        handoff_id: &str,
-    ) -> Result<Option<handoff::Model>, Error> {
-        Ok(
-            handoff::Entity::find_by_id((tenant.to_owned(), handoff_id.to_owned()))
-                .one(&self.db)
-                .await?,
-        )
-    }
-
-    /// A hand-off's changes, oldest first.
-    pub async fn history(
-        &self,
-        tenant: &str,
-        handoff_id: &str,
-    ) -> Result<Vec<pb::HandoffStatusChange>, Error> {
-        change::Entity::find()
-            .filter(change::Column::TenantId.eq(tenant))
-            .filter(change::Column::HandoffId.eq(handoff_id))
-            .order_by_asc(change::Column::Id)
-            .all(&self.db)
-            .await?
-            .into_iter()
-            .map(|row| decode_change(&row.body))
-            .collect()
-    }
-
-    /// Hand-offs matching `filter`, newest first, after the hand-off id `before` when given.
-    pub async fn list(
-        &self,
-        tenant: &str,
-        filter: &pb::HandoffFilter,
-        before: Option<&str>,
-        limit: u64,
-    ) -> Result<Vec<handoff::Model>, Error> {
-        let mut query = handoff::Entity::find().filter(handoff::Column::TenantId.eq(tenant));
-        if !filter.statuses.is_empty() {
-            query = query.filter(handoff::Column::Status.is_in(filter.statuses.iter().copied()));
-        }
-        if !filter.owner_id.is_empty() {
-            query = query.filter(handoff::Column::OwnerId.eq(filter.owner_id.as_str()));
-        }
-        if filter.kind != 0 {
-            query = query.filter(handoff::Column::Kind.eq(filter.kind));
-        }
-        if filter.queue != 0 {
-            query = query.filter(handoff::Column::Queue.eq(filter.queue));
-        }
-        if !filter.lead_id.is_empty() {
-            query = query.filter(handoff::Column::LeadId.eq(filter.lead_id.as_str()));
-        }
-        if let Some(before) = before {
-            query = query.filter(handoff::Column::HandoffId.lt(before));
-        }
-        Ok(query
-            .order_by_desc(handoff::Column::HandoffId)
-            .limit(limit)
-            .all(&self.db)
-            .await?)
+    /// A consistent read: a hand-off and its history read through it agree, however the
+    /// sweeper or the CRM change them meanwhile.
+    pub async fn read(&self) -> Result<Reader, Error> {
+        Ok(Reader {
+            txn: leadflow_runtime::db::begin_snapshot(&self.db).await?,
+        })
     }
 
     /// Logged changes of the tenant after position `after`, oldest first: each with the
@@ -452,7 +489,7 @@ impl Store {
         events: Vec<Prepared>,
         now: DateTime<Utc>,
     ) -> Result<Applied, Error> {
-        let txn = self.db.begin().await?;
+        let txn = self.begin_logged().await?;
         let mut applied = Applied::default();
         let mut changed = false;
         let mut routings: BTreeMap<String, Routing> = BTreeMap::new();
@@ -534,7 +571,7 @@ impl Store {
         M: Message + Default,
         F: FnOnce(&handoff::Model) -> M,
     {
-        let txn = self.db.begin().await?;
+        let txn = self.begin_logged().await?;
         if let Some(answer) = find_request(&txn, tenant, request_id, method).await? {
             let answer = M::decode(answer.as_slice())
                 .map_err(|err| Error::corrupt("stored answer does not decode", err))?;
@@ -628,25 +665,29 @@ impl Store {
         Ok((answer, false))
     }
 
-    /// Marks every open hand-off past its SLA deadline without first contact as breached and
-    /// escalates it (re-routed or to the manager queue, as the tenant's rules say). Returns how
-    /// many were escalated.
+    /// Marks every hand-off whose owner let first contact fall due as breached and escalates it
+    /// (re-routed with a fresh SLA for the new owner, or to the manager queue, as the tenant's
+    /// rules say); a new owner who misses too is escalated again. Returns how many were
+    /// escalated.
     pub async fn sweep_sla(&self, now: DateTime<Utc>) -> Result<usize, Error> {
+        // The same condition as `should_escalate`, so rows it skips cannot crowd the page.
         let due = handoff::Entity::find()
             .filter(handoff::Column::Status.is_in([
                 convert::status_to_pb(HandoffStatus::Pending) as i32,
                 convert::status_to_pb(HandoffStatus::Acknowledged) as i32,
+                convert::status_to_pb(HandoffStatus::Escalated) as i32,
             ]))
-            .filter(handoff::Column::SlaBreached.eq(false))
-            .filter(handoff::Column::SlaDeadline.lt(now))
-            .order_by_asc(handoff::Column::SlaDeadline)
+            .filter(handoff::Column::FirstContactAt.is_null())
+            .filter(handoff::Column::Queue.ne(manager_queue()))
+            .filter(handoff::Column::ContactDueAt.lt(now))
+            .order_by_asc(handoff::Column::ContactDueAt)
             .limit(500)
             .all(&self.db)
             .await?;
         if due.is_empty() {
             return Ok(0);
         }
-        let txn = self.db.begin().await?;
+        let txn = self.begin_logged().await?;
         let mut routings: BTreeMap<String, Routing> = BTreeMap::new();
         let mut escalated = 0;
         for row in due {
@@ -661,9 +702,9 @@ impl Store {
             let status = status_of(&row)?;
             if !should_escalate(
                 status,
-                row.sla_breached,
+                row.queue == manager_queue(),
                 row.first_contact_at,
-                row.sla_deadline,
+                convert::contact_due(&row),
                 now,
             ) {
                 continue;
@@ -701,6 +742,9 @@ impl Store {
             let mut active = row.clone().into_active_model();
             active.status = Set(convert::status_to_pb(HandoffStatus::Escalated) as i32);
             active.sla_breached = Set(true);
+            if let Some(due) = escalation.contact_due(&routing.rules.sla_policy(), kind, now) {
+                active.contact_due_at = Set(Some(due));
+            }
             active.owner_id = Set(escalation.owner_id().unwrap_or_default().to_owned());
             active.queue = Set(convert::queue_to_pb(escalation.queue()) as i32);
             if let Some(rule) = escalation_rule(&escalation) {
@@ -1080,6 +1124,7 @@ async fn create_handoff(
         routing_rules_version: routing.rules.version,
         created_at: now,
         sla_deadline: deadline,
+        contact_due_at: Some(deadline),
         sla_breached: false,
         first_contact_at: None,
         crm_record_id: String::new(),
@@ -1311,6 +1356,11 @@ fn escalation_rule(escalation: &Escalation) -> Option<String> {
         Escalation::Reassign { rule_id, .. } => Some(rule_id.clone()),
         Escalation::ManagerQueue => None,
     }
+}
+
+/// The stored number of the manager queue.
+fn manager_queue() -> i32 {
+    convert::queue_to_pb(Some(HandoffQueue::Manager)) as i32
 }
 
 fn open_statuses() -> Vec<i32> {
