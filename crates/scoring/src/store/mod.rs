@@ -14,6 +14,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use leadflow_proto::common::v1 as common;
 use leadflow_proto::ingestion::v1::{LeadEvent, lead_event::Event};
 use leadflow_proto::scoring::v1::ScoreChangeReason;
+use leadflow_runtime::db::MAX_ROWS_PER_STATEMENT;
 use leadflow_runtime::outbox::{self, NewMessage, Wakeup, inbox};
 use prost::Message;
 use sea_orm::sea_query::Expr;
@@ -71,6 +72,9 @@ type ModelCache = Arc<RwLock<HashMap<(String, i32), Arc<Model>>>>;
 
 /// Most model versions kept parsed.
 const MAX_CACHED_MODELS: usize = 1024;
+
+/// Leads a rescore job re-scores per transaction: read, replayed and written back together.
+const RESCORE_CHUNK: usize = 500;
 
 impl Store {
     /// A store over `db`; `wakeup` is poked after commits that enqueued score changes.
@@ -576,15 +580,19 @@ impl Store {
         progress.changed_leads = Set(0);
         let mut progress: rescore_job::ActiveModel = progress.update(&self.db).await?.into();
         let (mut processed, mut changed) = (0i64, 0i64);
-        for chunk in ids.chunks(100) {
+        for chunk in ids.chunks(RESCORE_CHUNK) {
             let at = now();
             let txn = self.db.begin().await?;
+            // One read of the chunk's leads, one of their facts, one upsert of their rows.
+            let mut leads = LeadCache::default();
+            leads
+                .prefetch(&txn, chunk.iter().map(|id| (tenant.clone(), id.clone())))
+                .await?;
+            let mut facts = facts_of_leads(&txn, &tenant, chunk).await?;
             let mut out = Vec::new();
             for lead_id in chunk {
-                let Some(mut lead) = load_lead(&txn, &tenant, lead_id).await? else {
-                    continue;
-                };
-                let facts = lead_facts(&txn, &tenant, lead_id).await?;
+                let lead = leads.lead(&txn, &tenant, lead_id, &model, at).await?;
+                let facts = facts.remove(lead_id.as_str()).unwrap_or_default();
                 let before = lead.score.score(&model, at);
                 lead.score = LeadScore::replay(
                     &model,
@@ -597,7 +605,7 @@ impl Store {
                 if events::moved(&before, &after) {
                     changed += 1;
                     out.push(events::message(events::score_changed(
-                        &lead,
+                        lead,
                         &model,
                         events::Previous::from(&before),
                         ScoreChangeReason::Rescore,
@@ -605,9 +613,12 @@ impl Store {
                         at,
                     )));
                 }
-                save_lead(&txn, &mut lead, &model, at).await?;
+                let announced = Announced::of(lead, &model, at);
+                let key = cache::key_of(lead);
+                leads.changed(key, announced, None);
                 processed += 1;
             }
+            leads.flush(&txn, at).await?;
             let enqueued = !out.is_empty();
             outbox::enqueue(&txn, out).await?;
             progress.processed_leads = Set(processed);
@@ -825,6 +836,43 @@ fn fact_row(tenant: &str, lead_id: &str, fact: &ActivityFact) -> fact::ActiveMod
     }
 }
 
+/// The stored facts of each of `lead_ids`, read in a few queries.
+async fn facts_of_leads<C: ConnectionTrait>(
+    conn: &C,
+    tenant: &str,
+    lead_ids: &[String],
+) -> Result<HashMap<String, Vec<ActivityFact>>, Error> {
+    let mut by_lead: HashMap<String, Vec<ActivityFact>> = HashMap::with_capacity(lead_ids.len());
+    for chunk in lead_ids.chunks(MAX_ROWS_PER_STATEMENT) {
+        let rows = fact::Entity::find()
+            .filter(fact::Column::TenantId.eq(tenant))
+            .filter(fact::Column::LeadId.is_in(chunk.iter().cloned()))
+            .all(conn)
+            .await?;
+        for row in rows {
+            by_lead
+                .entry(row.lead_id.clone())
+                .or_default()
+                .push(activity_fact(row));
+        }
+    }
+    Ok(by_lead)
+}
+
+/// A stored fact as the scoring rules see it.
+fn activity_fact(row: fact::Model) -> ActivityFact {
+    ActivityFact {
+        occurred_at: Utc
+            .timestamp_micros(row.occurred_at_us)
+            .single()
+            .unwrap_or_default(),
+        properties: serde_json::from_str::<BTreeMap<String, String>>(&row.properties)
+            .unwrap_or_default(),
+        id: row.activity_id,
+        activity_type: row.activity_type,
+    }
+}
+
 async fn lead_facts<C: ConnectionTrait>(
     conn: &C,
     tenant: &str,
@@ -835,19 +883,7 @@ async fn lead_facts<C: ConnectionTrait>(
         .filter(fact::Column::LeadId.eq(lead_id))
         .all(conn)
         .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| ActivityFact {
-            occurred_at: Utc
-                .timestamp_micros(row.occurred_at_us)
-                .single()
-                .unwrap_or_default(),
-            properties: serde_json::from_str::<BTreeMap<String, String>>(&row.properties)
-                .unwrap_or_default(),
-            id: row.activity_id,
-            activity_type: row.activity_type,
-        })
-        .collect())
+    Ok(rows.into_iter().map(activity_fact).collect())
 }
 
 async fn find_request(
