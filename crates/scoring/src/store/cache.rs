@@ -61,6 +61,14 @@ impl LeadCache {
             .ok_or_else(|| Error::Corrupt(format!("lead {lead_id} not cached")))
     }
 
+    /// The live lead stored under `lead_id` itself, if prefetched: `None` for an id merged into
+    /// another lead or not stored.
+    pub(super) fn live(&mut self, tenant: &str, lead_id: &str) -> Option<&mut LeadState> {
+        self.leads
+            .get_mut(tenant, lead_id)
+            .filter(|lead| lead.row.lead_id == lead_id)
+    }
+
     /// Marks the lead `key` changed, with what its row announces and the fact that changed it.
     pub(super) fn changed(
         &mut self,

@@ -591,7 +591,10 @@ impl Store {
             let mut facts = facts_of_leads(&txn, &tenant, chunk).await?;
             let mut out = Vec::new();
             for lead_id in chunk {
-                let lead = leads.lead(&txn, &tenant, lead_id, &model, at).await?;
+                // A lead merged since the job listed it is rescored as part of its survivor.
+                let Some(lead) = leads.live(&tenant, lead_id) else {
+                    continue;
+                };
                 let facts = facts.remove(lead_id.as_str()).unwrap_or_default();
                 let before = lead.score.score(&model, at);
                 lead.score = LeadScore::replay(
