@@ -170,23 +170,25 @@ impl ScoringService for ScoringApi {
             .into());
         }
         let mut response = pb::BatchGetScoresResponse::default();
+        let trimmed: Vec<String> = ids.iter().map(|id| id.trim().to_owned()).collect();
+        let leads = self.store.leads(&tenant.0, &trimmed).await?;
         let mut models: Vec<Arc<Model>> = Vec::new();
-        for id in ids {
-            let Some(lead) = self.store.lead(&tenant.0, id.trim()).await? else {
+        for (id, key) in ids.into_iter().zip(&trimmed) {
+            let Some(lead) = leads.get(key.as_str()) else {
                 response.not_found_lead_ids.push(id);
                 continue;
             };
             let model = match models.iter().find(|m| m.version == lead.row.model_version) {
                 Some(model) => model.clone(),
                 None => {
-                    let model = self.model_of(&tenant.0, &lead).await?;
+                    let model = self.model_of(&tenant.0, lead).await?;
                     models.push(model.clone());
                     model
                 }
             };
             response.results.push(pb::BatchGetScoresResult {
                 requested_lead_id: id,
-                score: Some(self.score(&lead, &model)),
+                score: Some(self.score(lead, &model)),
             });
         }
         Ok(Response::new(response))

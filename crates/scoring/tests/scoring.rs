@@ -792,6 +792,48 @@ async fn a_merge_counts_every_point_once(db: TestDb) {
         .into_inner();
     assert!(absorbed.merged);
     assert_eq!(absorbed.score.expect("s").lead_id, "survivor");
+
+    // A batch answers each requested id in request order: the absorbed id with its survivor's
+    // score, repeats included, unknown ids listed apart.
+    let batch = scoring
+        .client()
+        .batch_get_scores(pb::BatchGetScoresRequest {
+            lead_ids: vec![
+                "visitor".into(),
+                "nobody".into(),
+                "survivor".into(),
+                "whole".into(),
+                "visitor".into(),
+            ],
+        })
+        .await
+        .expect("batch")
+        .into_inner();
+    let answered: Vec<(&str, &str)> = batch
+        .results
+        .iter()
+        .map(|r| {
+            let score = r.score.as_ref().expect("score");
+            assert!(
+                (score.score - merged.score).abs() < 1e-6,
+                "{} scores {} like one history ({})",
+                r.requested_lead_id,
+                score.score,
+                merged.score
+            );
+            (r.requested_lead_id.as_str(), score.lead_id.as_str())
+        })
+        .collect();
+    assert_eq!(
+        answered,
+        [
+            ("visitor", "survivor"),
+            ("survivor", "survivor"),
+            ("whole", "whole"),
+            ("visitor", "survivor"),
+        ]
+    );
+    assert_eq!(batch.not_found_lead_ids, ["nobody"]);
     scoring.stop().await;
 }
 

@@ -212,6 +212,67 @@ impl Store {
         find_lead(&self.reader, tenant, lead_id, false).await
     }
 
+    /// The states of `lead_ids` (each the lead it names, or the lead it was merged into), read
+    /// in one query per [`MAX_ROWS_PER_STATEMENT`] ids and one for the survivors of merged ids.
+    /// Ids not stored are absent from the map.
+    pub async fn leads(
+        &self,
+        tenant: &str,
+        lead_ids: &[String],
+    ) -> Result<HashMap<String, LeadState>, Error> {
+        let mut rows = Vec::with_capacity(lead_ids.len());
+        for chunk in lead_ids.chunks(MAX_ROWS_PER_STATEMENT) {
+            rows.extend(
+                lead_score::Entity::find()
+                    .filter(lead_score::Column::TenantId.eq(tenant))
+                    .filter(lead_score::Column::LeadId.is_in(chunk.iter().cloned()))
+                    .all(&self.reader)
+                    .await?,
+            );
+        }
+        let mut merged: HashMap<String, String> = HashMap::new();
+        let mut found: HashMap<String, LeadState> = HashMap::with_capacity(rows.len());
+        for row in rows {
+            match row.merged_into.clone() {
+                Some(survivor) => {
+                    merged.insert(row.lead_id, survivor);
+                }
+                None => {
+                    found.insert(row.lead_id.clone(), decode(row, false)?);
+                }
+            }
+        }
+        let missing: Vec<String> = merged
+            .values()
+            .filter(|survivor| !found.contains_key(survivor.as_str()))
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut survivors: HashMap<String, LeadState> = HashMap::new();
+        for chunk in missing.chunks(MAX_ROWS_PER_STATEMENT) {
+            for row in lead_score::Entity::find()
+                .filter(lead_score::Column::TenantId.eq(tenant))
+                .filter(lead_score::Column::LeadId.is_in(chunk.iter().cloned()))
+                .all(&self.reader)
+                .await?
+            {
+                survivors.insert(row.lead_id.clone(), decode(row, true)?);
+            }
+        }
+        for (absorbed, survivor) in merged {
+            let state = match found.get(&survivor).or_else(|| survivors.get(&survivor)) {
+                Some(state) => LeadState {
+                    merged: true,
+                    ..state.clone()
+                },
+                None => continue,
+            };
+            found.insert(absorbed, state);
+        }
+        Ok(found)
+    }
+
     /// Applies lead events from ingestion in order, each message id once, in one transaction:
     /// the batch's message ids are claimed and its leads read up front, each lead is changed in
     /// memory event after event, and written back once at the end (a merge writes back what
