@@ -20,6 +20,13 @@ const MIGRATION_LOCK_KEY: i64 = 0x6c65_6164_666c_6f77; // "leadflow"
 /// head and their indexes) stays in memory once a store outgrows a few thousand leads.
 const SQLITE_CACHE_SIZE: &str = "-32768";
 
+/// Pages the SQLite WAL may hold before a commit copies them back into the database file
+/// (SQLite's default is 1,000). A checkpoint writes each page once however often it changed
+/// since the last one, and the hot pages (index interiors, the outbox head, busy leads) change
+/// on every commit: a longer interval copies them far fewer times. 16 MiB of WAL at 4 KiB
+/// pages.
+const SQLITE_WAL_AUTOCHECKPOINT: &str = "4000";
+
 /// Why the store could not be opened or migrated.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -64,6 +71,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
         options
             .max_connections(1)
             .min_connections(1)
+            .test_before_acquire(false)
             .map_sqlx_sqlite_opts(|opts| {
                 opts.create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
@@ -71,14 +79,23 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
                     .foreign_keys(true)
                     .busy_timeout(Duration::from_secs(5))
                     .pragma("cache_size", SQLITE_CACHE_SIZE)
+                    .pragma("wal_autocheckpoint", SQLITE_WAL_AUTOCHECKPOINT)
             });
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        options.max_connections(max_connections.max(2));
+        options
+            .max_connections(max_connections.max(2))
+            .test_before_acquire_if_idle_for(POSTGRES_IDLE_PING);
     } else {
         return Err(DbError::UnsupportedUrl);
     }
     Ok(Database::connect(options).await?)
 }
+
+/// A pooled PostgreSQL connection idle this long is pinged before use (the server, a proxy or
+/// a firewall may have dropped it); busy ones are not, which would cost a round trip per
+/// statement. SQLite connections are never pinged: an open file does not go stale, and a ping
+/// is a hop to the driver's worker thread and back.
+const POSTGRES_IDLE_PING: Duration = Duration::from_secs(10);
 
 /// Read-only SQLite connections a service keeps beside its single writer.
 const SQLITE_READERS: u32 = 2;
@@ -105,6 +122,7 @@ pub async fn reader(url: &str, writer: &DatabaseConnection) -> Result<DatabaseCo
         .acquire_timeout(Duration::from_secs(30))
         .max_connections(SQLITE_READERS)
         .min_connections(1)
+        .test_before_acquire(false)
         .map_sqlx_sqlite_opts(|opts| {
             opts.read_only(true)
                 .busy_timeout(Duration::from_secs(5))
