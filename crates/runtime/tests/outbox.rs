@@ -187,6 +187,48 @@ async fn undelivered_rows_survive_a_restart(db: TestDb) {
     assert_eq!(state.raw_deliveries.len(), 10, "nothing delivered twice");
 }
 
+async fn the_backlog_counts_one_destination_and_dates_its_oldest_row(db: TestDb) {
+    let conn = connect(&db).await;
+    assert_eq!(
+        outbox::backlog(&conn, "receiver").await.expect("backlog"),
+        outbox::Backlog {
+            count: 0,
+            oldest: None
+        }
+    );
+    let before = Utc::now();
+    enqueue_messages(&conn, 5, 2).await;
+    let between = Utc::now();
+    let txn = conn.begin().await.expect("begin");
+    outbox::enqueue(
+        &txn,
+        vec![NewMessage {
+            destination: "elsewhere",
+            message_id: "other-1".into(),
+            tenant_id: "t".into(),
+            partition_key: "lead-9".into(),
+            payload: vec![],
+        }],
+    )
+    .await
+    .expect("enqueue");
+    txn.commit().await.expect("commit");
+    let backlog = outbox::backlog(&conn, "receiver").await.expect("backlog");
+    assert_eq!(backlog.count, 5, "only the destination's rows");
+    let oldest = backlog.oldest.expect("an oldest row");
+    assert!(
+        before <= oldest && oldest <= between,
+        "the first enqueued: {before} <= {oldest} <= {between}"
+    );
+    assert_eq!(
+        outbox::backlog(&conn, "elsewhere")
+            .await
+            .expect("backlog")
+            .count,
+        1
+    );
+}
+
 async fn inbox_claims_a_message_id_once(db: TestDb) {
     let conn = connect(&db).await;
     let txn = conn.begin().await.expect("begin");
@@ -302,6 +344,7 @@ on_both_backends! {
     lease => a_lease_has_one_holder_until_it_expires;
     failing_receiver => failing_receiver_gets_everything_once_in_order;
     restart => undelivered_rows_survive_a_restart;
+    backlog => the_backlog_counts_one_destination_and_dates_its_oldest_row;
     inbox_dedupe => inbox_claims_a_message_id_once;
     inbox_batch_dedupe => inbox_claims_a_batch_of_message_ids_once;
 }

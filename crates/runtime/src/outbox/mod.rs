@@ -20,7 +20,9 @@ use tokio::sync::Notify;
 
 pub use entity::{inbox_message, outbox_message};
 pub use migration::CreateOutboxAndInbox;
-pub use relay::{DeliveryError, OutboxSink, Relay, RelayConfig, RelayError, RelayPass};
+pub use relay::{
+    Backlog, DeliveryError, OutboxSink, Relay, RelayConfig, RelayError, RelayPass, backlog,
+};
 
 /// A message to enqueue.
 #[derive(Debug, Clone)]

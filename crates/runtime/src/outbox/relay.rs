@@ -333,25 +333,52 @@ impl<S: OutboxSink> Relay<S> {
     }
 
     async fn record_backlog(&self) -> Result<(), DbErr> {
-        let (count, oldest): (i64, Option<DateTime<Utc>>) = outbox_message::Entity::find()
-            .select_only()
-            .column_as(Expr::col(outbox_message::Column::Id).count(), "count")
-            .column_as(Expr::col(outbox_message::Column::CreatedAt).min(), "oldest")
-            .filter(outbox_message::Column::Destination.eq(self.config.destination))
-            .into_tuple()
-            .one(&self.db)
-            .await?
-            .unwrap_or((0, None));
+        let Backlog { count, oldest } = backlog(&self.db, self.config.destination).await?;
         let attributes = &self.metrics.attributes;
-        self.metrics
-            .backlog
-            .record(u64::try_from(count).unwrap_or(0), attributes);
+        self.metrics.backlog.record(count, attributes);
         let lag = oldest.map_or(0.0, |oldest| {
             Ord::max((Utc::now() - oldest).num_milliseconds(), 0) as f64 / 1000.0
         });
         self.metrics.lag.record(lag, attributes);
         Ok(())
     }
+}
+
+/// What waits in the outbox for one destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    /// Pending rows.
+    pub count: u64,
+    /// When the oldest pending row was enqueued; `None` when nothing waits.
+    pub oldest: Option<DateTime<Utc>>,
+}
+
+/// The backlog of `destination`. The count reads only the `(destination, id)` index and the
+/// age one row (the oldest id is the oldest message): a `min(created_at)` would visit every
+/// pending row, hundreds of megabytes of payloads once a big backlog builds up, and starve
+/// the very deliveries that drain it.
+pub async fn backlog<C: ConnectionTrait>(conn: &C, destination: &str) -> Result<Backlog, DbErr> {
+    let pending = outbox_message::Column::Destination.eq(destination);
+    let count: i64 = outbox_message::Entity::find()
+        .select_only()
+        .column_as(Expr::col(outbox_message::Column::Id).count(), "count")
+        .filter(pending.clone())
+        .into_tuple()
+        .one(conn)
+        .await?
+        .unwrap_or(0);
+    let oldest: Option<DateTime<Utc>> = outbox_message::Entity::find()
+        .select_only()
+        .column(outbox_message::Column::CreatedAt)
+        .filter(pending)
+        .order_by_asc(outbox_message::Column::Id)
+        .into_tuple()
+        .one(conn)
+        .await?;
+    Ok(Backlog {
+        count: u64::try_from(count).unwrap_or(0),
+        oldest,
+    })
 }
 
 /// The rows of `window` (oldest first) that may be delivered now, at most `limit`, and the
