@@ -605,10 +605,21 @@ impl Backlog {
                 );
                 last_report = Instant::now();
             }
-            tokio::time::sleep(poll).await;
+            // Counting a big backlog is itself work for the stores being measured: poll it
+            // sparsely until it is nearly gone, then finely to catch the moment it is.
+            let total = pending.to_scoring + pending.to_qualification + pending.to_handoff;
+            let wait = if total > SPARSE_POLL_ABOVE {
+                poll.max(Duration::from_secs(1))
+            } else {
+                poll
+            };
+            tokio::time::sleep(wait).await;
         }
     }
 }
+
+/// Backlog above which the drain is polled once a second at most.
+const SPARSE_POLL_ABOVE: u64 = 10_000;
 
 /// The row count of `table`.
 async fn count(db: &DatabaseConnection, table: &str) -> anyhow::Result<u64> {
