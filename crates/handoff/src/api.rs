@@ -4,13 +4,13 @@ use std::collections::HashMap;
 use std::pin::Pin;
 
 use chrono::{DateTime, Utc};
-use futures::Stream;
+use futures::{Stream, StreamExt, TryStreamExt};
 use leadflow_proto::common::v1 as common;
 use leadflow_proto::handoff::v1::{
     self as pb, handoff_internal_service_server::HandoffInternalService,
     handoff_service_server::HandoffService,
 };
-use leadflow_proto::qualification::v1::qualification_event::Event;
+use leadflow_proto::qualification::v1::{QualificationEvent, qualification_event::Event};
 use leadflow_runtime::auth::tenant_of;
 use leadflow_runtime::clock::SharedClock;
 use leadflow_runtime::error::FieldViolations;
@@ -846,6 +846,33 @@ fn record(row: &handoff::Model, teams: &HashMap<String, String>) -> Result<Hando
     })
 }
 
+/// Warm contexts a delivery of qualification events builds at once.
+const CONTEXTS_IN_FLIGHT: usize = 16;
+
+impl HandoffApi {
+    /// `event` with the warm context a new hand-off request needs (none for anything else, or
+    /// for a request already applied).
+    async fn prepare(&self, event: QualificationEvent) -> Result<Prepared, Error> {
+        let header = event.header.clone().unwrap_or_default();
+        let context = match &event.event {
+            Some(Event::HandoffRequested(request))
+                if !self
+                    .store
+                    .has_handoff_for(&header.tenant_id, &request.transition_id)
+                    .await? =>
+            {
+                Some(
+                    self.context
+                        .build(&header.tenant_id, &header.lead_id)
+                        .await?,
+                )
+            }
+            _ => None,
+        };
+        Ok(Prepared { event, context })
+    }
+}
+
 #[tonic::async_trait]
 impl HandoffInternalService for HandoffApi {
     async fn apply_qualification_events(
@@ -855,26 +882,13 @@ impl HandoffInternalService for HandoffApi {
         let events = request.into_inner().events;
         check_headers(events.iter().map(|e| e.header.as_ref())).map_err(Error::from)?;
         // Warm contexts are built before the transaction: they need scoring and ingestion.
-        let mut prepared = Vec::with_capacity(events.len());
-        for event in events {
-            let header = event.header.clone().unwrap_or_default();
-            let context = match &event.event {
-                Some(Event::HandoffRequested(request))
-                    if !self
-                        .store
-                        .has_handoff_for(&header.tenant_id, &request.transition_id)
-                        .await? =>
-                {
-                    Some(
-                        self.context
-                            .build(&header.tenant_id, &header.lead_id)
-                            .await?,
-                    )
-                }
-                _ => None,
-            };
-            prepared.push(Prepared { event, context });
-        }
+        // A delivery carries up to hundreds of requests; built one after another they could
+        // outlast the sender's deadline and be retried forever, so several are in flight.
+        let prepared: Vec<Prepared> = futures::stream::iter(events)
+            .map(|event| self.prepare(event))
+            .buffered(CONTEXTS_IN_FLIGHT)
+            .try_collect()
+            .await?;
         let applied = self
             .store
             .apply_qualification_events(prepared, self.clock.now())
