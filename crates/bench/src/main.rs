@@ -56,11 +56,11 @@ struct Cli {
     /// `Batch` calls in flight (and writers of the store ceiling).
     #[arg(long, default_value_t = 8)]
     batch_concurrency: usize,
-    /// `Batch` calls in flight in the PostgreSQL run's batch phase. Concurrent batches
-    /// deadlock on PostgreSQL (they update the same leads in different orders), so the
-    /// throughput phase sends one at a time; a probe at --batch-concurrency measures the
-    /// contention separately.
-    #[arg(long, default_value_t = 1)]
+    /// `Batch` calls in flight in the PostgreSQL run's batch phase, when it should differ from
+    /// --batch-concurrency (then a probe at --batch-concurrency measures the contention
+    /// separately). Batches lock the leads they update in key order, so concurrent batches
+    /// queue on shared leads instead of deadlocking.
+    #[arg(long, default_value_t = 8)]
     postgres_batch_concurrency: usize,
     /// Lead ids per `BatchGetScores` call.
     #[arg(long, default_value_t = 100)]

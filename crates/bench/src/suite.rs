@@ -1237,6 +1237,9 @@ async fn track_batch_call(
                             | tonic::Code::Unavailable
                             | tonic::Code::Aborted
                             | tonic::Code::ResourceExhausted
+                            // A call racing the server's GOAWAY when it recycles a connection
+                            // after its maximum age (5 minutes) fails as cancelled.
+                            | tonic::Code::Cancelled
                     ) =>
             {
                 retries.note(status.message().to_owned());
