@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::convert;
 use crate::domain::{ActivityFact, LeadScore, Model};
 use crate::error::Error;
-use crate::store::{LeadState, Store, rescore_job};
+use crate::store::{LeadState, ScoreRead, Store, rescore_job};
 
 /// Most ids in one `BatchGetScores`.
 pub const MAX_BATCH_IDS: usize = 1000;
@@ -69,27 +69,21 @@ impl ScoringApi {
             .lead(tenant, lead_id.trim())
             .await?
             .ok_or_else(|| Error::NotFound(format!("lead {lead_id}")))?;
-        let model = self.model_of(tenant, &lead).await?;
+        let model = self.model_of(tenant, lead.row.model_version).await?;
         Ok((lead, model))
     }
 
-    async fn model_of(&self, tenant: &str, lead: &LeadState) -> Result<Arc<Model>, Error> {
+    async fn model_of(&self, tenant: &str, version: i32) -> Result<Arc<Model>, Error> {
         self.store
-            .scoring_model(tenant, lead.row.model_version)
+            .scoring_model(tenant, version)
             .await?
-            .ok_or_else(|| {
-                Error::Corrupt(format!("model version {} missing", lead.row.model_version))
-            })
+            .ok_or_else(|| Error::Corrupt(format!("model version {version} missing")))
     }
 
-    fn score(&self, lead: &LeadState, model: &Model) -> pb::Score {
-        let view = lead.score.score(model, self.clock.now());
-        convert::score_to_pb(
-            &lead.row.lead_id,
-            &view,
-            model.version,
-            Some(lead.row.updated_at),
-        )
+    /// The score `read` gives at the service's now under `model`.
+    fn score_of(&self, read: &ScoreRead, model: &Model) -> pb::Score {
+        let view = read.inputs.score(model, self.clock.now());
+        convert::score_to_pb(&read.lead_id, &view, model.version, Some(read.updated_at))
     }
 
     fn explanation(&self, lead: &LeadState, model: &Model) -> pb::ScoreExplanation {
@@ -149,10 +143,19 @@ impl ScoringService for ScoringApi {
         request: Request<pb::GetScoreRequest>,
     ) -> Result<Response<pb::GetScoreResponse>, Status> {
         let tenant = tenant_of(&request)?;
-        let (lead, model) = self.lead(&tenant.0, &request.get_ref().lead_id).await?;
+        let lead_id = request.get_ref().lead_id.trim();
+        if lead_id.is_empty() {
+            return Err(Error::invalid("lead_id", "required").into());
+        }
+        let read = self
+            .store
+            .score_read(&tenant.0, lead_id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("lead {lead_id}")))?;
+        let model = self.model_of(&tenant.0, read.model_version).await?;
         Ok(Response::new(pb::GetScoreResponse {
-            score: Some(self.score(&lead, &model)),
-            merged: lead.merged,
+            score: Some(self.score_of(&read, &model)),
+            merged: read.merged,
         }))
     }
 
@@ -171,24 +174,24 @@ impl ScoringService for ScoringApi {
         }
         let mut response = pb::BatchGetScoresResponse::default();
         let trimmed: Vec<String> = ids.iter().map(|id| id.trim().to_owned()).collect();
-        let leads = self.store.leads(&tenant.0, &trimmed).await?;
+        let leads = self.store.score_reads(&tenant.0, &trimmed).await?;
         let mut models: Vec<Arc<Model>> = Vec::new();
         for (id, key) in ids.into_iter().zip(&trimmed) {
             let Some(lead) = leads.get(key.as_str()) else {
                 response.not_found_lead_ids.push(id);
                 continue;
             };
-            let model = match models.iter().find(|m| m.version == lead.row.model_version) {
+            let model = match models.iter().find(|m| m.version == lead.model_version) {
                 Some(model) => model.clone(),
                 None => {
-                    let model = self.model_of(&tenant.0, lead).await?;
+                    let model = self.model_of(&tenant.0, lead.model_version).await?;
                     models.push(model.clone());
                     model
                 }
             };
             response.results.push(pb::BatchGetScoresResult {
                 requested_lead_id: id,
-                score: Some(self.score(lead, &model)),
+                score: Some(self.score_of(lead, &model)),
             });
         }
         Ok(Response::new(response))

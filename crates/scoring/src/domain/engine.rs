@@ -74,6 +74,48 @@ pub struct ScoreView {
     pub as_of: DateTime<Utc>,
 }
 
+/// The part of a stored [`LeadScore`] its score needs, read from the same serialized state
+/// (the other fields are skipped, not decoded): a score lookup then neither builds the ledger,
+/// the awards and the seen activity ids nor parses their times.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ScoreInputs {
+    fit_rules: Vec<(String, f64)>,
+    engagement: Decaying,
+    hand_raises: Vec<(String, String, DateTime<Utc>)>,
+}
+
+impl ScoreInputs {
+    /// The score at `now` under `model`: exactly what [`LeadScore::score`] gives.
+    pub fn score(&self, model: &Model, now: DateTime<Utc>) -> ScoreView {
+        score_view(
+            &self.fit_rules,
+            &self.engagement,
+            &self.hand_raises,
+            model,
+            now,
+        )
+    }
+}
+
+fn score_view(
+    fit_rules: &[(String, f64)],
+    engagement: &Decaying,
+    hand_raises: &[(String, String, DateTime<Utc>)],
+    model: &Model,
+    now: DateTime<Utc>,
+) -> ScoreView {
+    let fit_points: f64 = fit_rules.iter().map(|(_, p)| p).sum();
+    let engagement = engagement.value_at(now, model.half_life);
+    ScoreView {
+        score: fit_points + engagement,
+        fit_points,
+        engagement,
+        grade: model.grade_bands.grade(fit_points),
+        hand_raises: hand_raises.iter().take(10).cloned().collect(),
+        as_of: now,
+    }
+}
+
 /// A contribution to the score as of a time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Contribution {
@@ -302,16 +344,13 @@ impl LeadScore {
 
     /// The score at `now`, in O(1) of the history.
     pub fn score(&self, model: &Model, now: DateTime<Utc>) -> ScoreView {
-        let fit_points: f64 = self.fit_rules.iter().map(|(_, p)| p).sum();
-        let engagement = self.engagement.value_at(now, model.half_life);
-        ScoreView {
-            score: fit_points + engagement,
-            fit_points,
-            engagement,
-            grade: model.grade_bands.grade(fit_points),
-            hand_raises: self.hand_raises.iter().take(10).cloned().collect(),
-            as_of: now,
-        }
+        score_view(
+            &self.fit_rules,
+            &self.engagement,
+            &self.hand_raises,
+            model,
+            now,
+        )
     }
 
     /// Every contribution at `now`; the values add up to the explanation's score exactly, and
@@ -477,6 +516,12 @@ mod tests {
             prop_assert_eq!(sum, explanation.score);
             let score = lead.score(&model, now).score;
             prop_assert!((score - explanation.score).abs() < 1e-9 * score.abs().max(1.0), "{} vs {}", score, explanation.score);
+            // What a score lookup reads from the stored state scores exactly like the whole
+            // state read back from the same text.
+            let stored = serde_json::to_string(&lead).expect("serializes");
+            let inputs: ScoreInputs = serde_json::from_str(&stored).expect("inputs deserialize");
+            let whole: LeadScore = serde_json::from_str(&stored).expect("state deserializes");
+            prop_assert_eq!(inputs.score(&model, now), whole.score(&model, now));
         }
     }
 }

@@ -9,6 +9,6 @@ pub mod inactivity;
 pub mod model;
 pub mod predicate;
 
-pub use engine::{ActivityFact, Explanation, LeadScore, LedgerLine, LineKind};
+pub use engine::{ActivityFact, Explanation, LeadScore, LedgerLine, LineKind, ScoreInputs};
 pub use fit::Grade;
 pub use model::Model;

@@ -26,7 +26,7 @@ use sea_orm::{
 
 use crate::convert;
 use crate::domain::default_model::default_model;
-use crate::domain::{ActivityFact, LeadScore, Model};
+use crate::domain::{ActivityFact, LeadScore, Model, ScoreInputs};
 use crate::error::Error;
 use cache::LeadCache;
 pub use entities::{decision, fact, lead_score, model, request, rescore_job};
@@ -45,6 +45,35 @@ pub struct LeadState {
     pub profile: common::Profile,
     /// True when the requested id was merged into `row.lead_id`.
     pub merged: bool,
+}
+
+/// What a lead's score is computed from, read without decoding its whole state.
+#[derive(Debug, Clone)]
+pub struct ScoreRead {
+    /// The lead (the survivor, for a merged id).
+    pub lead_id: String,
+    /// The model version its state is under.
+    pub model_version: i32,
+    /// When its state last changed.
+    pub updated_at: DateTime<Utc>,
+    /// The inputs of its score.
+    pub inputs: ScoreInputs,
+    /// True when the requested id was merged into `lead_id`.
+    pub merged: bool,
+}
+
+impl ScoreRead {
+    fn decode(row: &lead_score::Model, merged: bool) -> Result<Self, Error> {
+        let inputs: ScoreInputs = serde_json::from_str(&row.state)
+            .map_err(|err| Error::Corrupt(format!("stored lead state does not parse: {err}")))?;
+        Ok(Self {
+            lead_id: row.lead_id.clone(),
+            model_version: row.model_version,
+            updated_at: row.updated_at,
+            inputs,
+            merged,
+        })
+    }
 }
 
 /// What applying a batch of messages did.
@@ -212,33 +241,37 @@ impl Store {
         find_lead(&self.reader, tenant, lead_id, false).await
     }
 
-    /// The states of `lead_ids` (each the lead it names, or the lead it was merged into), read
-    /// in one query per [`MAX_ROWS_PER_STATEMENT`] ids and one for the survivors of merged ids.
-    /// Ids not stored are absent from the map.
-    pub async fn leads(
+    /// What the score of `lead_id` (or of the lead it was merged into) is computed from, without
+    /// decoding the rest of its state: the read behind `GetScore`.
+    pub async fn score_read(
+        &self,
+        tenant: &str,
+        lead_id: &str,
+    ) -> Result<Option<ScoreRead>, Error> {
+        find_row(&self.reader, tenant, lead_id, false)
+            .await?
+            .map(|(row, merged)| ScoreRead::decode(&row, merged))
+            .transpose()
+    }
+
+    /// [`Store::score_read`] for each of `lead_ids`, in one query per
+    /// [`MAX_ROWS_PER_STATEMENT`] ids and one for the survivors of merged ids. Ids not stored
+    /// are absent from the map.
+    pub async fn score_reads(
         &self,
         tenant: &str,
         lead_ids: &[String],
-    ) -> Result<HashMap<String, LeadState>, Error> {
-        let mut rows = Vec::with_capacity(lead_ids.len());
-        for chunk in lead_ids.chunks(MAX_ROWS_PER_STATEMENT) {
-            rows.extend(
-                lead_score::Entity::find()
-                    .filter(lead_score::Column::TenantId.eq(tenant))
-                    .filter(lead_score::Column::LeadId.is_in(chunk.iter().cloned()))
-                    .all(&self.reader)
-                    .await?,
-            );
-        }
+    ) -> Result<HashMap<String, ScoreRead>, Error> {
+        let rows = rows_by_id(&self.reader, tenant, lead_ids).await?;
         let mut merged: HashMap<String, String> = HashMap::new();
-        let mut found: HashMap<String, LeadState> = HashMap::with_capacity(rows.len());
+        let mut found: HashMap<String, ScoreRead> = HashMap::with_capacity(rows.len());
         for row in rows {
             match row.merged_into.clone() {
                 Some(survivor) => {
                     merged.insert(row.lead_id, survivor);
                 }
                 None => {
-                    found.insert(row.lead_id.clone(), decode(row, false)?);
+                    found.insert(row.lead_id.clone(), ScoreRead::decode(&row, false)?);
                 }
             }
         }
@@ -249,26 +282,19 @@ impl Store {
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
-        let mut survivors: HashMap<String, LeadState> = HashMap::new();
-        for chunk in missing.chunks(MAX_ROWS_PER_STATEMENT) {
-            for row in lead_score::Entity::find()
-                .filter(lead_score::Column::TenantId.eq(tenant))
-                .filter(lead_score::Column::LeadId.is_in(chunk.iter().cloned()))
-                .all(&self.reader)
-                .await?
-            {
-                survivors.insert(row.lead_id.clone(), decode(row, true)?);
-            }
-        }
+        let survivors: HashMap<String, ScoreRead> = rows_by_id(&self.reader, tenant, &missing)
+            .await?
+            .into_iter()
+            .map(|row| Ok((row.lead_id.clone(), ScoreRead::decode(&row, true)?)))
+            .collect::<Result<_, Error>>()?;
         for (absorbed, survivor) in merged {
-            let state = match found.get(&survivor).or_else(|| survivors.get(&survivor)) {
-                Some(state) => LeadState {
+            if let Some(read) = found.get(&survivor).or_else(|| survivors.get(&survivor)) {
+                let read = ScoreRead {
                     merged: true,
-                    ..state.clone()
-                },
-                None => continue,
-            };
-            found.insert(absorbed, state);
+                    ..read.clone()
+                };
+                found.insert(absorbed, read);
+            }
         }
         Ok(found)
     }
@@ -799,6 +825,19 @@ async fn find_lead<C: ConnectionTrait>(
     lead_id: &str,
     lock: bool,
 ) -> Result<Option<LeadState>, Error> {
+    find_row(conn, tenant, lead_id, lock)
+        .await?
+        .map(|(row, merged)| decode(row, merged))
+        .transpose()
+}
+
+/// The row of `lead_id`, or of the lead it was merged into (then `true`).
+async fn find_row<C: ConnectionTrait>(
+    conn: &C,
+    tenant: &str,
+    lead_id: &str,
+    lock: bool,
+) -> Result<Option<(lead_score::Model, bool)>, Error> {
     let by_id = |id: String| {
         let query = lead_score::Entity::find_by_id((tenant.to_owned(), id));
         if lock { query.lock_exclusive() } else { query }
@@ -807,13 +846,28 @@ async fn find_lead<C: ConnectionTrait>(
         return Ok(None);
     };
     match row.merged_into.clone() {
-        Some(survivor) => by_id(survivor)
-            .one(conn)
-            .await?
-            .map(|row| decode(row, true))
-            .transpose(),
-        None => decode(row, false).map(Some),
+        Some(survivor) => Ok(by_id(survivor).one(conn).await?.map(|row| (row, true))),
+        None => Ok(Some((row, false))),
     }
+}
+
+/// The rows of `lead_ids` that exist, in one query per [`MAX_ROWS_PER_STATEMENT`] ids.
+async fn rows_by_id<C: ConnectionTrait>(
+    conn: &C,
+    tenant: &str,
+    lead_ids: &[String],
+) -> Result<Vec<lead_score::Model>, Error> {
+    let mut rows = Vec::with_capacity(lead_ids.len());
+    for chunk in lead_ids.chunks(MAX_ROWS_PER_STATEMENT) {
+        rows.extend(
+            lead_score::Entity::find()
+                .filter(lead_score::Column::TenantId.eq(tenant))
+                .filter(lead_score::Column::LeadId.is_in(chunk.iter().cloned()))
+                .all(conn)
+                .await?,
+        );
+    }
+    Ok(rows)
 }
 
 async fn load_or_create(
