@@ -27,6 +27,13 @@ const SQLITE_CACHE_SIZE: &str = "-32768";
 /// pages.
 const SQLITE_WAL_AUTOCHECKPOINT: &str = "4000";
 
+/// Prepared statements each SQLite connection keeps (sqlx's default is 100). The multi-row
+/// statements of batched writes differ in their number of rows, so each size is a statement of
+/// its own, and one with a thousand rows is a program of thousands of opcodes: a hundred of
+/// them per connection is a lot of memory for statements mostly never reused. The statements
+/// a service runs all the time stay cached (least recently used goes first).
+const SQLITE_STATEMENT_CACHE: usize = 24;
+
 /// Why the store could not be opened or migrated.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -80,6 +87,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
                     .busy_timeout(Duration::from_secs(5))
                     .pragma("cache_size", SQLITE_CACHE_SIZE)
                     .pragma("wal_autocheckpoint", SQLITE_WAL_AUTOCHECKPOINT)
+                    .statement_cache_capacity(SQLITE_STATEMENT_CACHE)
             });
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         options
@@ -126,6 +134,7 @@ pub async fn reader(url: &str, writer: &DatabaseConnection) -> Result<DatabaseCo
         .map_sqlx_sqlite_opts(|opts| {
             opts.read_only(true)
                 .busy_timeout(Duration::from_secs(5))
+                .statement_cache_capacity(SQLITE_STATEMENT_CACHE)
                 .pragma("cache_size", SQLITE_READER_CACHE_SIZE)
         });
     Ok(Database::connect(options).await?)
