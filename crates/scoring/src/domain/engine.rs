@@ -522,6 +522,8 @@ mod tests {
             let inputs: ScoreInputs = serde_json::from_str(&stored).expect("inputs deserialize");
             let whole: LeadScore = serde_json::from_str(&stored).expect("state deserializes");
             prop_assert_eq!(inputs.score(&model, now), whole.score(&model, now));
+            // Saving and loading a lead changes nothing, down to the last bit of every float.
+            prop_assert_eq!(&whole, &lead);
         }
     }
 }
