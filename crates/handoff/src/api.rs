@@ -1,6 +1,6 @@
 //! The gRPC handlers, kept thin: request → validation → store/domain → response.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::pin::Pin;
 
 use chrono::{DateTime, Utc};
@@ -850,26 +850,51 @@ fn record(row: &handoff::Model, teams: &HashMap<String, String>) -> Result<Hando
 const CONTEXTS_IN_FLIGHT: usize = 16;
 
 impl HandoffApi {
-    /// `event` with the warm context a new hand-off request needs (none for anything else, or
-    /// for a request already applied).
-    async fn prepare(&self, event: QualificationEvent) -> Result<Prepared, Error> {
-        let header = event.header.clone().unwrap_or_default();
-        let context = match &event.event {
-            Some(Event::HandoffRequested(request))
-                if !self
-                    .store
-                    .has_handoff_for(&header.tenant_id, &request.transition_id)
-                    .await? =>
+    /// `events` each with the warm context a new hand-off request needs: none for anything
+    /// else, or for a request whose hand-off exists already (looked up in one query per
+    /// tenant), the rest built [`CONTEXTS_IN_FLIGHT`] at a time, in order.
+    async fn prepare(&self, events: Vec<QualificationEvent>) -> Result<Vec<Prepared>, Error> {
+        let mut requested: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for event in &events {
+            if let (Some(header), Some(Event::HandoffRequested(request))) =
+                (&event.header, &event.event)
             {
-                Some(
-                    self.context
-                        .build(&header.tenant_id, &header.lead_id)
-                        .await?,
-                )
+                requested
+                    .entry(header.tenant_id.clone())
+                    .or_default()
+                    .push(request.transition_id.clone());
             }
-            _ => None,
-        };
-        Ok(Prepared { event, context })
+        }
+        let mut handed_off: HashSet<(String, String)> = HashSet::new();
+        for (tenant, transitions) in requested {
+            for transition in self.store.handed_off(&tenant, &transitions).await? {
+                handed_off.insert((tenant.clone(), transition));
+            }
+        }
+        let handed_off = &handed_off;
+        futures::stream::iter(events)
+            .map(|event| async move {
+                let header = event.header.clone().unwrap_or_default();
+                let context = match &event.event {
+                    Some(Event::HandoffRequested(request))
+                        if !handed_off.contains(&(
+                            header.tenant_id.clone(),
+                            request.transition_id.clone(),
+                        )) =>
+                    {
+                        Some(
+                            self.context
+                                .build(&header.tenant_id, &header.lead_id)
+                                .await?,
+                        )
+                    }
+                    _ => None,
+                };
+                Ok::<_, Error>(Prepared { event, context })
+            })
+            .buffered(CONTEXTS_IN_FLIGHT)
+            .try_collect()
+            .await
     }
 }
 
@@ -884,11 +909,7 @@ impl HandoffInternalService for HandoffApi {
         // Warm contexts are built before the transaction: they need scoring and ingestion.
         // A delivery carries up to hundreds of requests; built one after another they could
         // outlast the sender's deadline and be retried forever, so several are in flight.
-        let prepared: Vec<Prepared> = futures::stream::iter(events)
-            .map(|event| self.prepare(event))
-            .buffered(CONTEXTS_IN_FLIGHT)
-            .try_collect()
-            .await?;
+        let prepared = self.prepare(events).await?;
         let applied = self
             .store
             .apply_qualification_events(prepared, self.clock.now())

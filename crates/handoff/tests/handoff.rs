@@ -116,7 +116,7 @@ async fn handoffs_of(h: &Handoff, lead_id: &str) -> Vec<pb::Handoff> {
 }
 
 async fn requests_are_routed_by_weight_with_a_warm_context(db: TestDb) {
-    let (h, _upstream) = start(&db).await;
+    let (h, upstream) = start(&db).await;
     dach_rules(&h, pb::EscalationTarget::NextOwner).await;
     let now = h.clock.now();
     let events: Vec<_> = (0..6)
@@ -194,6 +194,12 @@ async fn requests_are_routed_by_weight_with_a_warm_context(db: TestDb) {
         Some("a real pipeline")
     );
     assert_eq!(sales.status_history.len(), 1, "created");
+
+    assert_eq!(
+        upstream.explained(),
+        8,
+        "one context per request: the redelivery built none"
+    );
 
     let listed = h
         .client()
@@ -485,18 +491,10 @@ async fn breaches_are_escalated_and_reported(db: TestDb) {
     contact("lead-a").await;
     h.clock.advance(Duration::hours(29));
     // The sweeper escalates b and c (not a), re-routing each to another SDR.
-    let escalated = tokio::time::timeout(std::time::Duration::from_secs(30), async {
-        loop {
-            let b = handoffs_of(&h, "lead-b").await.remove(0);
-            let c = handoffs_of(&h, "lead-c").await.remove(0);
-            if b.sla_breached && c.sla_breached {
-                return (b, c);
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the sweeper escalates");
+    let escalated = (
+        until(&h, "lead-b", |x| x.sla_breached).await,
+        until(&h, "lead-c", |x| x.sla_breached).await,
+    );
     for (before, after) in [
         (handoffs_of(&h, "lead-b").await, escalated.0),
         (handoffs_of(&h, "lead-c").await, escalated.1),
@@ -684,7 +682,6 @@ async fn a_new_owner_who_misses_the_fresh_sla_is_escalated_again(db: TestDb) {
 
     h.clock.advance(Duration::hours(25));
     let twice = until(&h, "lead-a", |x| escalations(x) == 2).await;
-    eprintln!("{:#?}", twice.status_history);
     assert_eq!(
         twice.owner_id, first_owner,
         "the only other eligible SDR takes it"

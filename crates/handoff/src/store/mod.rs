@@ -7,13 +7,14 @@
 mod entities;
 pub mod migrations;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, TimeZone, Utc};
 use leadflow_proto::common::v1 as common;
 use leadflow_proto::handoff::events::v1::{self as events, handoff_decision::Decision};
 use leadflow_proto::handoff::v1 as pb;
 use leadflow_proto::qualification::v1::{QualificationEvent, qualification_event::Event};
+use leadflow_runtime::db::MAX_ROWS_PER_STATEMENT;
 use leadflow_runtime::outbox::{self, NewMessage, Wakeup, inbox};
 use leadflow_runtime::pbtime::to_timestamp;
 use prost::Message;
@@ -545,15 +546,27 @@ impl Store {
         Ok(applied)
     }
 
-    /// Whether a hand-off for qualification's transition `transition_id` exists already (its
-    /// context need not be built again).
-    pub async fn has_handoff_for(&self, tenant: &str, transition_id: &str) -> Result<bool, Error> {
-        Ok(handoff::Entity::find()
-            .filter(handoff::Column::TenantId.eq(tenant))
-            .filter(handoff::Column::TransitionId.eq(transition_id))
-            .count(&self.db)
-            .await?
-            > 0)
+    /// Which of the tenant's `transition_ids` (qualification's transitions) have a hand-off
+    /// already (their contexts need not be built again), in one query per
+    /// [`MAX_ROWS_PER_STATEMENT`] ids.
+    pub async fn handed_off(
+        &self,
+        tenant: &str,
+        transition_ids: &[String],
+    ) -> Result<HashSet<String>, Error> {
+        let mut found = HashSet::new();
+        for chunk in transition_ids.chunks(MAX_ROWS_PER_STATEMENT) {
+            let ids: Vec<String> = handoff::Entity::find()
+                .select_only()
+                .column(handoff::Column::TransitionId)
+                .filter(handoff::Column::TenantId.eq(tenant))
+                .filter(handoff::Column::TransitionId.is_in(chunk.iter().cloned()))
+                .into_tuple()
+                .all(&self.db)
+                .await?;
+            found.extend(ids);
+        }
+        Ok(found)
     }
 
     /// Moves a hand-off as the CRM reports, once per request id (the answer `respond` builds is

@@ -123,6 +123,8 @@ impl Handoff {
 struct Recorded {
     to_qualification: Vec<HandoffDecision>,
     to_scoring: Vec<HandoffDecision>,
+    /// Score explanations asked for (one per warm context built).
+    explained: usize,
 }
 
 /// Scoring, ingestion and qualification as handoff sees them, on one port.
@@ -175,6 +177,7 @@ impl ScoringInternalService for UpstreamService {
         request: Request<scoring::ExplainLeadScoreRequest>,
     ) -> Result<Response<scoring::ExplainLeadScoreResponse>, Status> {
         let lead_id = request.into_inner().lead_id;
+        self.recorded.lock().expect("lock").explained += 1;
         if lead_id == "unknown" {
             return Err(Status::not_found("lead unknown not found"));
         }
@@ -278,6 +281,11 @@ impl Upstream {
 
     /// Waits until qualification and scoring each received `n` decisions, and returns
     /// qualification's.
+    /// How many warm contexts asked scoring for an explanation so far.
+    pub(crate) fn explained(&self) -> usize {
+        self.recorded.lock().expect("lock").explained
+    }
+
     pub(crate) async fn decisions(&self, n: usize) -> Vec<HandoffDecision> {
         let mut count = self.count.clone();
         tokio::time::timeout(Duration::from_secs(30), async {
