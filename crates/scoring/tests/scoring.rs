@@ -380,11 +380,16 @@ async fn what_if_scores_without_storing(db: TestDb) {
 async fn a_new_model_and_rescore_change_existing_scores(db: TestDb) {
     let (scoring, receiver) = start(&db).await;
     let t0 = journey_start(&scoring);
+    // A crowd of leads beside lead-r, so the job spans several steps of its transactions
+    // (100 leads each) and a partial last one.
+    let crowd: Vec<String> = (0..250).map(|i| format!("crowd-{i:03}")).collect();
+    let mut events = seed_journey("lead-r", t0);
+    for lead_id in &crowd {
+        events.extend(seed_journey(lead_id, t0));
+    }
     scoring
         .internal()
-        .apply_lead_events(pb::ApplyLeadEventsRequest {
-            events: seed_journey("lead-r", t0),
-        })
+        .apply_lead_events(pb::ApplyLeadEventsRequest { events })
         .await
         .expect("apply");
     let before = scoring
@@ -462,7 +467,23 @@ async fn a_new_model_and_rescore_change_existing_scores(db: TestDb) {
     let job = wait_for_job(&scoring, &job.job_id).await;
     assert_eq!(
         (job.total_leads, job.processed_leads, job.changed_leads),
-        (1, 1, 1)
+        (251, 251, 251)
+    );
+    let crowd_scores = scoring
+        .client()
+        .batch_get_scores(pb::BatchGetScoresRequest {
+            lead_ids: crowd.clone(),
+        })
+        .await
+        .expect("crowd scores")
+        .into_inner()
+        .results;
+    assert_eq!(crowd_scores.len(), crowd.len());
+    assert!(
+        crowd_scores
+            .iter()
+            .all(|r| r.score.as_ref().is_some_and(|s| s.model_version == 1)),
+        "every lead of every step is rescored"
     );
     let after = scoring
         .client()

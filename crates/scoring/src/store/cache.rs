@@ -61,14 +61,6 @@ impl LeadCache {
             .ok_or_else(|| Error::Corrupt(format!("lead {lead_id} not cached")))
     }
 
-    /// The live lead stored under `lead_id` itself, if prefetched: `None` for an id merged into
-    /// another lead or not stored.
-    pub(super) fn live(&mut self, tenant: &str, lead_id: &str) -> Option<&mut LeadState> {
-        self.leads
-            .get_mut(tenant, lead_id)
-            .filter(|lead| lead.row.lead_id == lead_id)
-    }
-
     /// Marks the lead `key` changed, with what its row announces and the fact that changed it.
     pub(super) fn changed(
         &mut self,
@@ -99,28 +91,36 @@ impl LeadCache {
         }
         let mut rows = Vec::new();
         for (lead, announced) in self.leads.take_changed() {
-            rows.push(saved_row(&lead, &announced, now)?.into_active_model());
+            rows.push(saved_row(&lead, &announced, now)?);
         }
-        let upsert =
-            OnConflict::columns([lead_score::Column::TenantId, lead_score::Column::LeadId])
-                .update_columns([
-                    lead_score::Column::State,
-                    lead_score::Column::Profile,
-                    lead_score::Column::FirstSeen,
-                    lead_score::Column::ModelVersion,
-                    lead_score::Column::AnnouncedScore,
-                    lead_score::Column::AnnouncedGrade,
-                    lead_score::Column::UpdatedAt,
-                ])
-                .to_owned();
-        for chunk in chunked(rows) {
-            lead_score::Entity::insert_many(chunk)
-                .on_conflict(upsert.clone())
-                .exec_without_returning(txn)
-                .await?;
-        }
-        Ok(())
+        save_rows(txn, rows).await
     }
+}
+
+/// Writes `rows` (new or stored leads' rows) in one upsert per [`MAX_ROWS_PER_STATEMENT`].
+pub(super) async fn save_rows(
+    txn: &DatabaseTransaction,
+    rows: Vec<lead_score::Model>,
+) -> Result<(), Error> {
+    let upsert = OnConflict::columns([lead_score::Column::TenantId, lead_score::Column::LeadId])
+        .update_columns([
+            lead_score::Column::State,
+            lead_score::Column::Profile,
+            lead_score::Column::FirstSeen,
+            lead_score::Column::ModelVersion,
+            lead_score::Column::AnnouncedScore,
+            lead_score::Column::AnnouncedGrade,
+            lead_score::Column::UpdatedAt,
+        ])
+        .to_owned();
+    let rows = rows.into_iter().map(IntoActiveModel::into_active_model);
+    for chunk in chunked(rows.collect()) {
+        lead_score::Entity::insert_many(chunk)
+            .on_conflict(upsert.clone())
+            .exec_without_returning(txn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// The cache key of `lead`.

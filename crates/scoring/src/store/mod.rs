@@ -6,6 +6,7 @@ mod cache;
 mod entities;
 mod events;
 pub mod migrations;
+mod rescore;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -101,9 +102,6 @@ type ModelCache = Arc<RwLock<HashMap<(String, i32), Arc<Model>>>>;
 
 /// Most model versions kept parsed.
 const MAX_CACHED_MODELS: usize = 1024;
-
-/// Leads a rescore job re-scores per transaction: read, replayed and written back together.
-const RESCORE_CHUNK: usize = 500;
 
 impl Store {
     /// A store over `db`; `wakeup` is poked after commits that enqueued score changes.
@@ -574,180 +572,6 @@ impl Store {
         }
         Ok(announced)
     }
-
-    /// Creates a rescore job under the active model; a repeated request id answers its job.
-    pub async fn create_job(
-        &self,
-        tenant: &str,
-        request_id: &str,
-        now: DateTime<Utc>,
-    ) -> Result<(rescore_job::Model, bool), Error> {
-        let txn = self.db.begin().await?;
-        if let Some(job_id) = find_request(&txn, tenant, request_id).await? {
-            let job = rescore_job::Entity::find_by_id((tenant.to_owned(), job_id))
-                .one(&txn)
-                .await?
-                .ok_or_else(|| Error::Corrupt("job missing".into()))?;
-            return Ok((job, true));
-        }
-        let (model, _) = self.active_model(&txn, tenant).await?;
-        let job = rescore_job::ActiveModel {
-            tenant_id: Set(tenant.to_owned()),
-            job_id: Set(uuid::Uuid::now_v7().to_string()),
-            model_version: Set(model.version),
-            state: Set(leadflow_proto::scoring::v1::RescoreJobState::Queued as i32),
-            total_leads: Set(0),
-            processed_leads: Set(0),
-            changed_leads: Set(0),
-            created_at: Set(now),
-            started_at: Set(None),
-            ended_at: Set(None),
-            error: Set(None),
-        }
-        .insert(&txn)
-        .await?;
-        save_request(&txn, tenant, request_id, &job.job_id, now).await?;
-        txn.commit().await?;
-        Ok((job, false))
-    }
-
-    /// A job of the tenant.
-    pub async fn job(
-        &self,
-        tenant: &str,
-        job_id: &str,
-    ) -> Result<Option<rescore_job::Model>, Error> {
-        Ok(
-            rescore_job::Entity::find_by_id((tenant.to_owned(), job_id.to_owned()))
-                .one(&self.db)
-                .await?,
-        )
-    }
-
-    /// Jobs not finished (queued or running), to resume after a restart.
-    pub async fn unfinished_jobs(&self) -> Result<Vec<rescore_job::Model>, Error> {
-        use leadflow_proto::scoring::v1::RescoreJobState;
-        Ok(rescore_job::Entity::find()
-            .filter(rescore_job::Column::State.is_in([
-                RescoreJobState::Queued as i32,
-                RescoreJobState::Running as i32,
-            ]))
-            .all(&self.db)
-            .await?)
-    }
-
-    /// Runs a job: re-scores every lead of the tenant from its facts under the job's model,
-    /// announcing the leads whose score or grade changed, recording progress as it goes.
-    pub async fn run_job(
-        &self,
-        job: rescore_job::Model,
-        now: impl Fn() -> DateTime<Utc>,
-    ) -> Result<(), Error> {
-        use leadflow_proto::scoring::v1::RescoreJobState;
-        let tenant = job.tenant_id.clone();
-        let model = self
-            .model(&tenant, job.model_version)
-            .await?
-            .ok_or_else(|| Error::Corrupt("job model missing".into()))?
-            .0;
-        let ids: Vec<String> = lead_score::Entity::find()
-            .select_only()
-            .column(lead_score::Column::LeadId)
-            .filter(lead_score::Column::TenantId.eq(&tenant))
-            .filter(lead_score::Column::MergedInto.is_null())
-            .order_by_asc(lead_score::Column::LeadId)
-            .into_tuple()
-            .all(&self.db)
-            .await?;
-        let mut progress: rescore_job::ActiveModel = job.into();
-        progress.state = Set(RescoreJobState::Running as i32);
-        progress.started_at = Set(Some(now()));
-        progress.total_leads = Set(ids.len() as i64);
-        progress.processed_leads = Set(0);
-        progress.changed_leads = Set(0);
-        let mut progress: rescore_job::ActiveModel = progress.update(&self.db).await?.into();
-        let (mut processed, mut changed) = (0i64, 0i64);
-        for chunk in ids.chunks(RESCORE_CHUNK) {
-            let at = now();
-            let txn = self.db.begin().await?;
-            // One read of the chunk's leads, one of their facts, one upsert of their rows.
-            let mut leads = LeadCache::default();
-            leads
-                .prefetch(&txn, chunk.iter().map(|id| (tenant.clone(), id.clone())))
-                .await?;
-            let mut facts = facts_of_leads(&txn, &tenant, chunk).await?;
-            let mut out = Vec::new();
-            for lead_id in chunk {
-                // A lead merged since the job listed it is rescored as part of its survivor.
-                let Some(lead) = leads.live(&tenant, lead_id) else {
-                    continue;
-                };
-                let facts = facts.remove(lead_id.as_str()).unwrap_or_default();
-                let before = lead.score.score(&model, at);
-                lead.score = LeadScore::replay(
-                    &model,
-                    &convert::profile_attributes(&lead.profile),
-                    &facts,
-                    lead.row.first_seen,
-                    at,
-                );
-                let after = lead.score.score(&model, at);
-                if events::moved(&before, &after) {
-                    changed += 1;
-                    out.push(events::message(events::score_changed(
-                        lead,
-                        &model,
-                        events::Previous::from(&before),
-                        ScoreChangeReason::Rescore,
-                        None,
-                        at,
-                    )));
-                }
-                let announced = Announced::of(lead, &model, at);
-                let key = cache::key_of(lead);
-                leads.changed(key, announced, None);
-                processed += 1;
-            }
-            leads.flush(&txn, at).await?;
-            let enqueued = !out.is_empty();
-            outbox::enqueue(&txn, out).await?;
-            progress.processed_leads = Set(processed);
-            progress.changed_leads = Set(changed);
-            progress = progress.update(&txn).await?.into();
-            txn.commit().await?;
-            if enqueued {
-                self.wakeup.wake();
-            }
-        }
-        progress.state = Set(RescoreJobState::Succeeded as i32);
-        progress.ended_at = Set(Some(now()));
-        progress.update(&self.db).await?;
-        tracing::info!(tenant, processed, changed, "rescore job finished");
-        Ok(())
-    }
-
-    /// Marks a job failed.
-    pub async fn fail_job(
-        &self,
-        tenant: &str,
-        job_id: &str,
-        error: &str,
-        now: DateTime<Utc>,
-    ) -> Result<(), Error> {
-        use leadflow_proto::scoring::v1::RescoreJobState;
-        rescore_job::Entity::update_many()
-            .col_expr(
-                rescore_job::Column::State,
-                Expr::value(RescoreJobState::Failed as i32),
-            )
-            .col_expr(rescore_job::Column::Error, Expr::value(error))
-            .col_expr(rescore_job::Column::EndedAt, Expr::value(now))
-            .filter(rescore_job::Column::TenantId.eq(tenant))
-            .filter(rescore_job::Column::JobId.eq(job_id))
-            .exec(&self.db)
-            .await?;
-        Ok(())
-    }
 }
 
 /// Model `version` of the tenant on `conn` (0: the default model).
@@ -952,29 +776,6 @@ fn fact_row(tenant: &str, lead_id: &str, fact: &ActivityFact) -> fact::ActiveMod
         occurred_at_us: Set(fact.occurred_at.timestamp_micros()),
         properties: Set(serde_json::to_string(&fact.properties).unwrap_or_else(|_| "{}".into())),
     }
-}
-
-/// The stored facts of each of `lead_ids`, read in a few queries.
-async fn facts_of_leads<C: ConnectionTrait>(
-    conn: &C,
-    tenant: &str,
-    lead_ids: &[String],
-) -> Result<HashMap<String, Vec<ActivityFact>>, Error> {
-    let mut by_lead: HashMap<String, Vec<ActivityFact>> = HashMap::with_capacity(lead_ids.len());
-    for chunk in lead_ids.chunks(MAX_ROWS_PER_STATEMENT) {
-        let rows = fact::Entity::find()
-            .filter(fact::Column::TenantId.eq(tenant))
-            .filter(fact::Column::LeadId.is_in(chunk.iter().cloned()))
-            .all(conn)
-            .await?;
-        for row in rows {
-            by_lead
-                .entry(row.lead_id.clone())
-                .or_default()
-                .push(activity_fact(row));
-        }
-    }
-    Ok(by_lead)
 }
 
 /// A stored fact as the scoring rules see it.
