@@ -9,6 +9,7 @@
 mod echo;
 mod load;
 mod report;
+mod served;
 mod store;
 mod suite;
 
@@ -82,6 +83,11 @@ struct Cli {
     /// Keep the SQLite files at the end (their folder is printed).
     #[arg(long)]
     keep_data: bool,
+    /// Internal: serve the suite on these ingestion, scoring, qualification and handoff
+    /// database URLs until standard input closes (the bench runs itself so to measure a suite
+    /// in a process of its own).
+    #[arg(long, hide = true, num_args = 4, value_names = ["INGESTION", "SCORING", "QUALIFICATION", "HANDOFF"])]
+    serve_suite: Option<Vec<String>>,
 }
 
 /// Parses `10s`, `500ms`, `2m` or a bare number of seconds.
@@ -155,6 +161,11 @@ async fn main() -> anyhow::Result<()> {
             ..TelemetryArgs::default()
         },
     )?;
+    if let Some(urls) = &cli.serve_suite {
+        let result = served::serve(Databases::of_urls(urls)?).await;
+        telemetry.shutdown().await;
+        return result;
+    }
     let dir = fresh_folder()?;
     let postgres = cli.postgres_url.clone().map(PostgresServer::new);
     let result = run(&cli, &dir, postgres.as_ref()).await;
@@ -247,6 +258,7 @@ async fn run(cli: &Cli, dir: &Path, postgres: Option<&PostgresServer>) -> anyhow
         fixed_rate,
         full: true,
         contention_probe: None,
+        log: cli.log.clone(),
     };
     let sqlite_dir = dir.join("leadflow");
     std::fs::create_dir_all(&sqlite_dir)?;

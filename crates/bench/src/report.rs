@@ -400,9 +400,9 @@ pub(crate) fn figures(
             #[allow(clippy::cast_precision_loss)]
             let mib = bytes as f64 / (1024.0 * 1024.0);
             out.push(Figure::new(
-                "process.peak_rss_mib",
+                "suite.peak_rss_mib",
                 format!(
-                    "Peak RSS of the process after the load (VmHWM; {} MiB before the suite started)",
+                    "Peak RSS of the suite process after the load (VmHWM; {} MiB once it listened)",
                     sqlite
                         .rss_at_start_bytes
                         .map_or("?".to_owned(), |b| (b / (1024 * 1024)).to_string())

@@ -1,4 +1,4 @@
-//! Leadflow under load: the four services started in this process on fresh databases, the
+//! Leadflow under load: the four services started in a process of their own on fresh databases, the
 //! workload they are fed (leads with realistic profiles, activities of every known type with the
 //! properties the default scoring model looks at), and the phases measured on them.
 //!
@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,23 +30,18 @@ use leadflow_proto::scoring::v1::{
     BatchGetScoresRequest, GetRescoreJobRequest, GetScoreRequest, RescoreJobState, RescoreRequest,
     scoring_service_client::ScoringServiceClient,
 };
-use leadflow_runtime::auth::AuthArgs;
-use leadflow_runtime::clock::{SharedClock, SystemClock};
-use leadflow_runtime::outbox::OutboxArgs;
 use leadflow_runtime::server::MAX_MESSAGE_BYTES;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, Statement};
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 
 use crate::load::{self, Limit, Phase};
+use crate::served::Addresses;
 
 /// Activities (or identify items) per `Batch` call.
 pub(crate) const BATCH_ITEMS: u64 = 100;
-
-/// The background tasks' interval in the benchmark (scoring's decay sweeper, qualification's
-/// recycler, handoff's SLA sweeper): an hour, so none of them runs during a measurement.
-const TICK_MS: u64 = 3_600_000;
 
 /// A SplitMix64 step: a cheap, well-mixed, deterministic hash of `x`.
 pub(crate) fn mix(x: u64) -> u64 {
@@ -320,6 +316,19 @@ pub(crate) struct Databases {
 }
 
 impl Databases {
+    /// The URLs of ingestion, scoring, qualification and handoff, in this order.
+    pub(crate) fn of_urls(urls: &[String]) -> anyhow::Result<Self> {
+        match urls {
+            [ingestion, scoring, qualification, handoff] => Ok(Self {
+                ingestion: ingestion.clone(),
+                scoring: scoring.clone(),
+                qualification: qualification.clone(),
+                handoff: handoff.clone(),
+            }),
+            _ => anyhow::bail!("four database urls expected, not {}", urls.len()),
+        }
+    }
+
     /// Four SQLite files in `dir`.
     pub(crate) fn sqlite(dir: &Path) -> Self {
         let url = |name: &str| format!("sqlite://{}", dir.join(format!("{name}.db")).display());
@@ -332,7 +341,8 @@ impl Databases {
     }
 }
 
-/// The four services, serving in this process on loopback ports until stopped.
+/// The four services, serving in a process of their own (see [`crate::served`]) on loopback
+/// ports until stopped.
 #[derive(Debug)]
 pub(crate) struct Suite {
     /// Ingestion's address.
@@ -340,155 +350,88 @@ pub(crate) struct Suite {
     /// Scoring's address.
     pub(crate) scoring: SocketAddr,
     databases: Databases,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    process: Mutex<Child>,
+    pid: Option<u32>,
 }
 
 impl Suite {
-    /// Starts the four services the way `leadflow up` does (system clock, default outbox
-    /// settings, development-mode auth), each on a port-0 loopback listener and its own
-    /// database; the background sweepers are set to an hour so none runs during a measurement.
-    pub(crate) async fn start(databases: Databases) -> anyhow::Result<Self> {
-        let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
-        let (ingestion_l, scoring_l, qualification_l, handoff_l) =
-            (bind().await?, bind().await?, bind().await?, bind().await?);
-        let ingestion = ingestion_l.local_addr()?;
-        let scoring = scoring_l.local_addr()?;
-        let qualification = qualification_l.local_addr()?;
-        let handoff = handoff_l.local_addr()?;
-        let data_dir = std::env::temp_dir();
-        let outbox = OutboxArgs::default();
-        let auth = AuthArgs::default();
-        let max_connections = 10;
-        let ingestion_config = leadflow_ingestion::Config {
-            listen_addr: ingestion,
-            database_url: Some(databases.ingestion.clone()),
-            data_dir: data_dir.clone(),
-            database_max_connections: max_connections,
-            scoring_url: format!("http://{scoring}"),
-            auth: auth.clone(),
-            outbox: outbox.clone(),
-        };
-        let scoring_config = leadflow_scoring::Config {
-            listen_addr: scoring,
-            database_url: Some(databases.scoring.clone()),
-            data_dir: data_dir.clone(),
-            database_max_connections: max_connections,
-            qualification_url: format!("http://{qualification}"),
-            sweep_interval_ms: TICK_MS,
-            auth: auth.clone(),
-            outbox: outbox.clone(),
-        };
-        let qualification_config = leadflow_qualification::Config {
-            listen_addr: qualification,
-            database_url: Some(databases.qualification.clone()),
-            data_dir: data_dir.clone(),
-            database_max_connections: max_connections,
-            handoff_url: format!("http://{handoff}"),
-            recycle_interval_ms: TICK_MS,
-            auth: auth.clone(),
-            outbox: outbox.clone(),
-        };
-        let handoff_config = leadflow_handoff::Config {
-            listen_addr: handoff,
-            database_url: Some(databases.handoff.clone()),
-            data_dir,
-            database_max_connections: max_connections,
-            ingestion_url: format!("http://{ingestion}"),
-            scoring_url: format!("http://{scoring}"),
-            qualification_url: format!("http://{qualification}"),
-            sla_sweep_interval_ms: TICK_MS,
-            webhook_poll_ms: 1_000,
-            auth,
-            outbox,
-        };
-        let shutdown = CancellationToken::new();
-        let clock: SharedClock = Arc::new(SystemClock);
-        let stop = shutdown.clone();
-        let task = tokio::spawn(async move {
-            let stop_all = |result: anyhow::Result<()>| {
-                if result.is_err() {
-                    stop.cancel();
+    /// Starts the suite process on `databases` (this binary, run with `--serve-suite`), its
+    /// services logging at `log`, and waits until it listens.
+    pub(crate) async fn start(databases: Databases, log: &str) -> anyhow::Result<Self> {
+        let mut process = Command::new(std::env::current_exe()?)
+            .arg("--serve-suite")
+            .args([
+                &databases.ingestion,
+                &databases.scoring,
+                &databases.qualification,
+                &databases.handoff,
+            ])
+            .args(["--log", log])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start the suite process")?;
+        let stdout = process
+            .stdout
+            .take()
+            .context("the suite process has no standard output")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let addresses = tokio::time::timeout(Duration::from_secs(120), async {
+            while let Some(line) = lines.next_line().await? {
+                match Addresses::parse(&line) {
+                    Some(addresses) => return Ok(addresses),
+                    None => println!("{line}"),
                 }
-                result
-            };
-            let (i, s, q, h) = tokio::join!(
-                async {
-                    stop_all(
-                        leadflow_ingestion::serve(
-                            ingestion_config,
-                            ingestion_l,
-                            clock.clone(),
-                            stop.clone(),
-                        )
-                        .await,
-                    )
-                },
-                async {
-                    stop_all(
-                        leadflow_scoring::serve(
-                            scoring_config,
-                            scoring_l,
-                            clock.clone(),
-                            stop.clone(),
-                        )
-                        .await,
-                    )
-                },
-                async {
-                    stop_all(
-                        leadflow_qualification::serve(
-                            qualification_config,
-                            qualification_l,
-                            clock.clone(),
-                            stop.clone(),
-                        )
-                        .await,
-                    )
-                },
-                async {
-                    stop_all(
-                        leadflow_handoff::serve(
-                            handoff_config,
-                            handoff_l,
-                            clock.clone(),
-                            stop.clone(),
-                        )
-                        .await,
-                    )
-                },
-            );
-            i.context("ingestion")?;
-            s.context("scoring")?;
-            q.context("qualification")?;
-            h.context("handoff")?;
-            Ok(())
+            }
+            anyhow::bail!("the suite process ended before it listened (see its log above)")
+        })
+        .await
+        .context("the suite process did not listen within 120 s")??;
+        // Its later log lines, passed on; the pipe must be read or the suite would block.
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                println!("{line}");
+            }
         });
         Ok(Self {
-            ingestion,
-            scoring,
+            ingestion: addresses.ingestion,
+            scoring: addresses.scoring,
             databases,
-            shutdown,
-            task,
+            pid: process.id(),
+            process: Mutex::new(process),
         })
     }
 
-    /// Stops the four services (in-flight work finishes) and waits for them.
+    /// Stops the four services (in-flight work finishes) and waits for their process to exit.
     pub(crate) async fn stop(self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(120), self.task)
+        let mut process = self
+            .process
+            .into_inner()
+            .map_err(|_| anyhow::anyhow!("the suite process handle was poisoned"))?;
+        drop(process.stdin.take());
+        let status = tokio::time::timeout(Duration::from_secs(120), process.wait())
             .await
-            .context("the suite did not stop within 120 s")???;
+            .context("the suite did not stop within 120 s")??;
+        anyhow::ensure!(status.success(), "the suite process ended with {status}");
         Ok(())
     }
 
-    /// Fails if a service has stopped (a start-up or store failure).
+    /// Fails if the suite process has ended (a start-up or store failure).
     fn check_running(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            !self.task.is_finished(),
-            "a service of the suite stopped (see its log above)"
-        );
-        Ok(())
+        let mut process = self
+            .process
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the suite process handle was poisoned"))?;
+        match process.try_wait()? {
+            None => Ok(()),
+            Some(status) => anyhow::bail!("the suite process ended with {status} (see its log)"),
+        }
+    }
+
+    /// A `kB` field of the suite process's `/proc/<pid>/status` (e.g. `VmHWM:`), in bytes.
+    fn memory(&self, field: &str) -> Option<u64> {
+        proc_status_bytes(self.pid?, field)
     }
 }
 
@@ -711,10 +654,10 @@ pub(crate) struct LeadflowRun {
     pub(crate) facts_stored: u64,
     /// Leads qualification knows after the load.
     pub(crate) qualification_leads: u64,
-    /// Resident memory of the process when the suite was started (`VmRSS`: the echo and store
-    /// phases, the bench itself), in bytes.
+    /// Resident memory of the suite process once it listens, before any load (`VmRSS`), in
+    /// bytes.
     pub(crate) rss_at_start_bytes: Option<u64>,
-    /// Peak resident memory of the process after the load (`VmHWM`), in bytes.
+    /// Peak resident memory of the suite process after the load (`VmHWM`), in bytes.
     pub(crate) peak_rss_bytes: Option<u64>,
 }
 
@@ -739,6 +682,8 @@ pub(crate) struct Plan {
     pub(crate) fixed_rate: f64,
     /// Everything (SQLite), or ingestion and end to end only (PostgreSQL).
     pub(crate) full: bool,
+    /// Log filter of the suite's services.
+    pub(crate) log: String,
     /// Before the batch phase, `Batch` at this many in flight for `duration`, to measure
     /// contention between concurrent batches (PostgreSQL).
     pub(crate) contention_probe: Option<usize>,
@@ -750,9 +695,9 @@ pub(crate) async fn run(
     databases: Databases,
     plan: &Plan,
 ) -> anyhow::Result<LeadflowRun> {
-    eprintln!("leadflow on {backend}: starting the four services");
-    let rss_at_start = proc_status_bytes("VmRSS:");
-    let suite = Suite::start(databases).await?;
+    eprintln!("leadflow on {backend}: starting the four services in a process of their own");
+    let suite = Suite::start(databases, &plan.log).await?;
+    let rss_at_start = suite.memory("VmRSS:");
     let measured = measure(backend, &suite, plan).await;
     let stopped = suite.stop().await;
     let mut run = measured?;
@@ -1117,7 +1062,7 @@ async fn phases(
     run.facts_stored = count(&backlog.scoring, "activity_facts").await?;
     run.rescore = rescore(scoring.clone(), run.facts_stored, plan.phase_timeout).await?;
     run.qualification_leads = count(&backlog.qualification, "qualification_leads").await?;
-    run.peak_rss_bytes = peak_rss_bytes();
+    run.peak_rss_bytes = suite.memory("VmHWM:");
     Ok(run)
 }
 
@@ -1339,14 +1284,9 @@ async fn rescore(
     }
 }
 
-/// The process's peak resident set size (`VmHWM` of `/proc/self/status`), in bytes.
-pub(crate) fn peak_rss_bytes() -> Option<u64> {
-    proc_status_bytes("VmHWM:")
-}
-
-/// A `kB` field of `/proc/self/status` (e.g. `VmRSS:`), in bytes.
-fn proc_status_bytes(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+/// A `kB` field of `/proc/<pid>/status` (e.g. `VmRSS:`), in bytes.
+fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line
         .trim_start_matches(field)
@@ -1378,7 +1318,10 @@ mod tests {
     }
 
     #[test]
-    fn peak_rss_is_read() {
-        assert!(peak_rss_bytes().is_some_and(|b| b > 0));
+    fn a_process_memory_is_read() {
+        let own = std::process::id();
+        assert!(proc_status_bytes(own, "VmHWM:").is_some_and(|b| b > 0));
+        assert!(proc_status_bytes(own, "VmRSS:").is_some_and(|b| b > 0));
+        assert_eq!(proc_status_bytes(own, "NoSuchField:"), None);
     }
 }

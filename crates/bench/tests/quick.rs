@@ -18,7 +18,7 @@ const FIGURES: &[&str] = &[
     "scoring.batch_get_scores_p50_fixed_rate_us",
     "scoring.batch_get_scores_p99_fixed_rate_us",
     "scoring.rescore_facts_per_sec",
-    "process.peak_rss_mib",
+    "suite.peak_rss_mib",
 ];
 
 #[test]
