@@ -858,7 +858,80 @@ async fn a_merge_counts_every_point_once(db: TestDb) {
     scoring.stop().await;
 }
 
+/// The facts stored before the migration that clusters them by lead (SQLite) are all there
+/// after it, still one per activity id, and reads by lead find them.
+async fn stored_facts_survive_the_clustering_migration(db: TestDb) {
+    use leadflow_scoring::store::migrations::Migrator;
+    use sea_orm::{ConnectionTrait, Statement};
+    use sea_orm_migration::MigratorTrait;
+
+    let conn = leadflow_runtime::db::connect(&db.url, 2)
+        .await
+        .expect("connect");
+    Migrator::up(&conn, Some(3))
+        .await
+        .expect("the migrations before it");
+    let insert = |activity: &str, lead: &str| {
+        format!(
+            "INSERT INTO activity_facts \
+             (tenant_id, activity_id, lead_id, activity_type, occurred_at_us, properties) \
+             VALUES ('t', '{activity}', '{lead}', 'page_view', 1, '{{\"path\":\"/pricing\"}}')"
+        )
+    };
+    for (activity, lead) in [("a1", "lead-1"), ("a2", "lead-2"), ("a3", "lead-1")] {
+        conn.execute_unprepared(&insert(activity, lead))
+            .await
+            .expect("an old fact");
+    }
+    Migrator::up(&conn, None).await.expect("the rest");
+    let backend = conn.get_database_backend();
+    let rows = conn
+        .query_all_raw(Statement::from_string(
+            backend,
+            "SELECT activity_id, properties FROM activity_facts \
+             WHERE tenant_id = 't' AND lead_id = 'lead-1' ORDER BY activity_id",
+        ))
+        .await
+        .expect("read by lead");
+    let read: Vec<(String, String)> = rows
+        .iter()
+        .map(|row| {
+            (
+                row.try_get("", "activity_id").expect("id"),
+                row.try_get("", "properties").expect("properties"),
+            )
+        })
+        .collect();
+    let pricing = r#"{"path":"/pricing"}"#.to_owned();
+    assert_eq!(
+        read,
+        [
+            ("a1".to_owned(), pricing.clone()),
+            ("a3".to_owned(), pricing)
+        ]
+    );
+    assert!(
+        conn.execute_unprepared(&insert("a2", "lead-3"))
+            .await
+            .is_err(),
+        "an activity id is still stored once per tenant"
+    );
+    if backend == sea_orm::DatabaseBackend::Sqlite {
+        let table = conn
+            .query_one_raw(Statement::from_string(
+                backend,
+                "SELECT sql FROM sqlite_master WHERE name = 'activity_facts'",
+            ))
+            .await
+            .expect("schema")
+            .expect("the table");
+        let sql: String = table.try_get("", "sql").expect("sql");
+        assert!(sql.contains("WITHOUT ROWID"), "{sql}");
+    }
+}
+
 on_both_backends! {
+    facts_migration => stored_facts_survive_the_clustering_migration;
     seed_journey_scores => the_seed_journey_scores_an_mql_and_explains_it;
     hand_raise => a_hand_raise_is_announced_as_such;
     batch_get => batch_get_reports_unknown_ids;

@@ -16,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(leadflow_runtime::outbox::CreateOutboxAndInbox),
             Box::new(CreateScoringTables),
             Box::new(leadflow_runtime::lease::CreateLeases),
+            Box::new(ClusterFactsByLead),
         ]
     }
 }
@@ -53,7 +54,7 @@ enum LeadScores {
     UpdatedAt,
 }
 
-#[derive(DeriveIden)]
+#[derive(DeriveIden, Clone, Copy)]
 enum ActivityFacts {
     Table,
     TenantId,
@@ -224,6 +225,101 @@ impl MigrationTrait for CreateScoringTables {
                     .col(string(HandoffDecisions::LeadId))
                     .col(blob(HandoffDecisions::Payload))
                     .col(timestamp_with_time_zone(HandoffDecisions::ReceivedAt))
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+/// On SQLite, stores the activity facts in a `WITHOUT ROWID` table keyed by
+/// `(tenant_id, lead_id, activity_id)`, so a lead's facts sit together in one B-tree range:
+/// a rescore or a merge reads a lead's facts from a page or two, where a rowid table behind an
+/// index on the lead fetched a table page per fact (facts arrive interleaved across leads).
+/// A unique index on `(tenant_id, activity_id)` still refuses a fact twice. The rows are
+/// small (an id, a type, a time and a few properties), which is what `WITHOUT ROWID` suits.
+/// PostgreSQL keeps its table: its heap has no clustered order to choose.
+#[derive(Debug)]
+struct ClusterFactsByLead;
+
+impl MigrationName for ClusterFactsByLead {
+    fn name(&self) -> &str {
+        "m20261201_000002_cluster_activity_facts_by_lead"
+    }
+}
+
+#[derive(DeriveIden)]
+enum ActivityFactsByLead {
+    Table,
+}
+
+#[async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait signature of sea-orm-migration elides it
+impl MigrationTrait for ClusterFactsByLead {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        if manager.get_database_backend() != sea_orm::DatabaseBackend::Sqlite {
+            return Ok(());
+        }
+        manager
+            .create_table(
+                Table::create()
+                    .table(ActivityFactsByLead::Table)
+                    .col(string(ActivityFacts::TenantId))
+                    .col(string(ActivityFacts::ActivityId))
+                    .col(string(ActivityFacts::LeadId))
+                    .col(string(ActivityFacts::ActivityType))
+                    .col(big_integer(ActivityFacts::OccurredAtUs))
+                    .col(text(ActivityFacts::Properties))
+                    .primary_key(
+                        Index::create()
+                            .col(ActivityFacts::TenantId)
+                            .col(ActivityFacts::LeadId)
+                            .col(ActivityFacts::ActivityId),
+                    )
+                    .extra("WITHOUT ROWID")
+                    .to_owned(),
+            )
+            .await?;
+        let columns = [
+            ActivityFacts::TenantId,
+            ActivityFacts::ActivityId,
+            ActivityFacts::LeadId,
+            ActivityFacts::ActivityType,
+            ActivityFacts::OccurredAtUs,
+            ActivityFacts::Properties,
+        ];
+        manager
+            .exec_stmt(
+                Query::insert()
+                    .into_table(ActivityFactsByLead::Table)
+                    .columns(columns)
+                    .select_from(
+                        Query::select()
+                            .columns(columns)
+                            .from(ActivityFacts::Table)
+                            .to_owned(),
+                    )
+                    .map_err(|err| DbErr::Migration(err.to_string()))?
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .drop_table(Table::drop().table(ActivityFacts::Table).to_owned())
+            .await?;
+        manager
+            .rename_table(
+                Table::rename()
+                    .table(ActivityFactsByLead::Table, ActivityFacts::Table)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("activity_facts_activity")
+                    .table(ActivityFacts::Table)
+                    .col(ActivityFacts::TenantId)
+                    .col(ActivityFacts::ActivityId)
+                    .unique()
                     .to_owned(),
             )
             .await
