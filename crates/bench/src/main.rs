@@ -1,8 +1,10 @@
 //! `leadflow-bench`: Leadflow's throughput and latency in one run, each figure next to the
 //! ceiling of what it is built on, measured in the same run on the same machine with the same
 //! load generator: a bare tonic echo (the RPC ceiling) and raw batched inserts (the store
-//! ceiling), then the four services started in this process on fresh databases. Loopback only;
-//! every phase is bounded in requests and time, so the run stops by itself.
+//! ceiling), then the four services on fresh databases. The echo servers and the suite each run
+//! in a process of their own (this binary run again, see `served`), as servers do in production,
+//! so the load generator shares neither their runtime nor their memory. Loopback only; every
+//! phase is bounded in requests and time, so the run stops by itself.
 //!
 //! See `BENCHMARKS.md` at the repository root for what each figure measures and the numbers.
 
@@ -23,6 +25,7 @@ use leadflow_runtime::telemetry::{self, TelemetryArgs};
 use crate::echo::{EchoClient, EchoMessage};
 use crate::load::{Limit, Phase};
 use crate::report::{Ceilings, Leadflow, Machine, Report, Settings};
+use crate::served::Served;
 use crate::store::PostgresServer;
 use crate::suite::{Databases, Plan, Workload};
 
@@ -88,6 +91,18 @@ struct Cli {
     /// in a process of its own).
     #[arg(long, hide = true, num_args = 4, value_names = ["INGESTION", "SCORING", "QUALIFICATION", "HANDOFF"])]
     serve_suite: Option<Vec<String>>,
+    /// Internal: serve an echo ceiling, `bare` or `stack`, until standard input closes.
+    #[arg(long, hide = true, value_name = "KIND")]
+    serve_echo: Option<EchoKind>,
+}
+
+/// Which echo ceiling a `--serve-echo` process serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum EchoKind {
+    /// Bare tonic with the services' settings.
+    Bare,
+    /// Through Leadflow's server stack.
+    Stack,
 }
 
 /// Parses `10s`, `500ms`, `2m` or a bare number of seconds.
@@ -161,8 +176,12 @@ async fn main() -> anyhow::Result<()> {
             ..TelemetryArgs::default()
         },
     )?;
-    if let Some(urls) = &cli.serve_suite {
-        let result = served::serve(Databases::of_urls(urls)?).await;
+    let serving = match (&cli.serve_suite, cli.serve_echo) {
+        (Some(urls), _) => Some(served::serve(Databases::of_urls(urls)?).await),
+        (None, Some(kind)) => Some(served::serve_echo(kind == EchoKind::Stack).await),
+        (None, None) => None,
+    };
+    if let Some(result) = serving {
         telemetry.shutdown().await;
         return result;
     }
@@ -334,13 +353,18 @@ async fn echo_phases(
     sizes: &Sizes,
     stack: bool,
 ) -> anyhow::Result<(Phase, Phase, Phase)> {
-    let (server, label) = if stack {
-        (echo::serve_stack().await?, "echo via Leadflow's stack")
+    let (kind, label) = if stack {
+        ("stack", "echo via Leadflow's stack")
     } else {
-        (echo::serve_bare().await?, "echo")
+        ("bare", "echo")
     };
-    eprintln!("{label} on {}", server.addr);
-    let client = EchoClient::new(server.addr)?;
+    let server = Served::start(&["--serve-echo", kind, "--log", &cli.log]).await?;
+    let addr = *server
+        .addrs
+        .first()
+        .context("the echo announced no address")?;
+    eprintln!("{label} on {addr}, in a process of its own");
+    let client = EchoClient::new(addr)?;
     client
         .clone()
         .echo(EchoMessage::default())

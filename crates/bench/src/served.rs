@@ -1,57 +1,162 @@
-//! The suite's own process: the bench binary run again with `--serve-suite`, serving the four
-//! services as `leadflow up` does, each on a port-0 loopback listener and its own database,
-//! until its standard input closes. The measured suite then has its own runtime, threads and
-//! memory, as it has in production: the load generator neither shares its two tokio workers
-//! nor counts in its resident memory.
+//! Measured servers in processes of their own: the bench binary run again with `--serve-suite`
+//! (the four services as `leadflow up` runs them, each on a port-0 loopback listener and its
+//! own database) or `--serve-echo` (an echo ceiling), serving until its standard input closes.
+//! A measured server then has its own runtime, threads and memory, as it has in production,
+//! and the echo ceilings and Leadflow are measured across the same process boundary: the load
+//! generator neither shares a server's tokio workers nor counts in its resident memory.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context;
 use leadflow_runtime::auth::AuthArgs;
 use leadflow_runtime::clock::{SharedClock, SystemClock};
 use leadflow_runtime::outbox::OutboxArgs;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
+use crate::echo;
 use crate::suite::Databases;
 
-/// The first word of the line the suite process prints once it listens.
-pub(crate) const READY: &str = "leadflow-bench-suite-ready";
+/// The first word of the line a server process prints once it listens, before its addresses.
+const READY: &str = "leadflow-bench-ready";
 
 /// How often the background sweepers would run: once an hour, so none runs during a
 /// measurement.
 const TICK_MS: u64 = 3_600_000;
 
-/// The addresses the suite process listens on, as its ready line gives them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Addresses {
-    /// Ingestion's address.
-    pub(crate) ingestion: SocketAddr,
-    /// Scoring's address.
-    pub(crate) scoring: SocketAddr,
+/// The line announcing that a server process listens on `addrs`.
+fn ready_line(addrs: &[SocketAddr]) -> String {
+    let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    format!("{READY} {}", addrs.join(" "))
 }
 
-impl Addresses {
-    /// The ready line announcing these addresses.
-    fn ready_line(&self) -> String {
-        format!("{READY} {} {}", self.ingestion, self.scoring)
+/// The addresses a ready line announces, `None` for any other line (a log line).
+fn parse_ready(line: &str) -> Option<Vec<SocketAddr>> {
+    let mut words = line.split_whitespace();
+    if words.next()? != READY {
+        return None;
+    }
+    let addrs: Vec<SocketAddr> = words.map(str::parse).collect::<Result<_, _>>().ok()?;
+    (!addrs.is_empty()).then_some(addrs)
+}
+
+/// A server process the bench started, serving until stopped.
+#[derive(Debug)]
+pub(crate) struct Served {
+    /// The addresses it announced, in the order it gives them.
+    pub(crate) addrs: Vec<SocketAddr>,
+    process: Mutex<Child>,
+    pid: Option<u32>,
+}
+
+impl Served {
+    /// Runs this binary with `args` and waits until it announces where it listens; its log
+    /// lines are passed on to standard output.
+    pub(crate) async fn start(args: &[&str]) -> anyhow::Result<Self> {
+        let mut process = Command::new(std::env::current_exe()?)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start a server process")?;
+        let stdout = process
+            .stdout
+            .take()
+            .context("the server process has no standard output")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let addrs = tokio::time::timeout(Duration::from_secs(120), async {
+            while let Some(line) = lines.next_line().await? {
+                match parse_ready(&line) {
+                    Some(addrs) => return Ok(addrs),
+                    None => println!("{line}"),
+                }
+            }
+            anyhow::bail!("the server process ended before it listened (see its log above)")
+        })
+        .await
+        .context("the server process did not listen within 120 s")??;
+        // Its later log lines, passed on; the pipe must be read or the server would block.
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                println!("{line}");
+            }
+        });
+        Ok(Self {
+            addrs,
+            pid: process.id(),
+            process: Mutex::new(process),
+        })
     }
 
-    /// The addresses a ready line announces, `None` for any other line (a log line).
-    pub(crate) fn parse(line: &str) -> Option<Self> {
-        let mut words = line.split_whitespace();
-        if words.next()? != READY {
-            return None;
-        }
-        let ingestion = words.next()?.parse().ok()?;
-        let scoring = words.next()?.parse().ok()?;
-        Some(Self { ingestion, scoring })
+    /// Stops the server (in-flight work finishes) and waits for its process to exit.
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+        let mut process = self
+            .process
+            .into_inner()
+            .map_err(|_| anyhow::anyhow!("the server process handle was poisoned"))?;
+        drop(process.stdin.take());
+        let status = tokio::time::timeout(Duration::from_secs(120), process.wait())
+            .await
+            .context("the server did not stop within 120 s")??;
+        anyhow::ensure!(status.success(), "the server process ended with {status}");
+        Ok(())
     }
+
+    /// Fails if the server process has ended (a start-up or store failure).
+    pub(crate) fn check_running(&self) -> anyhow::Result<()> {
+        let mut process = self
+            .process
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the server process handle was poisoned"))?;
+        match process.try_wait()? {
+            None => Ok(()),
+            Some(status) => anyhow::bail!("the server process ended with {status} (see its log)"),
+        }
+    }
+
+    /// A `kB` field of the server process's `/proc/<pid>/status` (e.g. `VmHWM:`), in bytes.
+    pub(crate) fn memory(&self, field: &str) -> Option<u64> {
+        proc_status_bytes(self.pid?, field)
+    }
+}
+
+/// A `kB` field of `/proc/<pid>/status` (e.g. `VmRSS:`), in bytes.
+fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kib: u64 = line
+        .trim_start_matches(field)
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// Serves the bare echo (`stack` false) or the echo through Leadflow's server stack until
+/// standard input closes, announcing its address first.
+pub(crate) async fn serve_echo(stack: bool) -> anyhow::Result<()> {
+    let server = if stack {
+        echo::serve_stack().await?
+    } else {
+        echo::serve_bare().await?
+    };
+    let stop = CancellationToken::new();
+    stop_when_stdin_closes(stop.clone());
+    println!("{}", ready_line(&[server.addr]));
+    stop.cancelled().await;
+    server.stop().await
 }
 
 /// Serves the four services on `databases` (system clock, default outbox settings,
-/// development-mode auth) until standard input closes or a service fails, announcing the
-/// addresses on standard output first.
+/// development-mode auth) until standard input closes or a service fails, announcing
+/// ingestion's and scoring's addresses on standard output first.
 pub(crate) async fn serve(databases: Databases) -> anyhow::Result<()> {
     let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
     let (ingestion_l, scoring_l, qualification_l, handoff_l) =
@@ -108,7 +213,7 @@ pub(crate) async fn serve(databases: Databases) -> anyhow::Result<()> {
     };
     let stop = CancellationToken::new();
     stop_when_stdin_closes(stop.clone());
-    println!("{}", Addresses { ingestion, scoring }.ready_line());
+    println!("{}", ready_line(&[ingestion, scoring]));
     let clock: SharedClock = Arc::new(SystemClock);
     let stop_all = |result: anyhow::Result<()>| {
         if result.is_err() {
@@ -174,15 +279,21 @@ mod tests {
 
     #[test]
     fn the_ready_line_reads_back_and_log_lines_are_not_ready_lines() {
-        let addresses = Addresses {
-            ingestion: "127.0.0.1:4001".parse().expect("addr"),
-            scoring: "127.0.0.1:4002".parse().expect("addr"),
-        };
-        assert_eq!(Addresses::parse(&addresses.ready_line()), Some(addresses));
-        assert_eq!(
-            Addresses::parse("2026-12-01T14:00:00Z WARN scoring: slow"),
-            None
-        );
-        assert_eq!(Addresses::parse(READY), None);
+        let addrs: Vec<SocketAddr> = ["127.0.0.1:4001", "127.0.0.1:4002"]
+            .iter()
+            .map(|a| a.parse().expect("addr"))
+            .collect();
+        assert_eq!(parse_ready(&ready_line(&addrs)), Some(addrs));
+        assert_eq!(parse_ready("2026-12-01T14:00:00Z WARN scoring: slow"), None);
+        assert_eq!(parse_ready(READY), None);
+        assert_eq!(parse_ready(&format!("{READY} not-an-address")), None);
+    }
+
+    #[test]
+    fn a_process_memory_is_read() {
+        let own = std::process::id();
+        assert!(proc_status_bytes(own, "VmHWM:").is_some_and(|b| b > 0));
+        assert!(proc_status_bytes(own, "VmRSS:").is_some_and(|b| b > 0));
+        assert_eq!(proc_status_bytes(own, "NoSuchField:"), None);
     }
 }

@@ -14,7 +14,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,12 +32,10 @@ use leadflow_proto::scoring::v1::{
 use leadflow_runtime::server::MAX_MESSAGE_BYTES;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, Statement};
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 
 use crate::load::{self, Limit, Phase};
-use crate::served::Addresses;
+use crate::served::Served;
 
 /// Activities (or identify items) per `Batch` call.
 pub(crate) const BATCH_ITEMS: u64 = 100;
@@ -350,88 +347,47 @@ pub(crate) struct Suite {
     /// Scoring's address.
     pub(crate) scoring: SocketAddr,
     databases: Databases,
-    process: Mutex<Child>,
-    pid: Option<u32>,
+    process: Served,
 }
 
 impl Suite {
     /// Starts the suite process on `databases` (this binary, run with `--serve-suite`), its
     /// services logging at `log`, and waits until it listens.
     pub(crate) async fn start(databases: Databases, log: &str) -> anyhow::Result<Self> {
-        let mut process = Command::new(std::env::current_exe()?)
-            .arg("--serve-suite")
-            .args([
-                &databases.ingestion,
-                &databases.scoring,
-                &databases.qualification,
-                &databases.handoff,
-            ])
-            .args(["--log", log])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start the suite process")?;
-        let stdout = process
-            .stdout
-            .take()
-            .context("the suite process has no standard output")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let addresses = tokio::time::timeout(Duration::from_secs(120), async {
-            while let Some(line) = lines.next_line().await? {
-                match Addresses::parse(&line) {
-                    Some(addresses) => return Ok(addresses),
-                    None => println!("{line}"),
-                }
-            }
-            anyhow::bail!("the suite process ended before it listened (see its log above)")
-        })
-        .await
-        .context("the suite process did not listen within 120 s")??;
-        // Its later log lines, passed on; the pipe must be read or the suite would block.
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                println!("{line}");
-            }
-        });
+        let process = Served::start(&[
+            "--serve-suite",
+            &databases.ingestion,
+            &databases.scoring,
+            &databases.qualification,
+            &databases.handoff,
+            "--log",
+            log,
+        ])
+        .await?;
+        let [ingestion, scoring] = process.addrs[..] else {
+            anyhow::bail!("the suite announced {:?}, not two addresses", process.addrs);
+        };
         Ok(Self {
-            ingestion: addresses.ingestion,
-            scoring: addresses.scoring,
+            ingestion,
+            scoring,
             databases,
-            pid: process.id(),
-            process: Mutex::new(process),
+            process,
         })
     }
 
     /// Stops the four services (in-flight work finishes) and waits for their process to exit.
     pub(crate) async fn stop(self) -> anyhow::Result<()> {
-        let mut process = self
-            .process
-            .into_inner()
-            .map_err(|_| anyhow::anyhow!("the suite process handle was poisoned"))?;
-        drop(process.stdin.take());
-        let status = tokio::time::timeout(Duration::from_secs(120), process.wait())
-            .await
-            .context("the suite did not stop within 120 s")??;
-        anyhow::ensure!(status.success(), "the suite process ended with {status}");
-        Ok(())
+        self.process.stop().await
     }
 
     /// Fails if the suite process has ended (a start-up or store failure).
     fn check_running(&self) -> anyhow::Result<()> {
-        let mut process = self
-            .process
-            .lock()
-            .map_err(|_| anyhow::anyhow!("the suite process handle was poisoned"))?;
-        match process.try_wait()? {
-            None => Ok(()),
-            Some(status) => anyhow::bail!("the suite process ended with {status} (see its log)"),
-        }
+        self.process.check_running()
     }
 
     /// A `kB` field of the suite process's `/proc/<pid>/status` (e.g. `VmHWM:`), in bytes.
     fn memory(&self, field: &str) -> Option<u64> {
-        proc_status_bytes(self.pid?, field)
+        self.process.memory(field)
     }
 }
 
@@ -1284,20 +1240,6 @@ async fn rescore(
     }
 }
 
-/// A `kB` field of `/proc/<pid>/status` (e.g. `VmRSS:`), in bytes.
-fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    let kib: u64 = line
-        .trim_start_matches(field)
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1315,13 +1257,5 @@ mod tests {
         }
         assert_eq!(kinds.len(), ACTIVITY_MIX.len());
         assert!(w.profile(3).email.is_some_and(|e| e.contains('@')));
-    }
-
-    #[test]
-    fn a_process_memory_is_read() {
-        let own = std::process::id();
-        assert!(proc_status_bytes(own, "VmHWM:").is_some_and(|b| b > 0));
-        assert!(proc_status_bytes(own, "VmRSS:").is_some_and(|b| b > 0));
-        assert_eq!(proc_status_bytes(own, "NoSuchField:"), None);
     }
 }
