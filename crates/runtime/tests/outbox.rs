@@ -37,6 +37,8 @@ struct RecordingSink {
 #[derive(Default)]
 struct SinkState {
     failures_left: usize,
+    /// Deliveries of more messages fail, as a receiver's deadline would.
+    max_accepted: Option<usize>,
     raw_deliveries: Vec<String>,
     seen: HashSet<String>,
     applied_in_order: Vec<(String, String)>,
@@ -65,6 +67,9 @@ impl OutboxSink for RecordingSink {
         if state.failures_left > 0 {
             state.failures_left -= 1;
             return Err(DeliveryError("receiver unavailable".into()));
+        }
+        if state.max_accepted.is_some_and(|max| messages.len() > max) {
+            return Err(DeliveryError("deadline exceeded".into()));
         }
         for m in messages {
             state.raw_deliveries.push(m.message_id.clone());
@@ -166,6 +171,28 @@ async fn failing_receiver_gets_everything_once_in_order(db: TestDb) {
         expected,
         "per-key order kept"
     );
+}
+
+/// A receiver that times out on any delivery larger than it can apply in time still gets
+/// everything, once and in order: the relay's deliveries shrink until they pass.
+async fn a_receiver_that_times_out_on_large_deliveries_gets_smaller_ones(db: TestDb) {
+    let conn = connect(&db).await;
+    let expected = enqueue_messages(&conn, 40, 5).await;
+    let (sink, mut watcher) = RecordingSink::failing_first(0);
+    sink.state.lock().expect("lock").max_accepted = Some(3);
+    let shutdown = CancellationToken::new();
+    let relay = Relay::new(conn.clone(), sink.clone(), fast_config(), Wakeup::new());
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    wait_for(&mut watcher, 40).await;
+    shutdown.cancel();
+    task.await.expect("relay stops");
+    let state = sink.state.lock().expect("lock");
+    assert_eq!(
+        per_key(&state.applied_in_order),
+        expected,
+        "per-key order kept"
+    );
+    assert_eq!(state.raw_deliveries.len(), 40, "nothing delivered twice");
 }
 
 async fn undelivered_rows_survive_a_restart(db: TestDb) {
@@ -343,6 +370,7 @@ async fn a_lease_has_one_holder_until_it_expires(db: TestDb) {
 on_both_backends! {
     lease => a_lease_has_one_holder_until_it_expires;
     failing_receiver => failing_receiver_gets_everything_once_in_order;
+    shrinking_deliveries => a_receiver_that_times_out_on_large_deliveries_gets_smaller_ones;
     restart => undelivered_rows_survive_a_restart;
     backlog => the_backlog_counts_one_destination_and_dates_its_oldest_row;
     inbox_dedupe => inbox_claims_a_message_id_once;

@@ -9,9 +9,16 @@
 //! row twice; a replica skips a key whose older rows another replica holds. On SQLite (one
 //! process) the window is read without a lock and the outcome written afterwards, so the single
 //! connection is never held during a delivery.
+//!
+//! Size: a delivery holds at most the relay's current limit, [`RelayConfig::batch_size`] at
+//! first. A failed delivery halves the limit and each success grows it back by a quarter, so a
+//! receiver that cannot apply a large delivery within its deadline (handoff building warm
+//! contexts under load, say) still gets smaller ones through instead of timing out on the same
+//! large one again and again.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -54,7 +61,8 @@ pub struct RelayError(#[from] DbErr);
 pub struct RelayConfig {
     /// The destination whose rows this relay delivers, e.g. `scoring`.
     pub destination: &'static str,
-    /// At most this many messages per delivery.
+    /// At most this many messages per delivery (fewer after failures, see the module
+    /// documentation).
     pub batch_size: usize,
     /// How many of the oldest pending rows one pass looks at.
     pub window: usize,
@@ -111,6 +119,8 @@ pub struct Relay<S> {
     metrics: RelayMetrics,
     /// When the backlog gauges were last read (counting the backlog scans it).
     backlog_read_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// The most messages the next delivery may hold.
+    limit: AtomicUsize,
 }
 
 /// How often a busy relay counts its backlog for the gauges: counting scans every pending row,
@@ -157,11 +167,13 @@ impl<S: OutboxSink> Relay<S> {
     /// writers wake it right after a commit.
     pub fn new(db: DatabaseConnection, sink: S, config: RelayConfig, wakeup: Wakeup) -> Self {
         let metrics = RelayMetrics::new(config.destination);
+        let limit = AtomicUsize::new(config.batch_size.max(1));
         Self {
             db,
             sink,
             config,
             wakeup,
+            limit,
             metrics,
             backlog_read_at: std::sync::Mutex::new(None),
         }
@@ -225,7 +237,8 @@ impl<S: OutboxSink> Relay<S> {
             query = query.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
         }
         let window = query.all(conn).await?;
-        let (mut ready, next_due) = select_ready(&window, now, self.config.batch_size);
+        let limit = self.limit.load(Ordering::Relaxed);
+        let (mut ready, next_due) = select_ready(&window, now, limit);
         if lock && !ready.is_empty() {
             let oldest = self.oldest_pending_per_key(conn, &ready).await?;
             keep_keys_we_head(&mut ready, &oldest);
@@ -250,6 +263,8 @@ impl<S: OutboxSink> Relay<S> {
         let attributes = &self.metrics.attributes;
         match outcome {
             Ok(()) => {
+                self.limit
+                    .store(grown(limit, self.config.batch_size), Ordering::Relaxed);
                 outbox_message::Entity::delete_many()
                     .filter(outbox_message::Column::Id.is_in(ids))
                     .exec(conn)
@@ -264,6 +279,7 @@ impl<S: OutboxSink> Relay<S> {
                 })
             }
             Err(err) => {
+                self.limit.store(shrunk(messages.len()), Ordering::Relaxed);
                 let attempts = messages.iter().map(|m| m.attempts).max().unwrap_or(0) + 1;
                 let retry_at = now
                     + chrono::Duration::from_std(self.config.backoff(attempts))
@@ -384,6 +400,17 @@ pub async fn backlog<C: ConnectionTrait>(conn: &C, destination: &str) -> Result<
 /// The rows of `window` (oldest first) that may be delivered now, at most `limit`, and the
 /// earliest time a held-back row becomes due. A key is held back from its first row that is
 /// not yet due, so no row overtakes an older one of its key.
+/// The delivery limit after a delivery of `size` messages failed: half of it, at least one.
+fn shrunk(size: usize) -> usize {
+    (size / 2).max(1)
+}
+
+/// The delivery limit after a delivery succeeded under `limit`: a quarter more, at least one
+/// more, at most `max`.
+fn grown(limit: usize, max: usize) -> usize {
+    limit.saturating_add(limit / 4 + 1).min(max.max(1))
+}
+
 fn select_ready(
     window: &[outbox_message::Model],
     now: DateTime<Utc>,
@@ -498,6 +525,25 @@ mod tests {
         let oldest = HashMap::from([("a".to_owned(), 2), ("b".to_owned(), 6)]);
         keep_keys_we_head(&mut ready, &oldest);
         assert_eq!(ready.iter().map(|r| r.id).collect::<Vec<_>>(), [6]);
+    }
+
+    #[test]
+    fn the_delivery_limit_halves_on_failure_and_grows_back_to_the_batch_size() {
+        assert_eq!(shrunk(500), 250);
+        assert_eq!(shrunk(1), 1, "never below one message");
+        assert_eq!(grown(250, 500), 313);
+        assert_eq!(grown(1, 500), 2);
+        assert_eq!(grown(480, 500), 500, "never above the batch size");
+        let mut limit = 1;
+        let mut successes = 0;
+        while limit < 500 {
+            limit = grown(limit, 500);
+            successes += 1;
+        }
+        assert!(
+            successes <= 25,
+            "back to full size in {successes} deliveries"
+        );
     }
 
     #[test]
