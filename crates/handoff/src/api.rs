@@ -865,11 +865,10 @@ impl HandoffApi {
                     .push(request.transition_id.clone());
             }
         }
-        let mut handed_off: HashSet<(String, String)> = HashSet::new();
+        let mut handed_off: HashMap<String, HashSet<String>> = HashMap::new();
         for (tenant, transitions) in requested {
-            for transition in self.store.handed_off(&tenant, &transitions).await? {
-                handed_off.insert((tenant.clone(), transition));
-            }
+            let found = self.store.handed_off(&tenant, &transitions).await?;
+            handed_off.insert(tenant, found);
         }
         let handed_off = &handed_off;
         futures::stream::iter(events)
@@ -877,10 +876,9 @@ impl HandoffApi {
                 let header = event.header.clone().unwrap_or_default();
                 let context = match &event.event {
                     Some(Event::HandoffRequested(request))
-                        if !handed_off.contains(&(
-                            header.tenant_id.clone(),
-                            request.transition_id.clone(),
-                        )) =>
+                        if !handed_off
+                            .get(&header.tenant_id)
+                            .is_some_and(|found| found.contains(&request.transition_id)) =>
                     {
                         Some(
                             self.context

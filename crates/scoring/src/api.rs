@@ -61,12 +61,10 @@ impl ScoringApi {
     }
 
     async fn lead(&self, tenant: &str, lead_id: &str) -> Result<(LeadState, Arc<Model>), Error> {
-        if lead_id.trim().is_empty() {
-            return Err(Error::invalid("lead_id", "required"));
-        }
+        let lead_id = lead_id_of(lead_id)?;
         let lead = self
             .store
-            .lead(tenant, lead_id.trim())
+            .lead(tenant, lead_id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("lead {lead_id}")))?;
         let model = self.model_of(tenant, lead.row.model_version).await?;
@@ -125,6 +123,15 @@ fn job_to_pb(job: rescore_job::Model) -> pb::RescoreJob {
     }
 }
 
+/// The requested lead id, trimmed; it is required.
+fn lead_id_of(raw: &str) -> Result<&str, Error> {
+    let id = raw.trim();
+    if id.is_empty() {
+        return Err(Error::invalid("lead_id", "required"));
+    }
+    Ok(id)
+}
+
 fn request_id(raw: &str) -> Result<&str, Error> {
     let id = raw.trim();
     if id.is_empty() || id.len() > 128 {
@@ -143,10 +150,7 @@ impl ScoringService for ScoringApi {
         request: Request<pb::GetScoreRequest>,
     ) -> Result<Response<pb::GetScoreResponse>, Status> {
         let tenant = tenant_of(&request)?;
-        let lead_id = request.get_ref().lead_id.trim();
-        if lead_id.is_empty() {
-            return Err(Error::invalid("lead_id", "required").into());
-        }
+        let lead_id = lead_id_of(&request.get_ref().lead_id)?;
         let read = self
             .store
             .score_read(&tenant.0, lead_id)

@@ -279,13 +279,13 @@ impl Upstream {
         format!("http://{}", self.addr)
     }
 
-    /// Waits until qualification and scoring each received `n` decisions, and returns
-    /// qualification's.
     /// How many warm contexts asked scoring for an explanation so far.
     pub(crate) fn explained(&self) -> usize {
         self.recorded.lock().expect("lock").explained
     }
 
+    /// Waits until qualification and scoring each received `n` decisions, and returns
+    /// qualification's.
     pub(crate) async fn decisions(&self, n: usize) -> Vec<HandoffDecision> {
         let mut count = self.count.clone();
         tokio::time::timeout(Duration::from_secs(30), async {

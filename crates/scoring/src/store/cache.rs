@@ -4,15 +4,12 @@
 
 use chrono::{DateTime, Utc};
 use leadflow_proto::common::v1 as common;
-use leadflow_runtime::db::{MAX_ROWS_PER_STATEMENT, chunked};
+use leadflow_runtime::db::chunked;
 use leadflow_runtime::lead_cache::{self, Found, LeadKey};
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{
-    ColumnTrait, DatabaseTransaction, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
-    QuerySelect,
-};
+use sea_orm::{DatabaseTransaction, EntityTrait, IntoActiveModel};
 
-use super::{Announced, LeadState, decode, fact, lead_score, saved_row};
+use super::{Announced, LeadState, decode, fact, lead_score, rows_by_id, saved_row};
 use crate::domain::{LeadScore, Model};
 use crate::error::Error;
 
@@ -135,21 +132,12 @@ async fn rows(
     ids: &[String],
 ) -> Result<Vec<(String, Found<LeadState>)>, Error> {
     let mut found = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(MAX_ROWS_PER_STATEMENT) {
-        let rows = lead_score::Entity::find()
-            .filter(lead_score::Column::TenantId.eq(tenant))
-            .filter(lead_score::Column::LeadId.is_in(chunk.iter().cloned()))
-            .order_by_asc(lead_score::Column::LeadId)
-            .lock_exclusive()
-            .all(txn)
-            .await?;
-        for row in rows {
-            let id = row.lead_id.clone();
-            found.push(match row.merged_into.clone() {
-                Some(survivor) => (id, Found::MergedInto(survivor)),
-                None => (id, Found::Live(decode(row, false)?)),
-            });
-        }
+    for row in rows_by_id(txn, tenant, ids, true).await? {
+        let id = row.lead_id.clone();
+        found.push(match row.merged_into.clone() {
+            Some(survivor) => (id, Found::MergedInto(survivor)),
+            None => (id, Found::Live(decode(row, false)?)),
+        });
     }
     Ok(found)
 }

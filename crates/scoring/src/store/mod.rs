@@ -65,8 +65,7 @@ pub struct ScoreRead {
 
 impl ScoreRead {
     fn decode(row: &lead_score::Model, merged: bool) -> Result<Self, Error> {
-        let inputs: ScoreInputs = serde_json::from_str(&row.state)
-            .map_err(|err| Error::Corrupt(format!("stored lead state does not parse: {err}")))?;
+        let inputs: ScoreInputs = parse_state(&row.state)?;
         Ok(Self {
             lead_id: row.lead_id.clone(),
             model_version: row.model_version,
@@ -260,7 +259,7 @@ impl Store {
         tenant: &str,
         lead_ids: &[String],
     ) -> Result<HashMap<String, ScoreRead>, Error> {
-        let rows = rows_by_id(&self.reader, tenant, lead_ids).await?;
+        let rows = rows_by_id(&self.reader, tenant, lead_ids, false).await?;
         let mut merged: HashMap<String, String> = HashMap::new();
         let mut found: HashMap<String, ScoreRead> = HashMap::with_capacity(rows.len());
         for row in rows {
@@ -280,11 +279,12 @@ impl Store {
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
-        let survivors: HashMap<String, ScoreRead> = rows_by_id(&self.reader, tenant, &missing)
-            .await?
-            .into_iter()
-            .map(|row| Ok((row.lead_id.clone(), ScoreRead::decode(&row, true)?)))
-            .collect::<Result<_, Error>>()?;
+        let survivors: HashMap<String, ScoreRead> =
+            rows_by_id(&self.reader, tenant, &missing, false)
+                .await?
+                .into_iter()
+                .map(|row| Ok((row.lead_id.clone(), ScoreRead::decode(&row, true)?)))
+                .collect::<Result<_, Error>>()?;
         for (absorbed, survivor) in merged {
             if let Some(read) = found.get(&survivor).or_else(|| survivors.get(&survivor)) {
                 let read = ScoreRead {
@@ -619,11 +619,21 @@ fn parse_model(body: &str) -> Result<Model, Error> {
         .map_err(|err| Error::Corrupt(format!("stored model does not parse: {err}")))
 }
 
+/// A stored lead state, whole ([`LeadScore`]) or the part a score needs ([`ScoreInputs`]).
+fn parse_state<T: serde::de::DeserializeOwned>(state: &str) -> Result<T, Error> {
+    serde_json::from_str(state)
+        .map_err(|err| Error::Corrupt(format!("stored lead state does not parse: {err}")))
+}
+
+/// A stored profile.
+fn decode_profile(bytes: &[u8]) -> Result<common::Profile, Error> {
+    common::Profile::decode(bytes)
+        .map_err(|err| Error::Corrupt(format!("stored profile does not decode: {err}")))
+}
+
 fn decode(row: lead_score::Model, merged: bool) -> Result<LeadState, Error> {
-    let score: LeadScore = serde_json::from_str(&row.state)
-        .map_err(|err| Error::Corrupt(format!("stored lead state does not parse: {err}")))?;
-    let profile = common::Profile::decode(row.profile.as_slice())
-        .map_err(|err| Error::Corrupt(format!("stored profile does not decode: {err}")))?;
+    let score: LeadScore = parse_state(&row.state)?;
+    let profile = decode_profile(&row.profile)?;
     Ok(LeadState {
         row,
         score,
@@ -675,21 +685,23 @@ async fn find_row<C: ConnectionTrait>(
     }
 }
 
-/// The rows of `lead_ids` that exist, in one query per [`MAX_ROWS_PER_STATEMENT`] ids.
+/// The rows of `lead_ids` that exist, in one query per [`MAX_ROWS_PER_STATEMENT`] ids, each
+/// query's rows in key order. With `lock`, the rows stay locked until the end of the
+/// transaction `conn` (PostgreSQL), taken in key order so concurrent writers cannot deadlock.
 async fn rows_by_id<C: ConnectionTrait>(
     conn: &C,
     tenant: &str,
     lead_ids: &[String],
+    lock: bool,
 ) -> Result<Vec<lead_score::Model>, Error> {
     let mut rows = Vec::with_capacity(lead_ids.len());
     for chunk in lead_ids.chunks(MAX_ROWS_PER_STATEMENT) {
-        rows.extend(
-            lead_score::Entity::find()
-                .filter(lead_score::Column::TenantId.eq(tenant))
-                .filter(lead_score::Column::LeadId.is_in(chunk.iter().cloned()))
-                .all(conn)
-                .await?,
-        );
+        let query = lead_score::Entity::find()
+            .filter(lead_score::Column::TenantId.eq(tenant))
+            .filter(lead_score::Column::LeadId.is_in(chunk.iter().cloned()))
+            .order_by_asc(lead_score::Column::LeadId);
+        let query = if lock { query.lock_exclusive() } else { query };
+        rows.extend(query.all(conn).await?);
     }
     Ok(rows)
 }

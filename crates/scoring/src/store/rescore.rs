@@ -5,11 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use leadflow_proto::common::v1 as common;
 use leadflow_proto::scoring::v1::ScoreChangeReason;
 use leadflow_runtime::db::MAX_ROWS_PER_STATEMENT;
 use leadflow_runtime::outbox::{self, NewMessage};
-use prost::Message;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction,
@@ -18,8 +16,8 @@ use sea_orm::{
 use tokio::task::JoinHandle;
 
 use super::{
-    Announced, LeadState, Store, activity_fact, cache, events, fact, find_request, lead_score,
-    rescore_job, save_request, saved_row,
+    Announced, LeadState, Store, activity_fact, cache, decode_profile, events, fact, find_request,
+    lead_score, parse_state, rescore_job, rows_by_id, save_request, saved_row,
 };
 use crate::convert;
 use crate::domain::{ActivityFact, LeadScore, Model, ScoreInputs};
@@ -209,13 +207,7 @@ async fn read_step(
     tenant: &str,
     lead_ids: &[String],
 ) -> Result<StepRead, Error> {
-    let rows = lead_score::Entity::find()
-        .filter(lead_score::Column::TenantId.eq(tenant))
-        .filter(lead_score::Column::LeadId.is_in(lead_ids.iter().cloned()))
-        .order_by_asc(lead_score::Column::LeadId)
-        .lock_exclusive()
-        .all(txn)
-        .await?;
+    let rows = rows_by_id(txn, tenant, lead_ids, true).await?;
     let facts = facts_of_leads(txn, tenant, lead_ids).await?;
     Ok(StepRead { rows, facts })
 }
@@ -228,11 +220,8 @@ fn replay(read: StepRead, model: &Model, at: DateTime<Utc>) -> Result<Replayed, 
     let StepRead { rows, mut facts } = read;
     let mut replayed = Replayed::default();
     for row in rows.into_iter().filter(|row| row.merged_into.is_none()) {
-        let inputs: ScoreInputs = serde_json::from_str(&row.state)
-            .map_err(|err| Error::Corrupt(format!("stored lead state does not parse: {err}")))?;
-        let before = inputs.score(model, at);
-        let profile = common::Profile::decode(row.profile.as_slice())
-            .map_err(|err| Error::Corrupt(format!("stored profile does not decode: {err}")))?;
+        let before = parse_state::<ScoreInputs>(&row.state)?.score(model, at);
+        let profile = decode_profile(&row.profile)?;
         let lead_facts = facts.remove(row.lead_id.as_str()).unwrap_or_default();
         let score = LeadScore::replay(
             model,
