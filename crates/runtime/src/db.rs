@@ -106,7 +106,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
 const POSTGRES_IDLE_PING: Duration = Duration::from_secs(10);
 
 /// Read-only SQLite connections a service keeps beside its single writer.
-const SQLITE_READERS: u32 = 2;
+pub const SQLITE_READERS: u32 = 2;
 
 /// The page cache of each read-only SQLite connection (KiB when negative): 8 MiB, a quarter of
 /// the writer's, since the OS page cache serves what it misses and memory is shared by all.
@@ -193,6 +193,24 @@ pub fn chunked<T>(rows: Vec<T>) -> Vec<Vec<T>> {
     chunks
 }
 
+/// The values of an `IN (…)` list of `values` (at most [`MAX_ROWS_PER_STATEMENT`]), the last
+/// one repeated up to the next power of two: lists of any length then share a dozen statement
+/// shapes, which the driver's per-connection statement cache keeps prepared, instead of one
+/// shape per length (a prepare each time a new length evicts an old one). A repeated value in
+/// an `IN` list matches nothing twice.
+pub fn in_list<T: Clone>(values: &[T]) -> impl Iterator<Item = T> + '_ {
+    let len = values
+        .len()
+        .next_power_of_two()
+        .min(MAX_ROWS_PER_STATEMENT)
+        .max(values.len());
+    let padding = values.last().map_or(0, |_| len - values.len());
+    values
+        .iter()
+        .cloned()
+        .chain(values.last().cloned().into_iter().cycle().take(padding))
+}
+
 /// True when `db` is PostgreSQL (row locking and advisory locks are available).
 pub fn is_postgres(db: &impl ConnectionTrait) -> bool {
     db.get_database_backend() == DatabaseBackend::Postgres
@@ -216,4 +234,27 @@ pub async fn begin_snapshot(db: &DatabaseConnection) -> Result<DatabaseTransacti
 /// Whether the store answers a trivial query.
 pub async fn ping(db: &impl ConnectionTrait) -> bool {
     db.execute_unprepared("SELECT 1").await.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn an_in_list_keeps_every_value_in_order_and_pads_with_the_last(
+            values in proptest::collection::vec(0u32..50, 0..=MAX_ROWS_PER_STATEMENT),
+        ) {
+            let list: Vec<u32> = in_list(&values).collect();
+            prop_assert_eq!(&list[..values.len()], &values[..]);
+            prop_assert!(list[values.len()..].iter().all(|v| Some(v) == values.last()));
+            if values.is_empty() {
+                prop_assert!(list.is_empty());
+            } else {
+                prop_assert!(list.len().is_power_of_two() || list.len() == MAX_ROWS_PER_STATEMENT);
+                prop_assert!(list.len() < 2 * values.len());
+            }
+        }
+    }
 }

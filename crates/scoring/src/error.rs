@@ -18,6 +18,9 @@ pub enum Error {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] sea_orm::DbErr),
+    /// The score-read task is gone: the service is shutting down.
+    #[error("the score reader has stopped")]
+    ReaderStopped,
 }
 
 impl Error {
@@ -36,6 +39,7 @@ impl From<Error> for Status {
             Error::NotFound(what) => Status::not_found(format!("{what} not found")),
             Error::Corrupt(_) => error::internal(&err),
             Error::Store(db) => error::store(&db),
+            Error::ReaderStopped => Status::unavailable("shutting down, retry"),
         }
     }
 }

@@ -930,11 +930,113 @@ async fn stored_facts_survive_the_clustering_migration(db: TestDb) {
     }
 }
 
+/// `GetScore` calls in flight together share batched queries: each caller still gets its own
+/// lead's score (a merged id its survivor's, an unknown id NOT_FOUND), and a lead whose stored
+/// state is corrupt fails only its own calls.
+async fn concurrent_score_reads_each_get_their_own_answer(db: TestDb) {
+    use sea_orm::ConnectionTrait;
+    let (scoring, _receiver) = start(&db).await;
+    let now = scoring.clock.now();
+    let mut events = Vec::new();
+    for lead in 0..40 {
+        for n in 0..=lead % 5 {
+            events.push(activity_event(
+                &format!("c{lead}-{n}"),
+                &format!("crowd-{lead}"),
+                "pricing_view",
+                now - Duration::hours(n.into()),
+                &[],
+            ));
+        }
+    }
+    events.push(merge_event(
+        "merge",
+        "crowd-0",
+        "crowd-1",
+        now,
+        common::Profile::default(),
+    ));
+    scoring
+        .internal()
+        .apply_lead_events(pb::ApplyLeadEventsRequest { events })
+        .await
+        .expect("apply");
+    let conn = sea_orm::Database::connect(db.url.as_str())
+        .await
+        .expect("connect");
+    conn.execute_unprepared("UPDATE lead_scores SET state = '{' WHERE lead_id = 'crowd-7'")
+        .await
+        .expect("corrupt one state");
+    let known: Vec<String> = (0..40)
+        .filter(|lead| *lead != 7)
+        .map(|lead| format!("crowd-{lead}"))
+        .collect();
+    let expected: std::collections::HashMap<String, (String, f64)> = scoring
+        .client()
+        .batch_get_scores(pb::BatchGetScoresRequest {
+            lead_ids: known.clone(),
+        })
+        .await
+        .expect("batch")
+        .into_inner()
+        .results
+        .into_iter()
+        .map(|r| {
+            let score = r.score.expect("score");
+            (r.requested_lead_id, (score.lead_id, score.score))
+        })
+        .collect();
+    assert_eq!(expected.len(), known.len());
+    assert_eq!(
+        expected["crowd-1"].0, "crowd-0",
+        "crowd-1 was merged into crowd-0"
+    );
+
+    let mut calls = tokio::task::JoinSet::new();
+    for _round in 0..5 {
+        for lead in (0..40).chain([99]) {
+            let mut client = scoring.client();
+            let lead_id = format!("crowd-{lead}");
+            calls.spawn(async move {
+                let answer = client
+                    .get_score(pb::GetScoreRequest {
+                        lead_id: lead_id.clone(),
+                    })
+                    .await
+                    .map(|r| r.into_inner());
+                (lead_id, answer)
+            });
+        }
+    }
+    let mut answered = 0;
+    while let Some(call) = calls.join_next().await {
+        let (lead_id, answer) = call.expect("call task");
+        match lead_id.as_str() {
+            "crowd-99" => assert_eq!(answer.expect_err("unknown").code(), Code::NotFound),
+            "crowd-7" => assert_eq!(answer.expect_err("corrupt").code(), Code::Internal),
+            _ => {
+                let answer = answer.expect("score");
+                let score = answer.score.expect("score");
+                assert_eq!(answer.merged, lead_id == "crowd-1");
+                assert_eq!(
+                    (score.lead_id, score.score),
+                    expected[&lead_id],
+                    "{lead_id} gets its own score"
+                );
+            }
+        }
+        answered += 1;
+    }
+    assert_eq!(answered, 5 * 41);
+    scoring.stop().await;
+}
+
 on_both_backends! {
     facts_migration => stored_facts_survive_the_clustering_migration;
     seed_journey_scores => the_seed_journey_scores_an_mql_and_explains_it;
     hand_raise => a_hand_raise_is_announced_as_such;
     batch_get => batch_get_reports_unknown_ids;
+    concurrent_reads => concurrent_score_reads_each_get_their_own_answer;
     error_paths => error_paths_name_the_field_or_say_not_found;
     what_if => what_if_scores_without_storing;
     rescore => a_new_model_and_rescore_change_existing_scores;

@@ -6,6 +6,7 @@ mod cache;
 mod entities;
 mod events;
 pub mod migrations;
+mod reads;
 mod rescore;
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,7 +16,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use leadflow_proto::common::v1 as common;
 use leadflow_proto::ingestion::v1::{LeadEvent, lead_event::Event};
 use leadflow_proto::scoring::v1::ScoreChangeReason;
-use leadflow_runtime::db::MAX_ROWS_PER_STATEMENT;
+use leadflow_runtime::db::{self, MAX_ROWS_PER_STATEMENT};
 use leadflow_runtime::outbox::{self, NewMessage, Wakeup, inbox};
 use prost::Message;
 use sea_orm::sea_query::Expr;
@@ -31,6 +32,7 @@ use crate::domain::{ActivityFact, LeadScore, Model, ScoreInputs};
 use crate::error::Error;
 use cache::LeadCache;
 pub use entities::{decision, fact, lead_score, model, request, rescore_job};
+use reads::ScoreReader;
 
 /// Outbox destination of score changes.
 pub const QUALIFICATION: &str = "qualification";
@@ -91,6 +93,8 @@ pub struct Store {
     db: DatabaseConnection,
     /// Where score reads go: [`leadflow_runtime::db::reader`], or `db` itself.
     reader: DatabaseConnection,
+    /// Single-lead score reads, coalesced into batched queries on `reader`.
+    score_reader: ScoreReader,
     wakeup: Wakeup,
     models: ModelCache,
 }
@@ -99,13 +103,19 @@ pub struct Store {
 /// read needs no invalidation; the cache is emptied if it ever holds [`MAX_CACHED_MODELS`].
 type ModelCache = Arc<RwLock<HashMap<(String, i32), Arc<Model>>>>;
 
+/// Batched score reads in flight at once: one per read-only SQLite connection
+/// ([`leadflow_runtime::db::SQLITE_READERS`]).
+const READS_IN_FLIGHT: usize = leadflow_runtime::db::SQLITE_READERS as usize;
+
 /// Most model versions kept parsed.
 const MAX_CACHED_MODELS: usize = 1024;
 
 impl Store {
-    /// A store over `db`; `wakeup` is poked after commits that enqueued score changes.
+    /// A store over `db`; `wakeup` is poked after commits that enqueued score changes. Starts
+    /// the score-read task, so it must be called inside a tokio runtime.
     pub fn new(db: DatabaseConnection, wakeup: Wakeup) -> Self {
         Self {
+            score_reader: ScoreReader::start(db.clone(), READS_IN_FLIGHT),
             reader: db.clone(),
             db,
             wakeup,
@@ -116,7 +126,11 @@ impl Store {
     /// The same store, reading scores and models through `reader` (read-only connections
     /// beside the writer on SQLite).
     pub fn with_reader(self, reader: DatabaseConnection) -> Self {
-        Self { reader, ..self }
+        Self {
+            score_reader: ScoreReader::start(reader.clone(), READS_IN_FLIGHT),
+            reader,
+            ..self
+        }
     }
 
     /// Model `version` of the tenant (0: the default model), parsed once and then served from
@@ -239,16 +253,14 @@ impl Store {
     }
 
     /// What the score of `lead_id` (or of the lead it was merged into) is computed from, without
-    /// decoding the rest of its state: the read behind `GetScore`.
+    /// decoding the rest of its state: the read behind `GetScore`. Concurrent calls share one
+    /// query (see [`reads`]).
     pub async fn score_read(
         &self,
         tenant: &str,
         lead_id: &str,
     ) -> Result<Option<ScoreRead>, Error> {
-        find_row(&self.reader, tenant, lead_id, false)
-            .await?
-            .map(|(row, merged)| ScoreRead::decode(&row, merged))
-            .transpose()
+        self.score_reader.read(tenant, lead_id).await
     }
 
     /// [`Store::score_read`] for each of `lead_ids`, in one query per
@@ -259,42 +271,7 @@ impl Store {
         tenant: &str,
         lead_ids: &[String],
     ) -> Result<HashMap<String, ScoreRead>, Error> {
-        let rows = rows_by_id(&self.reader, tenant, lead_ids, false).await?;
-        let mut merged: HashMap<String, String> = HashMap::new();
-        let mut found: HashMap<String, ScoreRead> = HashMap::with_capacity(rows.len());
-        for row in rows {
-            match row.merged_into.clone() {
-                Some(survivor) => {
-                    merged.insert(row.lead_id, survivor);
-                }
-                None => {
-                    found.insert(row.lead_id.clone(), ScoreRead::decode(&row, false)?);
-                }
-            }
-        }
-        let missing: Vec<String> = merged
-            .values()
-            .filter(|survivor| !found.contains_key(survivor.as_str()))
-            .cloned()
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let survivors: HashMap<String, ScoreRead> =
-            rows_by_id(&self.reader, tenant, &missing, false)
-                .await?
-                .into_iter()
-                .map(|row| Ok((row.lead_id.clone(), ScoreRead::decode(&row, true)?)))
-                .collect::<Result<_, Error>>()?;
-        for (absorbed, survivor) in merged {
-            if let Some(read) = found.get(&survivor).or_else(|| survivors.get(&survivor)) {
-                let read = ScoreRead {
-                    merged: true,
-                    ..read.clone()
-                };
-                found.insert(absorbed, read);
-            }
-        }
-        Ok(found)
+        score_reads_on(&self.reader, tenant, lead_ids).await
     }
 
     /// Applies lead events from ingestion in order, each message id once, in one transaction:
@@ -574,6 +551,63 @@ impl Store {
     }
 }
 
+/// What the score of `lead_id` (or of the lead it was merged into) is computed from, read on
+/// `reader` without decoding the rest of its state.
+async fn score_read_on(
+    reader: &DatabaseConnection,
+    tenant: &str,
+    lead_id: &str,
+) -> Result<Option<ScoreRead>, Error> {
+    find_row(reader, tenant, lead_id, false)
+        .await?
+        .map(|(row, merged)| ScoreRead::decode(&row, merged))
+        .transpose()
+}
+
+/// [`score_read_on`] for each of `lead_ids`: one query per [`MAX_ROWS_PER_STATEMENT`] ids and
+/// one for the survivors of merged ids. Ids not stored are absent from the map.
+async fn score_reads_on(
+    reader: &DatabaseConnection,
+    tenant: &str,
+    lead_ids: &[String],
+) -> Result<HashMap<String, ScoreRead>, Error> {
+    let rows = rows_by_id(reader, tenant, lead_ids, false).await?;
+    let mut merged: HashMap<String, String> = HashMap::new();
+    let mut found: HashMap<String, ScoreRead> = HashMap::with_capacity(rows.len());
+    for row in rows {
+        match row.merged_into.clone() {
+            Some(survivor) => {
+                merged.insert(row.lead_id, survivor);
+            }
+            None => {
+                found.insert(row.lead_id.clone(), ScoreRead::decode(&row, false)?);
+            }
+        }
+    }
+    let missing: Vec<String> = merged
+        .values()
+        .filter(|survivor| !found.contains_key(survivor.as_str()))
+        .cloned()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let survivors: HashMap<String, ScoreRead> = rows_by_id(reader, tenant, &missing, false)
+        .await?
+        .into_iter()
+        .map(|row| Ok((row.lead_id.clone(), ScoreRead::decode(&row, true)?)))
+        .collect::<Result<_, Error>>()?;
+    for (absorbed, survivor) in merged {
+        if let Some(read) = found.get(&survivor).or_else(|| survivors.get(&survivor)) {
+            let read = ScoreRead {
+                merged: true,
+                ..read.clone()
+            };
+            found.insert(absorbed, read);
+        }
+    }
+    Ok(found)
+}
+
 /// Model `version` of the tenant on `conn` (0: the default model).
 async fn model_on<C: ConnectionTrait>(
     conn: &C,
@@ -698,7 +732,7 @@ async fn rows_by_id<C: ConnectionTrait>(
     for chunk in lead_ids.chunks(MAX_ROWS_PER_STATEMENT) {
         let query = lead_score::Entity::find()
             .filter(lead_score::Column::TenantId.eq(tenant))
-            .filter(lead_score::Column::LeadId.is_in(chunk.iter().cloned()))
+            .filter(lead_score::Column::LeadId.is_in(db::in_list(chunk)))
             .order_by_asc(lead_score::Column::LeadId);
         let query = if lock { query.lock_exclusive() } else { query };
         rows.extend(query.all(conn).await?);

@@ -1,0 +1,116 @@
+//! Score lookups that arrive together share one query. `GetScore` reads one lead per call, and
+//! a query through the SQLite driver costs a hop to its worker thread and back whatever it
+//! reads, so concurrent callers' lookups are queued: one task takes every lookup waiting (up to
+//! [`MAX_COALESCED`]) whenever a read slot is free, reads each tenant's leads with one query,
+//! and answers every caller. A batch whose query fails is read again lookup by lookup, so one
+//! lead's error (a corrupt state) is never another caller's.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sea_orm::DatabaseConnection;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::{ScoreRead, score_read_on, score_reads_on};
+use crate::error::Error;
+
+/// Most lookups answered by one batch: a batch query stays small and cheap to prepare, and a
+/// caller does not wait behind a long one.
+const MAX_COALESCED: usize = 128;
+
+/// Lookups waiting for a read slot. Callers wait for room when it is full (back-pressure).
+const QUEUE_DEPTH: usize = 4096;
+
+/// The answer to one lookup.
+type Answer = Result<Option<ScoreRead>, Error>;
+
+/// One caller's lookup.
+struct Lookup {
+    tenant: String,
+    lead_id: String,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// The queue into the coalescing task.
+#[derive(Debug, Clone)]
+pub(super) struct ScoreReader {
+    lookups: mpsc::Sender<Lookup>,
+}
+
+impl ScoreReader {
+    /// Starts the coalescing task over `reader`, with at most `in_flight` batch queries at
+    /// once (the reader pool's connections); it ends once every handle is dropped.
+    pub(super) fn start(reader: DatabaseConnection, in_flight: usize) -> Self {
+        let (lookups, queue) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(run(reader, in_flight.max(1), queue));
+        Self { lookups }
+    }
+
+    /// What the score of `lead_id` is computed from ([`super::Store::score_read`]).
+    pub(super) async fn read(&self, tenant: &str, lead_id: &str) -> Answer {
+        let (reply, answer) = oneshot::channel();
+        let lookup = Lookup {
+            tenant: tenant.to_owned(),
+            lead_id: lead_id.to_owned(),
+            reply,
+        };
+        self.lookups
+            .send(lookup)
+            .await
+            .map_err(|_| Error::ReaderStopped)?;
+        answer.await.map_err(|_| Error::ReaderStopped)?
+    }
+}
+
+async fn run(reader: DatabaseConnection, in_flight: usize, mut queue: mpsc::Receiver<Lookup>) {
+    let slots = Arc::new(Semaphore::new(in_flight));
+    while let Some(first) = queue.recv().await {
+        // The semaphore is never closed, so acquiring only fails if it were.
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_COALESCED {
+            match queue.try_recv() {
+                Ok(lookup) => batch.push(lookup),
+                Err(_) => break,
+            }
+        }
+        let reader = reader.clone();
+        tokio::spawn(async move {
+            answer(&reader, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Answers every lookup of `batch`: one query per tenant, or one per lookup if that fails.
+async fn answer(reader: &DatabaseConnection, batch: Vec<Lookup>) {
+    let mut by_tenant: HashMap<String, Vec<Lookup>> = HashMap::new();
+    for lookup in batch {
+        by_tenant
+            .entry(lookup.tenant.clone())
+            .or_default()
+            .push(lookup);
+    }
+    for (tenant, lookups) in by_tenant {
+        let mut ids: Vec<String> = lookups.iter().map(|l| l.lead_id.clone()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        match score_reads_on(reader, &tenant, &ids).await {
+            Ok(found) => {
+                for lookup in lookups {
+                    let read = found.get(&lookup.lead_id).cloned();
+                    let _ = lookup.reply.send(Ok(read));
+                }
+            }
+            Err(err) => {
+                tracing::debug!(lookups = lookups.len(), error = %err, "batched score read failed, reading one by one");
+                for lookup in lookups {
+                    let read = score_read_on(reader, &tenant, &lookup.lead_id).await;
+                    let _ = lookup.reply.send(read);
+                }
+            }
+        }
+    }
+}
