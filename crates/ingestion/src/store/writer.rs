@@ -1,13 +1,14 @@
 //! Group commit: writes that arrive together share one transaction. Each `Track`, `Identify`
 //! or `Batch` becomes a job on a queue; one task takes every job waiting (up to
-//! [`MAX_GROUP_COMMANDS`] commands), applies them in arrival order with the set-based path in
+//! [`MAX_GROUP_COMMANDS`] commands, and every job arriving while it waits for the connection),
+//! applies them in arrival order with the set-based path in
 //! one transaction, and answers each job only after that commit. A group the set-based path
 //! cannot take (a merge, a lead merged away) or that fails is applied job by job instead, each in
 //! its own transaction, so one job's error is never another's.
 
 use chrono::{DateTime, Utc};
 use leadflow_runtime::outbox::{self, Wakeup};
-use sea_orm::{DatabaseConnection, TransactionTrait};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Accepted, bulk, one_by_one};
@@ -70,18 +71,16 @@ impl Writer {
 
 async fn run(db: DatabaseConnection, wakeup: Wakeup, mut queue: mpsc::Receiver<Job>) {
     while let Some(first) = queue.recv().await {
-        let mut size = first.commands.len();
-        let mut group = vec![first];
-        while size < MAX_GROUP_COMMANDS {
-            match queue.try_recv() {
-                Ok(job) => {
-                    size += job.commands.len();
-                    group.push(job);
-                }
-                Err(_) => break,
-            }
-        }
-        match commit_group(&db, &group).await {
+        // The transaction is opened before the group is taken: while it waits for the
+        // connection (the relay shares it), the jobs that arrive join this group instead of
+        // each waiting a whole commit for the next one.
+        let txn = db.begin().await;
+        let group = take_group(first, &mut queue);
+        let committed = match txn {
+            Ok(txn) => commit_group(txn, &group).await,
+            Err(err) => Err(err.into()),
+        };
+        match committed {
             Ok(Some(answers)) => {
                 wakeup.wake();
                 for (job, answers) in group.into_iter().zip(answers) {
@@ -97,14 +96,29 @@ async fn run(db: DatabaseConnection, wakeup: Wakeup, mut queue: mpsc::Receiver<J
     }
 }
 
-/// The whole group in one transaction on the set-based path (each run of jobs of one tenant as
-/// one batch, received at the time of its first job), each job's answers in order; or `None`,
+/// `first` and every job waiting behind it, up to [`MAX_GROUP_COMMANDS`] commands.
+fn take_group(first: Job, queue: &mut mpsc::Receiver<Job>) -> Vec<Job> {
+    let mut size = first.commands.len();
+    let mut group = vec![first];
+    while size < MAX_GROUP_COMMANDS {
+        match queue.try_recv() {
+            Ok(job) => {
+                size += job.commands.len();
+                group.push(job);
+            }
+            Err(_) => break,
+        }
+    }
+    group
+}
+
+/// The whole group in `txn` on the set-based path (each run of jobs of one tenant as one
+/// batch, received at the time of its first job), each job's answers in order; or `None`,
 /// having written nothing, when a job needs the command-by-command path.
 async fn commit_group(
-    db: &DatabaseConnection,
+    txn: DatabaseTransaction,
     group: &[Job],
 ) -> Result<Option<Vec<Vec<Accepted>>>, Error> {
-    let txn = db.begin().await?;
     let mut answers = Vec::with_capacity(group.len());
     let mut traced = Vec::with_capacity(group.len());
     for run in group.chunk_by(|a, b| a.tenant == b.tenant) {
