@@ -177,18 +177,23 @@ pub async fn serve(
             }
         }
     }));
+    let reader = leadflow_runtime::db::reader(&config.database_url(), &db)
+        .await
+        .context("open the handoff database for the relays' reads")?;
     let to_qualification = Relay::new(
         db.clone(),
         QualificationSink::new(&config.qualification_url, keys.internal_key())?,
         config.outbox.relay_config(store::QUALIFICATION),
         qualification_wakeup,
-    );
+    )
+    .with_reader(reader.clone());
     let to_scoring = Relay::new(
         db.clone(),
         ScoringSink::new(&config.scoring_url, keys.internal_key())?,
         config.outbox.relay_config(store::SCORING),
         scoring_wakeup,
-    );
+    )
+    .with_reader(reader);
     let relays = [
         tokio::spawn(to_qualification.run(shutdown.clone())),
         tokio::spawn(to_scoring.run(shutdown.clone())),

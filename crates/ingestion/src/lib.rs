@@ -114,12 +114,16 @@ pub async fn serve(
         <IngestionInternalServiceServer<IngestionApi> as NamedService>::NAME,
     ]);
     let sink = ScoringSink::new(&config.scoring_url, keys.internal_key())?;
+    let reader = leadflow_runtime::db::reader(&config.database_url(), &db)
+        .await
+        .context("open the ingestion database for the relay's reads")?;
     let relay = Relay::new(
         db.clone(),
         sink,
         config.outbox.relay_config(store::SCORING),
         wakeup,
-    );
+    )
+    .with_reader(reader);
     let relay = tokio::spawn(relay.run(shutdown.clone()));
     server::run_until_shutdown(SERVICE, listener, routes, health, db, vec![relay], shutdown)
         .await?;

@@ -140,12 +140,16 @@ pub async fn serve(
         recycle(store.clone(), clock.clone())
     }));
     let sink = HandoffSink::new(&config.handoff_url, keys.internal_key())?;
+    let reader = leadflow_runtime::db::reader(&config.database_url(), &db)
+        .await
+        .context("open the qualification database for the relay's reads")?;
     let relay = Relay::new(
         db.clone(),
         sink,
         config.outbox.relay_config(store::HANDOFF),
         wakeup,
-    );
+    )
+    .with_reader(reader);
     let relay = tokio::spawn(relay.run(shutdown.clone()));
     server::run_until_shutdown(
         SERVICE,

@@ -112,8 +112,17 @@ async fn enqueue_messages(
     count: usize,
     keys: usize,
 ) -> HashMap<String, Vec<String>> {
+    enqueue_numbered(conn, 0..count, keys).await
+}
+
+/// [`enqueue_messages`] numbering the messages from `numbers`.
+async fn enqueue_numbered(
+    conn: &DatabaseConnection,
+    numbers: std::ops::Range<usize>,
+    keys: usize,
+) -> HashMap<String, Vec<String>> {
     let mut expected: HashMap<String, Vec<String>> = HashMap::new();
-    let mut produced = 0;
+    let (mut produced, count) = (numbers.start, numbers.end);
     while produced < count {
         let txn = conn.begin().await.expect("begin");
         let mut messages = Vec::new();
@@ -193,6 +202,42 @@ async fn a_receiver_that_times_out_on_large_deliveries_gets_smaller_ones(db: Tes
         "per-key order kept"
     );
     assert_eq!(state.raw_deliveries.len(), 40, "nothing delivered twice");
+}
+
+/// A relay reading its window through read-only connections (SQLite; the writer's pool on
+/// PostgreSQL) delivers what is committed before and while it runs, once each and in order,
+/// and leaves nothing pending: it never re-reads a row its own delete removed.
+async fn a_relay_reading_through_readers_delivers_each_row_once(db: TestDb) {
+    let conn = connect(&db).await;
+    let reader = leadflow_runtime::db::reader(&db.url, &conn)
+        .await
+        .expect("reader");
+    let mut expected = enqueue_messages(&conn, 30, 4).await;
+    let (sink, mut watcher) = RecordingSink::failing_first(2);
+    let shutdown = CancellationToken::new();
+    let wakeup = Wakeup::new();
+    let relay =
+        Relay::new(conn.clone(), sink.clone(), fast_config(), wakeup.clone()).with_reader(reader);
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    wait_for(&mut watcher, 10).await;
+    for (key, ids) in enqueue_numbered(&conn, 30..60, 4).await {
+        expected.entry(key).or_default().extend(ids);
+    }
+    wakeup.wake();
+    wait_for(&mut watcher, 60).await;
+    shutdown.cancel();
+    task.await.expect("relay stops");
+    {
+        let state = sink.state.lock().expect("lock");
+        assert_eq!(state.raw_deliveries.len(), 60, "nothing delivered twice");
+        assert_eq!(
+            per_key(&state.applied_in_order),
+            expected,
+            "per-key order kept"
+        );
+    }
+    let left = outbox::backlog(&conn, "receiver").await.expect("backlog");
+    assert_eq!(left.count, 0, "every delivered row is deleted");
 }
 
 async fn undelivered_rows_survive_a_restart(db: TestDb) {
@@ -371,6 +416,7 @@ on_both_backends! {
     lease => a_lease_has_one_holder_until_it_expires;
     failing_receiver => failing_receiver_gets_everything_once_in_order;
     shrinking_deliveries => a_receiver_that_times_out_on_large_deliveries_gets_smaller_ones;
+    relay_reader => a_relay_reading_through_readers_delivers_each_row_once;
     restart => undelivered_rows_survive_a_restart;
     backlog => the_backlog_counts_one_destination_and_dates_its_oldest_row;
     inbox_dedupe => inbox_claims_a_message_id_once;

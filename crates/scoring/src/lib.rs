@@ -109,7 +109,7 @@ pub async fn serve(
         .await
         .context("open the scoring database for reads")?;
     let wakeup = Wakeup::new();
-    let store = Store::new(db.clone(), wakeup.clone()).with_reader(reader);
+    let store = Store::new(db.clone(), wakeup.clone()).with_reader(reader.clone());
     let api = ScoringApi::new(store.clone(), clock.clone());
     for job in store
         .unfinished_jobs()
@@ -149,7 +149,8 @@ pub async fn serve(
         sink,
         config.outbox.relay_config(store::QUALIFICATION),
         wakeup,
-    );
+    )
+    .with_reader(reader);
     let relay = tokio::spawn(relay.run(shutdown.clone()));
     server::run_until_shutdown(
         SERVICE,

@@ -113,6 +113,9 @@ pub struct RelayPass {
 #[derive(Debug)]
 pub struct Relay<S> {
     db: DatabaseConnection,
+    /// Where a pass reads its window on SQLite and the backlog is counted
+    /// ([`Relay::with_reader`]), or `db` itself.
+    reader: DatabaseConnection,
     sink: S,
     config: RelayConfig,
     wakeup: Wakeup,
@@ -169,6 +172,7 @@ impl<S: OutboxSink> Relay<S> {
         let metrics = RelayMetrics::new(config.destination);
         let limit = AtomicUsize::new(config.batch_size.max(1));
         Self {
+            reader: db.clone(),
             db,
             sink,
             config,
@@ -177,6 +181,16 @@ impl<S: OutboxSink> Relay<S> {
             metrics,
             backlog_read_at: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The same relay, reading its window and backlog on SQLite through `reader` (read-only
+    /// connections, [`crate::db::reader`]) and only writing outcomes on `db`: the service's
+    /// single writer connection is then not held while the relay reads hundreds of payloads,
+    /// so its writes do not queue behind the read. WAL lets the reader see every commit made
+    /// before its read begins. On PostgreSQL a pass still claims its window in a transaction
+    /// on `db` (only the backlog is read through `reader`).
+    pub fn with_reader(self, reader: DatabaseConnection) -> Self {
+        Self { reader, ..self }
     }
 
     /// Relays until `shutdown` fires; a delivery under way when it fires is finished first.
@@ -215,11 +229,11 @@ impl<S: OutboxSink> Relay<S> {
     pub async fn run_once(&self) -> Result<RelayPass, RelayError> {
         let pass = if is_postgres(&self.db) {
             let txn = self.db.begin().await?;
-            let pass = self.pass_on(&txn, true).await?;
+            let pass = self.pass_on(&txn, &txn, true).await?;
             txn.commit().await?;
             pass
         } else {
-            self.pass_on(&self.db, false).await?
+            self.pass_on(&self.reader, &self.db, false).await?
         };
         if self.backlog_due(pass.delivered == 0) {
             self.record_backlog().await?;
@@ -227,7 +241,14 @@ impl<S: OutboxSink> Relay<S> {
         Ok(pass)
     }
 
-    async fn pass_on<C: ConnectionTrait>(&self, conn: &C, lock: bool) -> Result<RelayPass, DbErr> {
+    /// A pass reading the window on `read` and writing the outcome on `conn` (the same
+    /// transaction when `lock`ing).
+    async fn pass_on<R: ConnectionTrait, C: ConnectionTrait>(
+        &self,
+        read: &R,
+        conn: &C,
+        lock: bool,
+    ) -> Result<RelayPass, DbErr> {
         let now = Utc::now();
         let mut query = outbox_message::Entity::find()
             .filter(outbox_message::Column::Destination.eq(self.config.destination))
@@ -236,7 +257,7 @@ impl<S: OutboxSink> Relay<S> {
         if lock {
             query = query.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
         }
-        let window = query.all(conn).await?;
+        let window = query.all(read).await?;
         let limit = self.limit.load(Ordering::Relaxed);
         let (mut ready, next_due) = select_ready(&window, now, limit);
         if lock && !ready.is_empty() {
@@ -349,7 +370,7 @@ impl<S: OutboxSink> Relay<S> {
     }
 
     async fn record_backlog(&self) -> Result<(), DbErr> {
-        let Backlog { count, oldest } = backlog(&self.db, self.config.destination).await?;
+        let Backlog { count, oldest } = backlog(&self.reader, self.config.destination).await?;
         let attributes = &self.metrics.attributes;
         self.metrics.backlog.record(count, attributes);
         let lag = oldest.map_or(0.0, |oldest| {
