@@ -27,12 +27,21 @@ const SQLITE_CACHE_SIZE: &str = "-32768";
 /// pages.
 const SQLITE_WAL_AUTOCHECKPOINT: &str = "4000";
 
-/// Prepared statements each SQLite connection keeps (sqlx's default is 100). The multi-row
-/// statements of batched writes differ in their number of rows, so each size is a statement of
-/// its own, and one with a thousand rows is a program of thousands of opcodes: a hundred of
-/// them per connection is a lot of memory for statements mostly never reused. The statements
-/// a service runs all the time stay cached (least recently used goes first).
+/// Prepared statements each read-only SQLite connection keeps (sqlx's default is 100): reads
+/// are a handful of statements, `IN` lists padded to a dozen lengths ([`in_list`]).
 const SQLITE_STATEMENT_CACHE: usize = 24;
+
+/// Prepared statements the writer connection keeps. Its batched writes come in ten sizes per
+/// table ([`chunked`]) and its `IN` lists in eleven ([`in_list`]), over a few tables each: room
+/// for all of them, so none is compiled twice. Only the largest sizes are big programs (a
+/// 512-row insert is a few thousand opcodes), and a table has one of each.
+const SQLITE_WRITER_STATEMENT_CACHE: usize = 128;
+
+/// Where SQLite keeps temporary data: statement journals and sorts. A multi-row write inside
+/// a transaction keeps a statement journal (so a failing statement can be undone alone), and
+/// SQLite spills one of more than 64 KiB to a temporary file: with batched writes that was a
+/// `pwrite` per page changed. In memory they cost a copy; they never outlive a statement.
+const SQLITE_TEMP_STORE: &str = "memory";
 
 /// Why the store could not be opened or migrated.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +67,7 @@ pub enum DbError {
 /// SQLite (`sqlite://path/to/file.db`, or `sqlite::memory:`): the file and its folder are
 /// created if missing; WAL journal, `synchronous=NORMAL` (durable across a process crash; the
 /// last commits may be lost on power failure, the usual trade-off with WAL), foreign keys on, a
-/// 5 s busy timeout, a 32 MiB page cache, and a single pooled connection so writers never race (SQLite allows one
+/// 5 s busy timeout, a 32 MiB page cache, temporary data in memory, and a single pooled connection so writers never race (SQLite allows one
 /// writer at a time anyway). PostgreSQL (`postgres://…`): a pool of up to `max_connections`.
 /// SQL text is kept out of spans: it may carry personal data.
 pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, DbError> {
@@ -87,7 +96,8 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
                     .busy_timeout(Duration::from_secs(5))
                     .pragma("cache_size", SQLITE_CACHE_SIZE)
                     .pragma("wal_autocheckpoint", SQLITE_WAL_AUTOCHECKPOINT)
-                    .statement_cache_capacity(SQLITE_STATEMENT_CACHE)
+                    .pragma("temp_store", SQLITE_TEMP_STORE)
+                    .statement_cache_capacity(SQLITE_WRITER_STATEMENT_CACHE)
             });
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         options
@@ -136,6 +146,7 @@ pub async fn reader(url: &str, writer: &DatabaseConnection) -> Result<DatabaseCo
                 .busy_timeout(Duration::from_secs(5))
                 .statement_cache_capacity(SQLITE_STATEMENT_CACHE)
                 .pragma("cache_size", SQLITE_READER_CACHE_SIZE)
+                .pragma("temp_store", SQLITE_TEMP_STORE)
         });
     Ok(Database::connect(options).await?)
 }
@@ -183,14 +194,27 @@ pub async fn open<M: MigratorTrait>(
 /// tables of up to a dozen columns.
 pub const MAX_ROWS_PER_STATEMENT: usize = 1000;
 
-/// `rows` in groups of at most [`MAX_ROWS_PER_STATEMENT`], in order: one statement each.
+/// Most rows one multi-row write of [`chunked`] holds: the largest power of two within
+/// [`MAX_ROWS_PER_STATEMENT`].
+pub const MAX_ROWS_PER_WRITE: usize = 512;
+
+/// `rows` in order, in groups whose sizes are powers of two (largest first, at most
+/// [`MAX_ROWS_PER_WRITE`]): one multi-row statement each. A statement's text depends on its
+/// number of rows, so writing each batch as one statement of its exact size made nearly every
+/// batched write a statement never seen before, parsed and planned anew (6% of the CPU of a
+/// busy suite); in these sizes a batch of any length takes at most ten statements of ten
+/// shapes per table, which the connection's statement cache keeps prepared.
 pub fn chunked<T>(rows: Vec<T>) -> Vec<Vec<T>> {
-    let mut chunks = Vec::with_capacity(rows.len().div_ceil(MAX_ROWS_PER_STATEMENT));
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        chunks.push(rows.by_ref().take(MAX_ROWS_PER_STATEMENT).collect());
+    let mut chunks = Vec::new();
+    let mut rows = rows.into_iter();
+    loop {
+        let left = rows.len();
+        if left == 0 {
+            return chunks;
+        }
+        let size = (1usize << left.ilog2()).min(MAX_ROWS_PER_WRITE);
+        chunks.push(rows.by_ref().take(size).collect());
     }
-    chunks
 }
 
 /// The values of an `IN (…)` list of `values` (at most [`MAX_ROWS_PER_STATEMENT`]), the last
@@ -242,6 +266,18 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
+        #[test]
+        fn chunks_keep_every_row_in_order_in_power_of_two_sizes(len in 0usize..3000) {
+            let rows: Vec<usize> = (0..len).collect();
+            let chunks = chunked(rows.clone());
+            prop_assert_eq!(chunks.concat(), rows);
+            for chunk in &chunks {
+                prop_assert!(chunk.len().is_power_of_two() && chunk.len() <= MAX_ROWS_PER_WRITE);
+            }
+            prop_assert!(chunks.windows(2).all(|w| w[0].len() >= w[1].len()), "largest first");
+            prop_assert!(chunks.len() <= len / MAX_ROWS_PER_WRITE + MAX_ROWS_PER_WRITE.ilog2() as usize);
+        }
+
         #[test]
         fn an_in_list_keeps_every_value_in_order_and_pads_with_the_last(
             values in proptest::collection::vec(0u32..50, 0..=MAX_ROWS_PER_STATEMENT),
