@@ -560,7 +560,7 @@ impl Store {
                 .select_only()
                 .column(handoff::Column::TransitionId)
                 .filter(handoff::Column::TenantId.eq(tenant))
-                .filter(handoff::Column::TransitionId.is_in(chunk.iter().cloned()))
+                .filter(handoff::Column::TransitionId.is_in(leadflow_runtime::db::in_list(chunk)))
                 .into_tuple()
                 .all(&self.db)
                 .await?;

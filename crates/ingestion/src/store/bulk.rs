@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use leadflow_runtime::db::{MAX_ROWS_PER_STATEMENT, chunked};
+use leadflow_runtime::db::{MAX_ROWS_PER_STATEMENT, chunked, in_list};
 use leadflow_runtime::outbox::NewMessage;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
@@ -221,7 +221,7 @@ async fn stored_answers(
     for chunk in ids.chunks(MAX_ROWS_PER_STATEMENT) {
         let rows = request::Entity::find()
             .filter(request::Column::TenantId.eq(tenant))
-            .filter(request::Column::MessageId.is_in(chunk.iter().copied()))
+            .filter(request::Column::MessageId.is_in(in_list(chunk)))
             .all(txn)
             .await?;
         for row in rows {
@@ -260,7 +260,7 @@ async fn known_links(
             let rows = identity::Entity::find()
                 .filter(identity::Column::TenantId.eq(tenant))
                 .filter(identity::Column::Kind.eq(kind))
-                .filter(identity::Column::ExternalId.is_in(chunk.iter().copied()))
+                .filter(identity::Column::ExternalId.is_in(in_list(chunk)))
                 .all(txn)
                 .await?;
             for row in rows {
@@ -295,7 +295,7 @@ async fn load_drafts(
     for chunk in existing.chunks(MAX_ROWS_PER_STATEMENT) {
         let rows = lead::Entity::find()
             .filter(lead::Column::TenantId.eq(tenant))
-            .filter(lead::Column::LeadId.is_in(chunk.iter().copied()))
+            .filter(lead::Column::LeadId.is_in(in_list(chunk)))
             .order_by_asc(lead::Column::LeadId)
             .lock_exclusive()
             .all(txn)

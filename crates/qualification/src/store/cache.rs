@@ -112,7 +112,7 @@ async fn rows(
     for chunk in ids.chunks(MAX_ROWS_PER_STATEMENT) {
         let rows = lead::Entity::find()
             .filter(lead::Column::TenantId.eq(tenant))
-            .filter(lead::Column::LeadId.is_in(chunk.iter().cloned()))
+            .filter(lead::Column::LeadId.is_in(leadflow_runtime::db::in_list(chunk)))
             .order_by_asc(lead::Column::LeadId)
             .lock_exclusive()
             .all(txn)

@@ -46,9 +46,9 @@ pub async fn claim_many<C: ConnectionTrait>(
 ) -> Result<HashSet<String>, DbErr> {
     let mut seen = HashSet::with_capacity(headers.len());
     for chunk in headers.chunks(crate::db::MAX_ROWS_PER_STATEMENT) {
-        let ids = chunk.iter().map(|h| h.message_id.as_str());
+        let ids: Vec<&str> = chunk.iter().map(|h| h.message_id.as_str()).collect();
         let applied = inbox_message::Entity::find()
-            .filter(inbox_message::Column::MessageId.is_in(ids))
+            .filter(inbox_message::Column::MessageId.is_in(crate::db::in_list(&ids)))
             .all(txn)
             .await?;
         seen.extend(applied.into_iter().map(|row| row.message_id));

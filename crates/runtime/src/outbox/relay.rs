@@ -287,7 +287,7 @@ impl<S: OutboxSink> Relay<S> {
                 self.limit
                     .store(grown(limit, self.config.batch_size), Ordering::Relaxed);
                 outbox_message::Entity::delete_many()
-                    .filter(outbox_message::Column::Id.is_in(ids))
+                    .filter(outbox_message::Column::Id.is_in(crate::db::in_list(&ids)))
                     .exec(conn)
                     .await?;
                 self.metrics
@@ -322,7 +322,7 @@ impl<S: OutboxSink> Relay<S> {
                         outbox_message::Column::LastError,
                         Expr::value(truncate(&err.0, 1000)),
                     )
-                    .filter(outbox_message::Column::Id.is_in(ids))
+                    .filter(outbox_message::Column::Id.is_in(crate::db::in_list(&ids)))
                     .exec(conn)
                     .await?;
                 self.metrics.failures.add(messages.len() as u64, attributes);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use leadflow_proto::scoring::v1::ScoreChangeReason;
-use leadflow_runtime::db::MAX_ROWS_PER_STATEMENT;
+use leadflow_runtime::db::{self, MAX_ROWS_PER_STATEMENT};
 use leadflow_runtime::outbox::{self, NewMessage};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
@@ -289,7 +289,7 @@ async fn facts_of_leads<C: ConnectionTrait>(
     for chunk in lead_ids.chunks(MAX_ROWS_PER_STATEMENT) {
         let rows = fact::Entity::find()
             .filter(fact::Column::TenantId.eq(tenant))
-            .filter(fact::Column::LeadId.is_in(chunk.iter().cloned()))
+            .filter(fact::Column::LeadId.is_in(db::in_list(chunk)))
             .all(conn)
             .await?;
         for row in rows {
