@@ -118,9 +118,12 @@ const POSTGRES_IDLE_PING: Duration = Duration::from_secs(10);
 /// Read-only SQLite connections a service keeps beside its single writer.
 pub const SQLITE_READERS: u32 = 2;
 
-/// The page cache of each read-only SQLite connection (KiB when negative): 8 MiB, a quarter of
-/// the writer's, since the OS page cache serves what it misses and memory is shared by all.
-const SQLITE_READER_CACHE_SIZE: &str = "-8192";
+/// The page cache of each read-only SQLite connection (KiB when negative): 2 MiB, SQLite's
+/// default. In WAL mode a connection empties its cache when it begins a read after another
+/// connection's commit, so while the service writes a reader's cache holds one read's pages
+/// and the OS page cache serves the rest; a larger one only kept memory (four services now
+/// read through readers, two connections each).
+const SQLITE_READER_CACHE_SIZE: &str = "-2048";
 
 /// A pool for the reads that need not see the caller's own open transaction (score lookups,
 /// listings), beside `writer` (the pool [`connect`] opened for `url`). On an SQLite file these
