@@ -201,13 +201,16 @@ pub const MAX_ROWS_PER_STATEMENT: usize = 1000;
 /// [`MAX_ROWS_PER_STATEMENT`].
 pub const MAX_ROWS_PER_WRITE: usize = 512;
 
-/// `rows` in order, in groups whose sizes are powers of two (largest first, at most
-/// [`MAX_ROWS_PER_WRITE`]): one multi-row statement each. A statement's text depends on its
-/// number of rows, so writing each batch as one statement of its exact size made nearly every
-/// batched write a statement never seen before, parsed and planned anew (6% of the CPU of a
-/// busy suite); in these sizes a batch of any length takes at most ten statements of ten
-/// shapes per table, which the connection's statement cache keeps prepared.
-pub fn chunked<T>(rows: Vec<T>) -> Vec<Vec<T>> {
+/// `rows` in order, in groups of one multi-row statement each, for `backend`. On SQLite the
+/// groups' sizes are powers of two (largest first, at most [`MAX_ROWS_PER_WRITE`]): a
+/// statement's text depends on its number of rows, so writing each batch as one statement of
+/// its exact size made nearly every batched write a statement never seen before, parsed and
+/// planned anew (6% of the CPU of a busy suite); in these sizes a batch of any length takes at
+/// most ten statements of ten shapes per table, which the connection's statement cache keeps
+/// prepared. On PostgreSQL every statement is a round trip to the server, which is what bounds
+/// its writers, so a batch goes in as few statements as the parameter limit allows
+/// ([`MAX_ROWS_PER_STATEMENT`] rows each).
+pub fn chunked<T>(backend: DatabaseBackend, rows: Vec<T>) -> Vec<Vec<T>> {
     let mut chunks = Vec::new();
     let mut rows = rows.into_iter();
     loop {
@@ -215,7 +218,10 @@ pub fn chunked<T>(rows: Vec<T>) -> Vec<Vec<T>> {
         if left == 0 {
             return chunks;
         }
-        let size = (1usize << left.ilog2()).min(MAX_ROWS_PER_WRITE);
+        let size = match backend {
+            DatabaseBackend::Postgres => left.min(MAX_ROWS_PER_STATEMENT),
+            _ => (1usize << left.ilog2()).min(MAX_ROWS_PER_WRITE),
+        };
         chunks.push(rows.by_ref().take(size).collect());
     }
 }
@@ -270,15 +276,23 @@ mod tests {
 
     proptest! {
         #[test]
-        fn chunks_keep_every_row_in_order_in_power_of_two_sizes(len in 0usize..3000) {
+        fn sqlite_chunks_keep_every_row_in_order_in_power_of_two_sizes(len in 0usize..3000) {
             let rows: Vec<usize> = (0..len).collect();
-            let chunks = chunked(rows.clone());
+            let chunks = chunked(DatabaseBackend::Sqlite, rows.clone());
             prop_assert_eq!(chunks.concat(), rows);
             for chunk in &chunks {
                 prop_assert!(chunk.len().is_power_of_two() && chunk.len() <= MAX_ROWS_PER_WRITE);
             }
             prop_assert!(chunks.windows(2).all(|w| w[0].len() >= w[1].len()), "largest first");
             prop_assert!(chunks.len() <= len / MAX_ROWS_PER_WRITE + MAX_ROWS_PER_WRITE.ilog2() as usize);
+        }
+
+        #[test]
+        fn postgres_chunks_are_as_few_as_the_parameter_limit_allows(len in 0usize..3000) {
+            let rows: Vec<usize> = (0..len).collect();
+            let chunks = chunked(DatabaseBackend::Postgres, rows.clone());
+            prop_assert_eq!(chunks.concat(), rows);
+            prop_assert_eq!(chunks.len(), len.div_ceil(MAX_ROWS_PER_STATEMENT));
         }
 
         #[test]

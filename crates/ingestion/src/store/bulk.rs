@@ -11,8 +11,8 @@ use leadflow_runtime::db::{MAX_ROWS_PER_STATEMENT, chunked, in_list};
 use leadflow_runtime::outbox::NewMessage;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseTransaction, EntityTrait, IntoActiveModel, QueryFilter,
-    QueryOrder, QuerySelect,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait,
+    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect,
 };
 
 use super::{ANONYMOUS, Accepted, USER, activity, events, identity, lead, request};
@@ -359,23 +359,23 @@ async fn write(
             lead::Column::ActivityCount,
         ])
         .to_owned();
-    for chunk in chunked(leads) {
+    for chunk in chunked(txn.get_database_backend(), leads) {
         lead::Entity::insert_many(chunk)
             .on_conflict(upsert.clone())
             .exec_without_returning(txn)
             .await?;
     }
-    for chunk in chunked(identities) {
+    for chunk in chunked(txn.get_database_backend(), identities) {
         identity::Entity::insert_many(chunk)
             .exec_without_returning(txn)
             .await?;
     }
-    for chunk in chunked(activities) {
+    for chunk in chunked(txn.get_database_backend(), activities) {
         activity::Entity::insert_many(chunk)
             .exec_without_returning(txn)
             .await?;
     }
-    for chunk in chunked(requests) {
+    for chunk in chunked(txn.get_database_backend(), requests) {
         request::Entity::insert_many(chunk)
             .exec_without_returning(txn)
             .await?;

@@ -9,8 +9,8 @@ use leadflow_runtime::db::{MAX_ROWS_PER_STATEMENT, chunked};
 use leadflow_runtime::lead_cache::{self, Found, LeadKey};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ColumnTrait, DatabaseTransaction, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
-    QuerySelect,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, IntoActiveModel, QueryFilter,
+    QueryOrder, QuerySelect,
 };
 
 use super::{LeadRecord, SAVED_COLUMNS, decode, lead, refresh_row, transition};
@@ -82,13 +82,16 @@ impl LeadCache {
         let upsert = OnConflict::columns([lead::Column::TenantId, lead::Column::LeadId])
             .update_columns(SAVED_COLUMNS)
             .to_owned();
-        for chunk in chunked(rows) {
+        for chunk in chunked(txn.get_database_backend(), rows) {
             lead::Entity::insert_many(chunk)
                 .on_conflict(upsert.clone())
                 .exec_without_returning(txn)
                 .await?;
         }
-        for chunk in chunked(std::mem::take(&mut self.transitions)) {
+        for chunk in chunked(
+            txn.get_database_backend(),
+            std::mem::take(&mut self.transitions),
+        ) {
             transition::Entity::insert_many(chunk)
                 .exec_without_returning(txn)
                 .await?;

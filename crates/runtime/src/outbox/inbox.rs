@@ -65,7 +65,7 @@ pub async fn claim_many<C: ConnectionTrait>(
             processed_at: Set(now),
         });
     }
-    for chunk in crate::db::chunked(rows) {
+    for chunk in crate::db::chunked(txn.get_database_backend(), rows) {
         inbox_message::Entity::insert_many(chunk)
             .exec_without_returning(txn)
             .await?;

@@ -121,7 +121,7 @@ pub async fn enqueue_traced<C: ConnectionTrait>(
                 })
         })
         .collect();
-    for chunk in crate::db::chunked(rows) {
+    for chunk in crate::db::chunked(txn.get_database_backend(), rows) {
         outbox_message::Entity::insert_many(chunk)
             .exec_without_returning(txn)
             .await?;

@@ -7,7 +7,7 @@ use leadflow_proto::common::v1 as common;
 use leadflow_runtime::db::chunked;
 use leadflow_runtime::lead_cache::{self, Found, LeadKey};
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{DatabaseTransaction, EntityTrait, IntoActiveModel};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, EntityTrait, IntoActiveModel};
 
 use super::{Announced, LeadState, decode, fact, lead_score, rows_by_id, saved_row};
 use crate::domain::{LeadScore, Model};
@@ -76,7 +76,7 @@ impl LeadCache {
         txn: &DatabaseTransaction,
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
-        for chunk in chunked(std::mem::take(&mut self.facts)) {
+        for chunk in chunked(txn.get_database_backend(), std::mem::take(&mut self.facts)) {
             fact::Entity::insert_many(chunk)
                 .on_conflict(
                     OnConflict::columns([fact::Column::TenantId, fact::Column::ActivityId])
@@ -111,7 +111,7 @@ pub(super) async fn save_rows(
         ])
         .to_owned();
     let rows = rows.into_iter().map(IntoActiveModel::into_active_model);
-    for chunk in chunked(rows.collect()) {
+    for chunk in chunked(txn.get_database_backend(), rows.collect()) {
         lead_score::Entity::insert_many(chunk)
             .on_conflict(upsert.clone())
             .exec_without_returning(txn)
