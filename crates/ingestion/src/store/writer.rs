@@ -1,8 +1,7 @@
 //! Group commit: writes that arrive together share one transaction. Each `Track`, `Identify`
-//! or `Batch` becomes a job on a queue; one task takes every job waiting (up to
-//! [`MAX_GROUP_COMMANDS`] commands, and every job arriving while it waits for the connection),
-//! applies them in arrival order with the set-based path in
-//! one transaction, and answers each job only after that commit. A group the set-based path
+//! or `Batch` becomes a job on a queue; one task opens a transaction, takes every job waiting
+//! by then (up to [`MAX_GROUP_COMMANDS`] commands), applies them in arrival order with the
+//! set-based path, and answers each job only after that commit. A group the set-based path
 //! cannot take (a merge, a lead merged away) or that fails is applied job by job instead, each in
 //! its own transaction, so one job's error is never another's.
 
