@@ -1,5 +1,5 @@
 //! Plumbing every Leadflow service shares, and only that: configuration pieces, telemetry,
-//! authentication, database connection and migrations, error mapping, the transactional outbox,
+//! authentication, database connection and migrations, error mapping, queue draining, the transactional outbox,
 //! health and reflection wiring, graceful shutdown, and an injectable clock.
 
 pub mod auth;
@@ -11,6 +11,7 @@ pub mod lead_cache;
 pub mod lease;
 pub mod outbox;
 pub mod pbtime;
+pub mod queue;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

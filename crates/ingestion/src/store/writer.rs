@@ -7,6 +7,7 @@
 
 use chrono::{DateTime, Utc};
 use leadflow_runtime::outbox::{self, Wakeup};
+use leadflow_runtime::queue::take_waiting;
 use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use tokio::sync::{mpsc, oneshot};
 
@@ -74,7 +75,12 @@ async fn run(db: DatabaseConnection, wakeup: Wakeup, mut queue: mpsc::Receiver<J
         // connection (the relay shares it), the jobs that arrive join this group instead of
         // each waiting a whole commit for the next one.
         let txn = db.begin().await;
-        let group = take_group(first, &mut queue);
+        let group = take_waiting(
+            first,
+            &mut queue,
+            |job| job.commands.len(),
+            MAX_GROUP_COMMANDS,
+        );
         let committed = match txn {
             Ok(txn) => commit_group(txn, &group).await,
             Err(err) => Err(err.into()),
@@ -93,22 +99,6 @@ async fn run(db: DatabaseConnection, wakeup: Wakeup, mut queue: mpsc::Receiver<J
             }
         }
     }
-}
-
-/// `first` and every job waiting behind it, up to [`MAX_GROUP_COMMANDS`] commands.
-fn take_group(first: Job, queue: &mut mpsc::Receiver<Job>) -> Vec<Job> {
-    let mut size = first.commands.len();
-    let mut group = vec![first];
-    while size < MAX_GROUP_COMMANDS {
-        match queue.try_recv() {
-            Ok(job) => {
-                size += job.commands.len();
-                group.push(job);
-            }
-            Err(_) => break,
-        }
-    }
-    group
 }
 
 /// The whole group in `txn` on the set-based path (each run of jobs of one tenant as one

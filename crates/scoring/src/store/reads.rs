@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use leadflow_runtime::queue::take_waiting;
 use sea_orm::DatabaseConnection;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -69,13 +70,7 @@ async fn run(reader: DatabaseConnection, in_flight: usize, mut queue: mpsc::Rece
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
-        let mut batch = vec![first];
-        while batch.len() < MAX_COALESCED {
-            match queue.try_recv() {
-                Ok(lookup) => batch.push(lookup),
-                Err(_) => break,
-            }
-        }
+        let batch = take_waiting(first, &mut queue, |_| 1, MAX_COALESCED);
         let reader = reader.clone();
         tokio::spawn(async move {
             answer(&reader, batch).await;
