@@ -1,6 +1,7 @@
 //! Plumbing every Leadflow service shares, and only that: configuration pieces, telemetry,
-//! authentication, database connection and migrations, error mapping, queue draining, the transactional outbox,
-//! health and reflection wiring, graceful shutdown, and an injectable clock.
+//! authentication, database connection and migrations, planner statistics, error mapping,
+//! queue draining, the transactional outbox, health and reflection wiring, graceful shutdown,
+//! and an injectable clock.
 
 pub mod auth;
 pub mod client;
@@ -14,6 +15,7 @@ pub mod pbtime;
 pub mod queue;
 pub mod server;
 pub mod shutdown;
+pub mod statistics;
 pub mod telemetry;
 
 /// Every Leadflow binary links the runtime, and so allocates with mimalloc: under the suite's

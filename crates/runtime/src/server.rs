@@ -91,8 +91,9 @@ pub async fn serve(
 }
 
 /// Serves a service until `shutdown` fires, the way every Leadflow service runs: health follows
-/// the store (checked now, then watched), the server drains in-flight calls, then the
-/// `background` tasks (relays, sweepers) finish their current work, then the store closes.
+/// the store (checked now, then watched), its tables' planner statistics are kept fresh
+/// ([`crate::statistics`]), the server drains in-flight calls, then the `background` tasks
+/// (relays, sweepers) finish their current work, then the store closes.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_until_shutdown(
     service: &'static str,
@@ -108,6 +109,11 @@ pub async fn run_until_shutdown(
         service,
         db.clone(),
         health.clone(),
+        shutdown.clone(),
+    )));
+    background.push(tokio::spawn(crate::statistics::keep_fresh(
+        service,
+        db.clone(),
         shutdown.clone(),
     )));
     tracing::info!(service, addr = %listener.local_addr()?, "listening");
