@@ -15,10 +15,12 @@ use sea_orm_migration::MigratorTrait;
 /// Lock key under which PostgreSQL migrations run, so pods starting together take turns.
 const MIGRATION_LOCK_KEY: i64 = 0x6c65_6164_666c_6f77; // "leadflow"
 
-/// SQLite's page cache per connection, in KiB when negative (SQLite's own convention): 32 MiB
-/// instead of SQLite's 2 MiB default, so a service's working set (its leads' pages, the outbox
-/// head and their indexes) stays in memory once a store outgrows a few thousand leads.
-const SQLITE_CACHE_SIZE: &str = "-32768";
+/// SQLite's page cache of the writer connection, in KiB when negative (SQLite's own
+/// convention): 24 MiB instead of SQLite's 2 MiB default, so a service's working set (its
+/// leads' pages, the outbox head and their indexes) stays in memory once a store outgrows a few
+/// thousand leads. (32 MiB per writer put the suite over its memory target at a million
+/// activities; the pages it no longer caches are in the operating system's file cache.)
+const SQLITE_CACHE_SIZE: &str = "-24576";
 
 /// Pages the SQLite WAL may hold before a commit copies them back into the database file
 /// (SQLite's default is 1,000). A checkpoint writes each page once however often it changed
@@ -67,7 +69,7 @@ pub enum DbError {
 /// SQLite (`sqlite://path/to/file.db`, or `sqlite::memory:`): the file and its folder are
 /// created if missing; WAL journal, `synchronous=NORMAL` (durable across a process crash; the
 /// last commits may be lost on power failure, the usual trade-off with WAL), foreign keys on, a
-/// 5 s busy timeout, a 32 MiB page cache, temporary data in memory, and a single pooled connection so writers never race (SQLite allows one
+/// 5 s busy timeout, a 24 MiB page cache, temporary data in memory, and a single pooled connection so writers never race (SQLite allows one
 /// writer at a time anyway). PostgreSQL (`postgres://…`): a pool of up to `max_connections`.
 /// SQL text is kept out of spans: it may carry personal data.
 pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, DbError> {
@@ -125,14 +127,20 @@ pub const SQLITE_READERS: u32 = 2;
 /// read through readers, two connections each).
 const SQLITE_READER_CACHE_SIZE: &str = "-2048";
 
+/// Whether [`reader`] opens connections of its own for `url` (an SQLite file), which can read
+/// while a transaction holds the writer's one connection; otherwise it is the writer's pool.
+pub fn reads_beside_writer(url: &str) -> bool {
+    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+    url.starts_with("sqlite:") && !in_memory
+}
+
 /// A pool for the reads that need not see the caller's own open transaction (score lookups,
 /// listings), beside `writer` (the pool [`connect`] opened for `url`). On an SQLite file these
 /// are read-only connections, which WAL lets read while the writer writes, so reads never
 /// queue behind a write transaction; on PostgreSQL, and for an in-memory SQLite database, it is
 /// the writer's pool itself.
 pub async fn reader(url: &str, writer: &DatabaseConnection) -> Result<DatabaseConnection, DbError> {
-    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-    if !url.starts_with("sqlite:") || in_memory {
+    if !reads_beside_writer(url) {
         return Ok(writer.clone());
     }
     let mut options = ConnectOptions::new(url.to_owned());
