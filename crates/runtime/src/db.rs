@@ -282,6 +282,28 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// The build's SQLite keeps no memory statistics (`.cargo/config.toml`): with them every
+    /// SQLite allocation takes one process-wide lock.
+    #[tokio::test]
+    async fn sqlite_is_built_without_memory_statistics() {
+        let file = leadflow_test_support::TestDb::sqlite("options");
+        let db = connect(&file.url, 1).await.expect("connect");
+        let options: Vec<String> = db
+            .query_all_raw(Statement::from_string(
+                DatabaseBackend::Sqlite,
+                "PRAGMA compile_options",
+            ))
+            .await
+            .expect("read the compile options")
+            .iter()
+            .map(|row| row.try_get_by_index::<String>(0).expect("an option"))
+            .collect();
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "sqlite compiled with {options:?}"
+        );
+    }
+
     proptest! {
         #[test]
         fn sqlite_chunks_keep_every_row_in_order_in_power_of_two_sizes(len in 0usize..3000) {
