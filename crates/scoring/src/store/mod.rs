@@ -824,18 +824,31 @@ fn fact_row(tenant: &str, lead_id: &str, fact: &ActivityFact) -> fact::ActiveMod
     }
 }
 
-/// A stored fact as the scoring rules see it.
-fn activity_fact(row: fact::Model) -> ActivityFact {
-    ActivityFact {
-        occurred_at: Utc
-            .timestamp_micros(row.occurred_at_us)
-            .single()
-            .unwrap_or_default(),
-        properties: serde_json::from_str::<BTreeMap<String, String>>(&row.properties)
-            .unwrap_or_default(),
+/// A stored fact as the scoring rules see it. A row that does not decode is corrupt data:
+/// replaying it as a fact without properties, or at the epoch, would change scores silently.
+fn activity_fact(row: fact::Model) -> Result<ActivityFact, Error> {
+    let occurred_at = Utc
+        .timestamp_micros(row.occurred_at_us)
+        .single()
+        .ok_or_else(|| {
+            Error::Corrupt(format!(
+                "stored activity {} has an impossible time",
+                row.activity_id
+            ))
+        })?;
+    let properties =
+        serde_json::from_str::<BTreeMap<String, String>>(&row.properties).map_err(|err| {
+            Error::Corrupt(format!(
+                "stored properties of activity {} do not parse: {err}",
+                row.activity_id
+            ))
+        })?;
+    Ok(ActivityFact {
+        occurred_at,
+        properties,
         id: row.activity_id,
         activity_type: row.activity_type,
-    }
+    })
 }
 
 async fn lead_facts<C: ConnectionTrait>(
@@ -848,7 +861,7 @@ async fn lead_facts<C: ConnectionTrait>(
         .filter(fact::Column::LeadId.eq(lead_id))
         .all(conn)
         .await?;
-    Ok(rows.into_iter().map(activity_fact).collect())
+    rows.into_iter().map(activity_fact).collect()
 }
 
 async fn find_request(

@@ -296,7 +296,7 @@ async fn facts_of_leads<C: ConnectionTrait>(
             by_lead
                 .entry(row.lead_id.clone())
                 .or_default()
-                .push(activity_fact(row));
+                .push(activity_fact(row)?);
         }
     }
     Ok(by_lead)
@@ -321,6 +321,34 @@ mod tests {
             occurred_at: at,
             properties: [("asset_id".to_owned(), "guide".to_owned())].into(),
         }
+    }
+
+    #[test]
+    fn a_stored_fact_that_does_not_decode_is_corrupt_not_empty() {
+        let mut stored = fact::Model {
+            tenant_id: "t".into(),
+            activity_id: "a1".into(),
+            lead_id: "l".into(),
+            activity_type: "content_download".into(),
+            occurred_at_us: 1_700_000_000_000_000,
+            properties: "not json".into(),
+        };
+        assert!(matches!(
+            activity_fact(stored.clone()),
+            Err(Error::Corrupt(_))
+        ));
+        stored.properties = r#"{"asset_id":"guide"}"#.into();
+        stored.occurred_at_us = i64::MAX;
+        assert!(matches!(
+            activity_fact(stored.clone()),
+            Err(Error::Corrupt(_))
+        ));
+        stored.occurred_at_us = 1_700_000_000_000_000;
+        let decoded = activity_fact(stored).expect("a sound row decodes");
+        assert_eq!(
+            decoded.properties.get("asset_id").map(String::as_str),
+            Some("guide")
+        );
     }
 
     #[test]
