@@ -129,7 +129,7 @@ const SQLITE_READER_CACHE_SIZE: &str = "-2048";
 
 /// Whether [`reader`] opens connections of its own for `url` (an SQLite file), which can read
 /// while a transaction holds the writer's one connection; otherwise it is the writer's pool.
-pub fn reads_beside_writer(url: &str) -> bool {
+fn reads_beside_writer(url: &str) -> bool {
     let in_memory = url.contains(":memory:") || url.contains("mode=memory");
     url.starts_with("sqlite:") && !in_memory
 }
