@@ -9,11 +9,11 @@ use chrono::Utc;
 use leadflow_proto::common::v1::MessageHeader;
 use leadflow_runtime::lease::{CreateLeases, Lease};
 use leadflow_runtime::outbox::{
-    self, CreateOutboxAndInbox, DeliveryError, NewMessage, OutboxMessage, OutboxSink, Relay,
+    self, CreateOutboxAndInbox, DeliveryError, KeyIndexOnlyOnPostgres, NewMessage, OutboxMessage, OutboxSink, Relay,
     RelayConfig, Wakeup, inbox,
 };
 use leadflow_test_support::{Backend, TestDb, on_both_backends};
-use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -22,7 +22,11 @@ struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateOutboxAndInbox), Box::new(CreateLeases)]
+        vec![
+            Box::new(CreateOutboxAndInbox),
+            Box::new(KeyIndexOnlyOnPostgres),
+            Box::new(CreateLeases),
+        ]
     }
 }
 
@@ -412,6 +416,28 @@ async fn a_lease_has_one_holder_until_it_expires(db: TestDb) {
     );
 }
 
+/// The `(destination, partition_key, id)` index exists only on PostgreSQL, whose relays read it;
+/// on SQLite the migrations create it and then drop it, as they do for a store made before.
+async fn the_key_index_is_kept_only_where_relays_read_it(db: TestDb) {
+    let conn = connect(&db).await;
+    let sql = match db.backend {
+        Backend::Sqlite => {
+            "SELECT count(*) AS n FROM sqlite_master \
+             WHERE type = 'index' AND name = 'outbox_destination_partition'"
+        }
+        Backend::Postgres => {
+            "SELECT count(*) AS n FROM pg_indexes WHERE indexname = 'outbox_destination_partition'"
+        }
+    };
+    let row = conn
+        .query_one_raw(Statement::from_string(conn.get_database_backend(), sql))
+        .await
+        .expect("query")
+        .expect("a row");
+    let indexes: i64 = row.try_get("", "n").expect("count");
+    assert_eq!(indexes, i64::from(db.backend == Backend::Postgres));
+}
+
 on_both_backends! {
     lease => a_lease_has_one_holder_until_it_expires;
     failing_receiver => failing_receiver_gets_everything_once_in_order;
@@ -421,6 +447,7 @@ on_both_backends! {
     backlog => the_backlog_counts_one_destination_and_dates_its_oldest_row;
     inbox_dedupe => inbox_claims_a_message_id_once;
     inbox_batch_dedupe => inbox_claims_a_batch_of_message_ids_once;
+    key_index => the_key_index_is_kept_only_where_relays_read_it;
 }
 
 /// Two relays (two replicas) on one PostgreSQL database: every message is delivered exactly

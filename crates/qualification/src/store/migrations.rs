@@ -13,6 +13,7 @@ impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         vec![
             Box::new(leadflow_runtime::outbox::CreateOutboxAndInbox),
+            Box::new(leadflow_runtime::outbox::KeyIndexOnlyOnPostgres),
             Box::new(CreateQualificationTables),
             Box::new(leadflow_runtime::lease::CreateLeases),
         ]

@@ -14,6 +14,7 @@ impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         vec![
             Box::new(leadflow_runtime::outbox::CreateOutboxAndInbox),
+            Box::new(leadflow_runtime::outbox::KeyIndexOnlyOnPostgres),
             Box::new(CreateScoringTables),
             Box::new(leadflow_runtime::lease::CreateLeases),
             Box::new(ClusterFactsByLead),
