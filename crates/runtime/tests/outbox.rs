@@ -244,6 +244,24 @@ async fn a_relay_reading_through_readers_delivers_each_row_once(db: TestDb) {
     assert_eq!(left.count, 0, "every delivered row is deleted");
 }
 
+/// A pass that finds nothing new to deliver deletes what the pass before it delivered (on
+/// SQLite that delete overlaps the next delivery), without delivering it again.
+async fn an_idle_pass_deletes_what_the_last_pass_delivered(db: TestDb) {
+    let conn = connect(&db).await;
+    enqueue_messages(&conn, 5, 2).await;
+    let (sink, _watcher) = RecordingSink::failing_first(0);
+    let relay = Relay::new(conn.clone(), sink.clone(), fast_config(), Wakeup::new());
+    assert_eq!(relay.run_once().await.expect("pass").delivered, 5);
+    assert_eq!(relay.run_once().await.expect("pass").delivered, 0);
+    let left = outbox::backlog(&conn, "receiver").await.expect("backlog");
+    assert_eq!(left.count, 0, "every delivered row is deleted");
+    assert_eq!(
+        sink.state.lock().expect("lock").raw_deliveries.len(),
+        5,
+        "nothing delivered twice"
+    );
+}
+
 async fn undelivered_rows_survive_a_restart(db: TestDb) {
     let conn = connect(&db).await;
     let expected = enqueue_messages(&conn, 10, 2).await;
@@ -443,6 +461,7 @@ on_both_backends! {
     failing_receiver => failing_receiver_gets_everything_once_in_order;
     shrinking_deliveries => a_receiver_that_times_out_on_large_deliveries_gets_smaller_ones;
     relay_reader => a_relay_reading_through_readers_delivers_each_row_once;
+    idle_pass_deletes => an_idle_pass_deletes_what_the_last_pass_delivered;
     restart => undelivered_rows_survive_a_restart;
     backlog => the_backlog_counts_one_destination_and_dates_its_oldest_row;
     inbox_dedupe => inbox_claims_a_message_id_once;

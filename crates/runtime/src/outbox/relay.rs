@@ -8,7 +8,11 @@
 //! lasts until the outcome is written, so several replicas relay at once without delivering a
 //! row twice; a replica skips a key whose older rows another replica holds. On SQLite (one
 //! process) the window is read without a lock and the outcome written afterwards, so the single
-//! connection is never held during a delivery.
+//! connection is never held during a delivery, and the delivered rows are deleted while the
+//! next delivery is under way: the writer connection is shared with the service's own writes,
+//! so a delete waits its turn there, and waiting for it before delivering again left the
+//! receiver idle for as long (a pass skips rows whose delete is still pending; rows delivered
+//! but not yet deleted when the process dies are delivered again, which receivers dedupe).
 //!
 //! Size: a delivery holds at most the relay's current limit, [`RelayConfig::batch_size`] at
 //! first. A failed delivery halves the limit and each success grows it back by a quarter, so a
@@ -26,8 +30,8 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Gauge};
 use sea_orm::sea_query::{Expr, LockBehavior, LockType};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, ExprTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, ExprTrait,
+    FromQueryResult, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -124,6 +128,8 @@ pub struct Relay<S> {
     backlog_read_at: std::sync::Mutex<Option<std::time::Instant>>,
     /// The most messages the next delivery may hold.
     limit: AtomicUsize,
+    /// On SQLite, the ids delivered by the last pass whose delete the next pass makes.
+    delivered: std::sync::Mutex<Vec<i64>>,
 }
 
 /// How often a busy relay counts its backlog for the gauges: counting scans every pending row,
@@ -180,6 +186,7 @@ impl<S: OutboxSink> Relay<S> {
             limit,
             metrics,
             backlog_read_at: std::sync::Mutex::new(None),
+            delivered: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -222,6 +229,9 @@ impl<S: OutboxSink> Relay<S> {
                 () = tokio::time::sleep(wait) => {}
             }
         }
+        if let Err(err) = self.delete_delivered(self.take_delivered()).await {
+            tracing::warn!(destination, error = %err, "delivered outbox rows not deleted, they will be delivered again");
+        }
         tracing::info!(destination, "outbox relay stopped");
     }
 
@@ -229,11 +239,11 @@ impl<S: OutboxSink> Relay<S> {
     pub async fn run_once(&self) -> Result<RelayPass, RelayError> {
         let pass = if is_postgres(&self.db) {
             let txn = self.db.begin().await?;
-            let pass = self.pass_on(&txn, &txn, true).await?;
+            let pass = self.pass_on(&txn, &txn, true, &[]).await?;
             txn.commit().await?;
             pass
         } else {
-            self.pass_on(&self.reader, &self.db, false).await?
+            self.pass_overlapping_deletes().await?
         };
         if self.backlog_due(pass.delivered == 0) {
             self.record_backlog().await?;
@@ -241,23 +251,70 @@ impl<S: OutboxSink> Relay<S> {
         Ok(pass)
     }
 
+    /// A pass on SQLite: the window read on the reader, the rows the last pass delivered left
+    /// out of it and deleted while this pass delivers.
+    async fn pass_overlapping_deletes(&self) -> Result<RelayPass, DbErr> {
+        let delivered = self.take_delivered();
+        let pass = self
+            .pass_on(&self.reader, &self.db, false, &delivered)
+            .await;
+        if pass.is_err() {
+            self.keep_delivered(delivered);
+        }
+        pass
+    }
+
+    /// The ids awaiting their delete, leaving none.
+    fn take_delivered(&self) -> Vec<i64> {
+        self.delivered
+            .lock()
+            .map(|mut ids| std::mem::take(&mut *ids))
+            .unwrap_or_default()
+    }
+
+    /// Adds `ids` to those the next pass deletes.
+    fn keep_delivered(&self, ids: Vec<i64>) {
+        if let Ok(mut delivered) = self.delivered.lock() {
+            delivered.extend(ids);
+        }
+    }
+
+    /// Deletes the rows `ids`, delivered.
+    async fn delete_delivered(&self, ids: Vec<i64>) -> Result<(), DbErr> {
+        delete_rows(&self.db, &ids).await
+    }
+
     /// A pass reading the window on `read` and writing the outcome on `conn` (the same
-    /// transaction when `lock`ing).
+    /// transaction when `lock`ing). Rows in `delivered` were delivered by the previous pass:
+    /// they are left out of the window and deleted during this pass's delivery; the rows this
+    /// pass delivers are then left for the next pass to delete ([`Relay::keep_delivered`]).
+    /// With an empty `delivered`, delivered rows are deleted before the pass returns.
     async fn pass_on<R: ConnectionTrait, C: ConnectionTrait>(
         &self,
         read: &R,
         conn: &C,
         lock: bool,
+        delivered: &[i64],
     ) -> Result<RelayPass, DbErr> {
         let now = Utc::now();
         let mut query = outbox_message::Entity::find()
+            .select_only()
+            .columns([
+                outbox_message::Column::Id,
+                outbox_message::Column::PartitionKey,
+                outbox_message::Column::NextAttemptAt,
+            ])
             .filter(outbox_message::Column::Destination.eq(self.config.destination))
             .order_by_asc(outbox_message::Column::Id)
             .limit(self.config.window as u64);
         if lock {
             query = query.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
         }
-        let window = query.all(read).await?;
+        let mut window: Vec<Pending> = query.into_model().all(read).await?;
+        if !delivered.is_empty() {
+            let done: HashSet<i64> = delivered.iter().copied().collect();
+            window.retain(|row| !done.contains(&row.id));
+        }
         let limit = self.limit.load(Ordering::Relaxed);
         let (mut ready, next_due) = select_ready(&window, now, limit);
         if lock && !ready.is_empty() {
@@ -265,13 +322,21 @@ impl<S: OutboxSink> Relay<S> {
             keep_keys_we_head(&mut ready, &oldest);
         }
         if ready.is_empty() {
+            delete_rows(conn, delivered).await?;
             return Ok(RelayPass {
                 next_due,
                 ..RelayPass::default()
             });
         }
-        let messages: Vec<OutboxMessage> = ready.iter().map(to_message).collect();
-        let ids: Vec<i64> = messages.iter().map(|m| m.id).collect();
+        let ids: Vec<i64> = ready.iter().map(|row| row.id).collect();
+        let messages: Vec<OutboxMessage> = outbox_message::Entity::find()
+            .filter(outbox_message::Column::Id.is_in(crate::db::in_list(&ids)))
+            .order_by_asc(outbox_message::Column::Id)
+            .all(read)
+            .await?
+            .into_iter()
+            .map(to_message)
+            .collect();
         let span = tracing::info_span!(
             "outbox.deliver",
             destination = self.config.destination,
@@ -280,16 +345,26 @@ impl<S: OutboxSink> Relay<S> {
         if let Some(first) = messages.first() {
             crate::telemetry::set_parent_from(&span, &first.trace_context);
         }
-        let outcome = self.sink.deliver(&messages).instrument(span).await;
+        let (outcome, deleted) = tokio::join!(
+            self.sink.deliver(&messages).instrument(span),
+            delete_rows(conn, delivered)
+        );
+        if let Err(err) = deleted {
+            if outcome.is_ok() {
+                self.keep_delivered(ids);
+            }
+            return Err(err);
+        }
         let attributes = &self.metrics.attributes;
         match outcome {
             Ok(()) => {
                 self.limit
                     .store(grown(limit, self.config.batch_size), Ordering::Relaxed);
-                outbox_message::Entity::delete_many()
-                    .filter(outbox_message::Column::Id.is_in(crate::db::in_list(&ids)))
-                    .exec(conn)
-                    .await?;
+                if lock {
+                    delete_rows(conn, &ids).await?;
+                } else {
+                    self.keep_delivered(ids);
+                }
                 self.metrics
                     .delivered
                     .add(messages.len() as u64, attributes);
@@ -339,7 +414,7 @@ impl<S: OutboxSink> Relay<S> {
     async fn oldest_pending_per_key<C: ConnectionTrait>(
         &self,
         conn: &C,
-        ready: &[outbox_message::Model],
+        ready: &[Pending],
     ) -> Result<HashMap<String, i64>, DbErr> {
         let keys: HashSet<&str> = ready.iter().map(|r| r.partition_key.as_str()).collect();
         let rows: Vec<(String, i64)> = outbox_message::Entity::find()
@@ -379,6 +454,18 @@ impl<S: OutboxSink> Relay<S> {
         self.metrics.lag.record(lag, attributes);
         Ok(())
     }
+}
+
+/// Deletes the outbox rows `ids` (none: no statement).
+async fn delete_rows<C: ConnectionTrait>(conn: &C, ids: &[i64]) -> Result<(), DbErr> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    outbox_message::Entity::delete_many()
+        .filter(outbox_message::Column::Id.is_in(crate::db::in_list(ids)))
+        .exec(conn)
+        .await?;
+    Ok(())
 }
 
 /// What waits in the outbox for one destination.
@@ -432,11 +519,22 @@ fn grown(limit: usize, max: usize) -> usize {
     limit.saturating_add(limit / 4 + 1).min(max.max(1))
 }
 
+/// What a pass needs of a pending row to choose the deliverable ones: not its payload, which is
+/// read for the chosen rows only (a window is several deliveries long).
+#[derive(Debug, Clone, PartialEq, Eq, FromQueryResult)]
+struct Pending {
+    id: i64,
+    partition_key: String,
+    next_attempt_at: DateTime<Utc>,
+}
+
+/// The rows of `window` (oldest first) a delivery of at most `limit` may take without
+/// overtaking an older row of their key, and when the earliest held-back row becomes due.
 fn select_ready(
-    window: &[outbox_message::Model],
+    window: &[Pending],
     now: DateTime<Utc>,
     limit: usize,
-) -> (Vec<outbox_message::Model>, Option<DateTime<Utc>>) {
+) -> (Vec<Pending>, Option<DateTime<Utc>>) {
     let mut held: HashSet<&str> = HashSet::new();
     let mut ready = Vec::new();
     let mut next_due: Option<DateTime<Utc>> = None;
@@ -460,7 +558,7 @@ fn select_ready(
 }
 
 /// Drops the keys whose oldest pending row is not ours (another replica holds it).
-fn keep_keys_we_head(ready: &mut Vec<outbox_message::Model>, oldest: &HashMap<String, i64>) {
+fn keep_keys_we_head(ready: &mut Vec<Pending>, oldest: &HashMap<String, i64>) {
     let mut first_ours: HashMap<String, i64> = HashMap::new();
     for row in ready.iter() {
         first_ours
@@ -470,13 +568,13 @@ fn keep_keys_we_head(ready: &mut Vec<outbox_message::Model>, oldest: &HashMap<St
     ready.retain(|row| oldest.get(&row.partition_key) == first_ours.get(&row.partition_key));
 }
 
-fn to_message(row: &outbox_message::Model) -> OutboxMessage {
+fn to_message(row: outbox_message::Model) -> OutboxMessage {
     OutboxMessage {
         id: row.id,
-        message_id: row.message_id.clone(),
-        tenant_id: row.tenant_id.clone(),
-        partition_key: row.partition_key.clone(),
-        payload: row.payload.clone(),
+        message_id: row.message_id,
+        tenant_id: row.tenant_id,
+        partition_key: row.partition_key,
+        payload: row.payload,
         trace_context: serde_json::from_str(&row.trace_context).unwrap_or_default(),
         created_at: row.created_at,
         attempts: row.attempts,
@@ -495,19 +593,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn row(id: i64, key: &str, due_in_secs: i64, now: DateTime<Utc>) -> outbox_message::Model {
-        outbox_message::Model {
+    fn row(id: i64, key: &str, due_in_secs: i64, now: DateTime<Utc>) -> Pending {
+        Pending {
             id,
-            destination: "d".into(),
-            message_id: format!("m{id}"),
-            tenant_id: "t".into(),
             partition_key: key.into(),
-            payload: vec![],
-            trace_context: "{}".into(),
-            created_at: now,
-            attempts: 0,
             next_attempt_at: now + chrono::Duration::seconds(due_in_secs),
-            last_error: None,
         }
     }
 
