@@ -9,8 +9,8 @@ use chrono::Utc;
 use leadflow_proto::common::v1::MessageHeader;
 use leadflow_runtime::lease::{CreateLeases, Lease};
 use leadflow_runtime::outbox::{
-    self, CreateOutboxAndInbox, DeliveryError, KeyIndexOnlyOnPostgres, NewMessage, OutboxMessage, OutboxSink, Relay,
-    RelayConfig, Wakeup, inbox,
+    self, CreateOutboxAndInbox, DeliveryError, KeyIndexOnlyOnPostgres, NewMessage, OutboxMessage,
+    OutboxSink, Relay, RelayConfig, Wakeup, inbox,
 };
 use leadflow_test_support::{Backend, TestDb, on_both_backends};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
