@@ -400,15 +400,20 @@ impl HandoffService for HandoffApi {
         } else {
             String::new()
         };
-        let full = r.view == pb::HandoffView::Full as i32;
-        let mut handoffs = Vec::with_capacity(rows.len());
-        for row in &rows {
-            handoffs.push(if full {
-                Self::full(&read, &tenant.0, row).await?
-            } else {
-                convert::handoff_to_pb(row, None)
-            });
-        }
+        let handoffs = if r.view == pb::HandoffView::Full as i32 {
+            let ids: Vec<String> = rows.iter().map(|row| row.handoff_id.clone()).collect();
+            let mut histories = read.histories(&tenant.0, &ids).await?;
+            rows.iter()
+                .map(|row| {
+                    let history = histories.remove(&row.handoff_id).unwrap_or_default();
+                    convert::handoff_to_pb(row, Some(history))
+                })
+                .collect()
+        } else {
+            rows.iter()
+                .map(|row| convert::handoff_to_pb(row, None))
+                .collect()
+        };
         Ok(Response::new(pb::ListHandoffsResponse {
             handoffs,
             next_page_token,

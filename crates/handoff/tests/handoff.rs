@@ -749,6 +749,65 @@ async fn the_manager_queue_ends_escalation(db: TestDb) {
     h.stop().await;
 }
 
+/// The full view of a listed page carries each hand-off's own history (read for the whole page
+/// at once), as `GetHandoff` shows it.
+async fn a_full_page_carries_each_handoffs_own_history(db: TestDb) {
+    let (h, _upstream) = start(&db).await;
+    let now = h.clock.now();
+    let events = (0..3)
+        .map(|i| {
+            requested(
+                &format!("f{i}"),
+                &format!("lead-{i}"),
+                HandoffKind::SdrReview,
+                "DE",
+                now,
+            )
+        })
+        .collect();
+    apply(&h, events).await;
+    let acknowledged = handoffs_of(&h, "lead-1").await.remove(0);
+    h.client()
+        .acknowledge_handoff(pb::AcknowledgeHandoffRequest {
+            request_id: String::new(),
+            handoff_id: acknowledged.handoff_id.clone(),
+            crm_record_id: "crm-1".into(),
+        })
+        .await
+        .expect("ack");
+    let page = h
+        .client()
+        .list_handoffs(pb::ListHandoffsRequest {
+            view: pb::HandoffView::Full as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .handoffs;
+    assert_eq!(page.len(), 3);
+    for listed in &page {
+        let got = h
+            .client()
+            .get_handoff(pb::GetHandoffRequest {
+                handoff_id: listed.handoff_id.clone(),
+            })
+            .await
+            .expect("get")
+            .into_inner()
+            .handoff
+            .expect("a hand-off");
+        assert_eq!(
+            listed.status_history, got.status_history,
+            "{}",
+            listed.lead_id
+        );
+        let expected = if listed.lead_id == "lead-1" { 2 } else { 1 };
+        assert_eq!(listed.status_history.len(), expected, "{}", listed.lead_id);
+    }
+    h.stop().await;
+}
+
 async fn handoffs_are_listed_oldest_first_in_pages(db: TestDb) {
     let (h, _upstream) = start(&db).await;
     let now = h.clock.now();
@@ -1200,6 +1259,7 @@ on_both_backends! {
     escalation_again => a_new_owner_who_misses_the_fresh_sla_is_escalated_again;
     manager_queue => the_manager_queue_ends_escalation;
     paging => handoffs_are_listed_oldest_first_in_pages;
+    full_page => a_full_page_carries_each_handoffs_own_history;
     webhooks => webhooks_are_signed_retried_and_logged;
     bad_requests => bad_requests_get_field_violations;
 }

@@ -14,7 +14,7 @@ use leadflow_proto::common::v1 as common;
 use leadflow_proto::handoff::events::v1::{self as events, handoff_decision::Decision};
 use leadflow_proto::handoff::v1 as pb;
 use leadflow_proto::qualification::v1::{QualificationEvent, qualification_event::Event};
-use leadflow_runtime::db::MAX_ROWS_PER_STATEMENT;
+use leadflow_runtime::db::{MAX_ROWS_PER_STATEMENT, in_list};
 use leadflow_runtime::outbox::{self, NewMessage, Wakeup, inbox};
 use leadflow_runtime::pbtime::to_timestamp;
 use prost::Message;
@@ -117,6 +117,29 @@ impl Reader {
             .into_iter()
             .map(|row| decode_change(&row.body))
             .collect()
+    }
+
+    /// The changes of each of `handoff_ids`, oldest first: a page's histories in one query per
+    /// [`MAX_ROWS_PER_STATEMENT`] ids. A hand-off without changes is absent from the map.
+    pub async fn histories(
+        &self,
+        tenant: &str,
+        handoff_ids: &[String],
+    ) -> Result<HashMap<String, Vec<pb::HandoffStatusChange>>, Error> {
+        let mut histories: HashMap<String, Vec<pb::HandoffStatusChange>> = HashMap::new();
+        for ids in handoff_ids.chunks(MAX_ROWS_PER_STATEMENT) {
+            let rows = change::Entity::find()
+                .filter(change::Column::TenantId.eq(tenant))
+                .filter(change::Column::HandoffId.is_in(in_list(ids)))
+                .order_by_asc(change::Column::Id)
+                .all(&self.txn)
+                .await?;
+            for row in rows {
+                let change = decode_change(&row.body)?;
+                histories.entry(row.handoff_id).or_default().push(change);
+            }
+        }
+        Ok(histories)
     }
 
     /// Hand-offs matching `filter`, oldest first (ids are time-ordered), after the hand-off id
