@@ -44,6 +44,8 @@ struct SinkState {
     /// Deliveries of more messages fail, as a receiver's deadline would.
     max_accepted: Option<usize>,
     raw_deliveries: Vec<String>,
+    /// The size of each delivery accepted.
+    batches: Vec<usize>,
     seen: HashSet<String>,
     applied_in_order: Vec<(String, String)>,
 }
@@ -75,6 +77,7 @@ impl OutboxSink for RecordingSink {
         if state.max_accepted.is_some_and(|max| messages.len() > max) {
             return Err(DeliveryError("deadline exceeded".into()));
         }
+        state.batches.push(messages.len());
         for m in messages {
             state.raw_deliveries.push(m.message_id.clone());
             if state.seen.insert(m.message_id.clone()) {
@@ -260,6 +263,27 @@ async fn an_idle_pass_deletes_what_the_last_pass_delivered(db: TestDb) {
         5,
         "nothing delivered twice"
     );
+}
+
+/// A delivery carries at most the configured payload bytes: three-byte payloads under a
+/// seven-byte bound go two at a time, all of them once and in order.
+async fn deliveries_stay_under_their_byte_bound(db: TestDb) {
+    let conn = connect(&db).await;
+    let expected = enqueue_messages(&conn, 10, 3).await;
+    let (sink, mut watcher) = RecordingSink::failing_first(0);
+    let config = RelayConfig {
+        max_batch_bytes: 7,
+        ..fast_config()
+    };
+    let shutdown = CancellationToken::new();
+    let task =
+        tokio::spawn(Relay::new(conn, sink.clone(), config, Wakeup::new()).run(shutdown.clone()));
+    wait_for(&mut watcher, 10).await;
+    shutdown.cancel();
+    task.await.expect("relay stops");
+    let state = sink.state.lock().expect("lock");
+    assert_eq!(state.batches, [2, 2, 2, 2, 2]);
+    assert_eq!(per_key(&state.applied_in_order), expected);
 }
 
 async fn undelivered_rows_survive_a_restart(db: TestDb) {
@@ -462,6 +486,7 @@ on_both_backends! {
     shrinking_deliveries => a_receiver_that_times_out_on_large_deliveries_gets_smaller_ones;
     relay_reader => a_relay_reading_through_readers_delivers_each_row_once;
     idle_pass_deletes => an_idle_pass_deletes_what_the_last_pass_delivered;
+    byte_bound => deliveries_stay_under_their_byte_bound;
     restart => undelivered_rows_survive_a_restart;
     backlog => the_backlog_counts_one_destination_and_dates_its_oldest_row;
     inbox_dedupe => inbox_claims_a_message_id_once;

@@ -156,8 +156,10 @@ pub struct OutboxArgs {
     /// sooner in the same process).
     #[arg(long, env = "LEADFLOW_OUTBOX_POLL_MS", default_value_t = 1000)]
     pub outbox_poll_ms: u64,
-    /// Most messages per delivery call.
-    #[arg(long, env = "LEADFLOW_OUTBOX_BATCH_SIZE", default_value_t = 500)]
+    /// Most messages per delivery call (and at most half the message size limit in payloads).
+    /// Larger deliveries commit fewer, larger transactions at the receiver, each writing a lead's
+    /// page once for all its events in the batch.
+    #[arg(long, env = "LEADFLOW_OUTBOX_BATCH_SIZE", default_value_t = 2000)]
     pub outbox_batch_size: usize,
     /// Backoff after the first failed delivery, in milliseconds; doubled after each further one.
     #[arg(long, env = "LEADFLOW_OUTBOX_BACKOFF_MS", default_value_t = 200)]
@@ -171,7 +173,7 @@ impl Default for OutboxArgs {
     fn default() -> Self {
         Self {
             outbox_poll_ms: 1000,
-            outbox_batch_size: 500,
+            outbox_batch_size: 2000,
             outbox_backoff_ms: 200,
             outbox_backoff_max_ms: 60_000,
         }
@@ -185,6 +187,7 @@ impl OutboxArgs {
         RelayConfig {
             destination,
             batch_size,
+            max_batch_bytes: relay::DEFAULT_MAX_BATCH_BYTES,
             window: batch_size * 4,
             poll_interval: std::time::Duration::from_millis(self.outbox_poll_ms.max(1)),
             backoff_base: std::time::Duration::from_millis(self.outbox_backoff_ms.max(1)),

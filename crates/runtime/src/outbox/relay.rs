@@ -68,6 +68,9 @@ pub struct RelayConfig {
     /// At most this many messages per delivery (fewer after failures, see the module
     /// documentation).
     pub batch_size: usize,
+    /// At most this many payload bytes per delivery (a larger message goes alone), under the
+    /// receiver's message size limit.
+    pub max_batch_bytes: usize,
     /// How many of the oldest pending rows one pass looks at.
     pub window: usize,
     /// How long to wait when idle before looking again (a [`Wakeup`] cuts it short).
@@ -84,6 +87,7 @@ impl RelayConfig {
         Self {
             destination,
             batch_size: 100,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             window: 400,
             poll_interval: Duration::from_secs(1),
             backoff_base: Duration::from_millis(200),
@@ -112,6 +116,10 @@ pub struct RelayPass {
     /// The earliest time a held-back message becomes due, if any is pending.
     pub next_due: Option<DateTime<Utc>>,
 }
+
+/// Payload bytes per delivery by default: half the services' message size limit, the rest left
+/// for each message's envelope (ids, key, trace context) and the call's framing.
+pub(crate) const DEFAULT_MAX_BATCH_BYTES: usize = crate::server::MAX_MESSAGE_BYTES / 2;
 
 /// Delivers one destination's outbox rows to a sink until shut down.
 #[derive(Debug)]
@@ -304,6 +312,10 @@ impl<S: OutboxSink> Relay<S> {
                 outbox_message::Column::PartitionKey,
                 outbox_message::Column::NextAttemptAt,
             ])
+            .column_as(
+                Expr::cust("CAST(length(payload) AS BIGINT)"),
+                "payload_bytes",
+            )
             .filter(outbox_message::Column::Destination.eq(self.config.destination))
             .order_by_asc(outbox_message::Column::Id)
             .limit(self.config.window as u64);
@@ -316,7 +328,11 @@ impl<S: OutboxSink> Relay<S> {
             window.retain(|row| !done.contains(&row.id));
         }
         let limit = self.limit.load(Ordering::Relaxed);
-        let (mut ready, next_due) = select_ready(&window, now, limit);
+        let bounds = Bounds {
+            messages: limit,
+            bytes: self.config.max_batch_bytes,
+        };
+        let (mut ready, next_due) = select_ready(&window, now, bounds);
         if lock && !ready.is_empty() {
             let oldest = self.oldest_pending_per_key(conn, &ready).await?;
             keep_keys_we_head(&mut ready, &oldest);
@@ -505,9 +521,6 @@ pub async fn backlog<C: ConnectionTrait>(conn: &C, destination: &str) -> Result<
     })
 }
 
-/// The rows of `window` (oldest first) that may be delivered now, at most `limit`, and the
-/// earliest time a held-back row becomes due. A key is held back from its first row that is
-/// not yet due, so no row overtakes an older one of its key.
 /// The delivery limit after a delivery of `size` messages failed: half of it, at least one.
 fn shrunk(size: usize) -> usize {
     (size / 2).max(1)
@@ -526,24 +539,40 @@ struct Pending {
     id: i64,
     partition_key: String,
     next_attempt_at: DateTime<Utc>,
+    /// The payload's length in bytes.
+    payload_bytes: i64,
 }
 
-/// The rows of `window` (oldest first) a delivery of at most `limit` may take without
-/// overtaking an older row of their key, and when the earliest held-back row becomes due.
+/// How much one delivery may carry.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    /// Messages.
+    messages: usize,
+    /// Payload bytes; a single larger message still goes alone.
+    bytes: usize,
+}
+
+/// The rows of `window` (oldest first) one delivery within `bounds` may take without
+/// overtaking an older row of their key, and when the earliest held-back row becomes due. A
+/// key is held back from its first row that is not yet due or does not fit.
 fn select_ready(
     window: &[Pending],
     now: DateTime<Utc>,
-    limit: usize,
+    bounds: Bounds,
 ) -> (Vec<Pending>, Option<DateTime<Utc>>) {
     let mut held: HashSet<&str> = HashSet::new();
     let mut ready = Vec::new();
+    let mut bytes = 0usize;
     let mut next_due: Option<DateTime<Utc>> = None;
     for row in window {
         let key = row.partition_key.as_str();
         if held.contains(key) {
             continue;
         }
-        if row.next_attempt_at > now || ready.len() >= limit {
+        let row_bytes = usize::try_from(row.payload_bytes).unwrap_or(0);
+        let full = ready.len() >= bounds.messages
+            || (!ready.is_empty() && bytes.saturating_add(row_bytes) > bounds.bytes);
+        if row.next_attempt_at > now || full {
             held.insert(key);
             if row.next_attempt_at > now {
                 next_due = Some(
@@ -552,6 +581,7 @@ fn select_ready(
             }
             continue;
         }
+        bytes = bytes.saturating_add(row_bytes);
         ready.push(row.clone());
     }
     (ready, next_due)
@@ -594,11 +624,49 @@ mod tests {
     use proptest::prelude::*;
 
     fn row(id: i64, key: &str, due_in_secs: i64, now: DateTime<Utc>) -> Pending {
+        sized(id, key, due_in_secs, 100, now)
+    }
+
+    fn sized(id: i64, key: &str, due_in_secs: i64, bytes: i64, now: DateTime<Utc>) -> Pending {
         Pending {
             id,
             partition_key: key.into(),
             next_attempt_at: now + chrono::Duration::seconds(due_in_secs),
+            payload_bytes: bytes,
         }
+    }
+
+    fn at_most(messages: usize) -> Bounds {
+        Bounds {
+            messages,
+            bytes: usize::MAX,
+        }
+    }
+
+    #[test]
+    fn a_delivery_stops_at_its_byte_bound_but_a_large_message_goes_alone() {
+        let now = Utc::now();
+        let window = vec![
+            sized(1, "a", 0, 600, now),
+            sized(2, "b", 0, 300, now),
+            sized(3, "c", 0, 200, now),
+            sized(4, "a", 0, 10, now),
+            sized(5, "d", 0, 50, now),
+        ];
+        let bounds = Bounds {
+            messages: 10,
+            bytes: 1000,
+        };
+        let (ready, _) = select_ready(&window, now, bounds);
+        let ids: Vec<i64> = ready.iter().map(|r| r.id).collect();
+        assert_eq!(
+            ids,
+            [1, 2, 4, 5],
+            "c does not fit; smaller rows after it still do"
+        );
+        let large = vec![sized(1, "a", 0, 5000, now), sized(2, "b", 0, 10, now)];
+        let (ready, _) = select_ready(&large, now, bounds);
+        assert_eq!(ready.iter().map(|r| r.id).collect::<Vec<_>>(), [1]);
     }
 
     #[test]
@@ -610,7 +678,7 @@ mod tests {
             row(3, "a", 0, now),
             row(4, "b", 0, now),
         ];
-        let (ready, next_due) = select_ready(&window, now, 10);
+        let (ready, next_due) = select_ready(&window, now, at_most(10));
         let ids: Vec<i64> = ready.iter().map(|r| r.id).collect();
         assert_eq!(ids, [2, 4]);
         assert_eq!(next_due, Some(now + chrono::Duration::seconds(10)));
@@ -624,7 +692,7 @@ mod tests {
             row(2, "b", 0, now),
             row(3, "a", 0, now),
         ];
-        let (ready, _) = select_ready(&window, now, 1);
+        let (ready, _) = select_ready(&window, now, at_most(1));
         let ids: Vec<i64> = ready.iter().map(|r| r.id).collect();
         assert_eq!(ids, [1]);
     }
@@ -668,13 +736,20 @@ mod tests {
     proptest! {
         /// Whatever the due times, the selected rows never overtake an older row of their key.
         #[test]
-        fn selection_keeps_per_key_order(rows in prop::collection::vec((0u8..4, any::<bool>()), 0..40), limit in 1usize..20) {
+        fn selection_keeps_per_key_order_and_its_bounds(
+            rows in prop::collection::vec((0u8..4, any::<bool>(), 0i64..500), 0..40),
+            limit in 1usize..20,
+            max_bytes in 1usize..2000,
+        ) {
             let now = Utc::now();
             let window: Vec<_> = rows.iter().enumerate()
-                .map(|(i, (key, due))| row(i as i64, &key.to_string(), if *due { 0 } else { 5 }, now))
+                .map(|(i, (key, due, bytes))| sized(i as i64, &key.to_string(), if *due { 0 } else { 5 }, *bytes, now))
                 .collect();
-            let (ready, _) = select_ready(&window, now, limit);
+            let bounds = Bounds { messages: limit, bytes: max_bytes };
+            let (ready, _) = select_ready(&window, now, bounds);
             prop_assert!(ready.len() <= limit);
+            let bytes: i64 = ready.iter().map(|r| r.payload_bytes).sum();
+            prop_assert!(ready.len() <= 1 || bytes <= max_bytes as i64, "{bytes} bytes over {max_bytes}");
             let chosen: HashSet<i64> = ready.iter().map(|r| r.id).collect();
             for r in &ready {
                 for older in window.iter().filter(|o| o.partition_key == r.partition_key && o.id < r.id) {
