@@ -237,7 +237,7 @@ impl<S: OutboxSink> Relay<S> {
                 () = tokio::time::sleep(wait) => {}
             }
         }
-        if let Err(err) = self.delete_delivered(self.take_delivered()).await {
+        if let Err(err) = delete_rows(&self.db, &self.take_delivered()).await {
             tracing::warn!(destination, error = %err, "delivered outbox rows not deleted, they will be delivered again");
         }
         tracing::info!(destination, "outbox relay stopped");
@@ -287,16 +287,12 @@ impl<S: OutboxSink> Relay<S> {
         }
     }
 
-    /// Deletes the rows `ids`, delivered.
-    async fn delete_delivered(&self, ids: Vec<i64>) -> Result<(), DbErr> {
-        delete_rows(&self.db, &ids).await
-    }
-
     /// A pass reading the window on `read` and writing the outcome on `conn` (the same
     /// transaction when `lock`ing). Rows in `delivered` were delivered by the previous pass:
-    /// they are left out of the window and deleted during this pass's delivery; the rows this
-    /// pass delivers are then left for the next pass to delete ([`Relay::keep_delivered`]).
-    /// With an empty `delivered`, delivered rows are deleted before the pass returns.
+    /// they are left out of the window and deleted during this pass's delivery (or before it
+    /// returns, when it has nothing to deliver). The rows this pass delivers are deleted in its
+    /// transaction when `lock`ing (PostgreSQL), else left for the next pass to delete
+    /// ([`Relay::keep_delivered`]).
     async fn pass_on<R: ConnectionTrait, C: ConnectionTrait>(
         &self,
         read: &R,
