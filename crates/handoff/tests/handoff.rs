@@ -1247,6 +1247,33 @@ async fn bad_requests_get_field_violations(db: TestDb) {
         .await
         .expect_err("no header");
     assert_eq!(fields(&headerless), ["events[0].header"]);
+    for view in [pb::HandoffView::Basic, pb::HandoffView::Full] {
+        let listed = h
+            .client()
+            .list_handoffs(pb::ListHandoffsRequest {
+                filter: Some(pb::HandoffFilter {
+                    statuses: vec![99],
+                    kind: 99,
+                    queue: 99,
+                    ..Default::default()
+                }),
+                page_size: i32::try_from(leadflow_handoff::api::MAX_PAGE + 1).expect("fits"),
+                view: view as i32,
+                ..Default::default()
+            })
+            .await
+            .expect_err("invalid");
+        assert_eq!(listed.code(), Code::InvalidArgument);
+        assert_eq!(
+            fields(&listed),
+            [
+                "filter.statuses[0]",
+                "filter.kind",
+                "filter.queue",
+                "page_size"
+            ]
+        );
+    }
     h.stop().await;
 }
 
