@@ -507,10 +507,13 @@ impl Store {
                     ),
                 );
             }
-            let page = query.all(&self.db).await?;
+            // The page is read in the transaction that writes it back, its rows locked on
+            // PostgreSQL: an event applied between a read outside it and the write would be
+            // overwritten by the swept copy.
+            let txn = self.db.begin().await?;
+            let page = query.lock_exclusive().all(&txn).await?;
             let Some(last) = page.last() else { break };
             after = Some((last.tenant_id.clone(), last.lead_id.clone()));
-            let txn = self.db.begin().await?;
             let mut out = Vec::new();
             for row in page {
                 let model = models.get(self, &txn, &row.tenant_id).await?;
