@@ -930,6 +930,124 @@ async fn stored_facts_survive_the_clustering_migration(db: TestDb) {
     }
 }
 
+/// A lead state stored as JSON text, as states were before their binary encoding, survives
+/// the migration that follows (PostgreSQL's column becomes bytes): it scores as it did, and is
+/// stored in the binary encoding once its lead changes.
+async fn a_json_state_from_before_the_binary_encoding_still_scores(db: TestDb) {
+    use leadflow_scoring::domain::{ActivityFact, LeadScore};
+    use leadflow_scoring::store::{migrations::Migrator, state};
+    use sea_orm::sea_query::{Alias, Query};
+    use sea_orm::{ConnectionTrait, Statement};
+    use sea_orm_migration::MigratorTrait;
+
+    let conn = leadflow_runtime::db::connect(&db.url, 2)
+        .await
+        .expect("connect");
+    Migrator::up(&conn, Some(5))
+        .await
+        .expect("the migrations before it");
+    let model = default_model();
+    let seen = Utc::now() - Duration::days(20);
+    let mut legacy = LeadScore::new(seen);
+    legacy.apply_activity(
+        &model,
+        &ActivityFact {
+            id: "old-pricing".into(),
+            activity_type: "pricing_view".into(),
+            occurred_at: seen,
+            properties: std::collections::BTreeMap::new(),
+        },
+    );
+    let json = serde_json::to_string(&legacy).expect("the old form");
+    let insert = Query::insert()
+        .into_table(Alias::new("lead_scores"))
+        .columns([
+            "tenant_id",
+            "lead_id",
+            "state",
+            "profile",
+            "first_seen",
+            "model_version",
+            "merged_into",
+            "announced_score",
+            "announced_grade",
+            "updated_at",
+        ])
+        .values_panic([
+            "default".into(),
+            "legacy".into(),
+            json.into(),
+            Vec::<u8>::new().into(),
+            seen.into(),
+            model.version.into(),
+            Option::<String>::None.into(),
+            0.0_f64.into(),
+            0_i32.into(),
+            seen.into(),
+        ])
+        .to_owned();
+    conn.execute(&insert).await.expect("a state stored as JSON");
+    Migrator::up(&conn, None).await.expect("the rest");
+
+    let (scoring, _receiver) = start(&db).await;
+    let now = scoring.clock.now();
+    let score = scoring
+        .client()
+        .get_score(pb::GetScoreRequest {
+            lead_id: "legacy".into(),
+        })
+        .await
+        .expect("the old state scores")
+        .into_inner()
+        .score
+        .expect("score");
+    let expected = legacy.score(&model, now).score;
+    assert!(
+        (score.score - expected).abs() < 1e-9,
+        "{} against {expected}",
+        score.score
+    );
+    assert!(expected > 0.0, "the old activity counts");
+
+    scoring
+        .internal()
+        .apply_lead_events(pb::ApplyLeadEventsRequest {
+            events: vec![activity_event("new", "legacy", "pricing_view", now, &[])],
+        })
+        .await
+        .expect("apply");
+    let stored = conn
+        .query_one_raw(Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT state FROM lead_scores WHERE lead_id = 'legacy'",
+        ))
+        .await
+        .expect("read")
+        .expect("the row");
+    let stored: Vec<u8> = stored.try_get("", "state").expect("bytes");
+    assert_ne!(stored.first(), Some(&b'{'), "written back in binary");
+    let rewritten: LeadScore = state::decode(&stored).expect("decodes");
+    assert_eq!(
+        rewritten.ledger().len(),
+        legacy.ledger().len() + 1,
+        "{:?} after {:?}",
+        rewritten.ledger(),
+        legacy.ledger()
+    );
+    let after = scoring
+        .client()
+        .get_score(pb::GetScoreRequest {
+            lead_id: "legacy".into(),
+        })
+        .await
+        .expect("scores")
+        .into_inner()
+        .score
+        .expect("score");
+    assert!(after.score > score.score, "the new activity counts too");
+    scoring.stop().await;
+}
+
 /// `GetScore` calls in flight together share batched queries: each caller still gets its own
 /// lead's score (a merged id its survivor's, an unknown id NOT_FOUND), and a lead whose stored
 /// state is corrupt fails only its own calls.
@@ -1033,6 +1151,7 @@ async fn concurrent_score_reads_each_get_their_own_answer(db: TestDb) {
 
 on_both_backends! {
     facts_migration => stored_facts_survive_the_clustering_migration;
+    json_state => a_json_state_from_before_the_binary_encoding_still_scores;
     seed_journey_scores => the_seed_journey_scores_an_mql_and_explains_it;
     hand_raise => a_hand_raise_is_announced_as_such;
     batch_get => batch_get_reports_unknown_ids;

@@ -75,8 +75,9 @@ pub struct ScoreView {
 }
 
 /// The part of a stored [`LeadScore`] its score needs, read from the same serialized state
-/// (the other fields are skipped, not decoded): a score lookup then neither builds the ledger,
-/// the awards and the seen activity ids nor parses their times.
+/// (the binary encoding's first three fields; the JSON's other fields are skipped): a score
+/// lookup then neither builds the ledger, the awards and the seen activity ids nor parses
+/// their times.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ScoreInputs {
     fit_rules: Vec<(String, f64)>,
@@ -135,11 +136,16 @@ pub struct Explanation {
 }
 
 /// A lead's scoring state.
+///
+/// Its first three fields are [`ScoreInputs`]' fields, in the same order: in a stored state's
+/// binary encoding (fields in declaration order) a score lookup reads them as a prefix and
+/// stops there. Keep them first when fields are added (new fields go last).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LeadScore {
-    profile: BTreeMap<String, String>,
     fit_rules: Vec<(String, f64)>,
     engagement: Decaying,
+    hand_raises: Vec<(String, String, DateTime<Utc>)>,
+    profile: BTreeMap<String, String>,
     ledger: Vec<LedgerLine>,
     awards: HashMap<String, Vec<(DateTime<Utc>, f64)>>,
     assets: HashSet<(String, String)>,
@@ -148,7 +154,6 @@ pub struct LeadScore {
     last_seen: HashMap<String, DateTime<Utc>>,
     last_any: Option<DateTime<Utc>>,
     inactivity_applied: HashMap<String, DateTime<Utc>>,
-    hand_raises: Vec<(String, String, DateTime<Utc>)>,
 }
 
 impl LeadScore {
@@ -517,12 +522,18 @@ mod tests {
             let score = lead.score(&model, now).score;
             prop_assert!((score - explanation.score).abs() < 1e-9 * score.abs().max(1.0), "{} vs {}", score, explanation.score);
             // What a score lookup reads from the stored state scores exactly like the whole
-            // state read back from the same text.
-            let stored = serde_json::to_string(&lead).expect("serializes");
-            let inputs: ScoreInputs = serde_json::from_str(&stored).expect("inputs deserialize");
-            let whole: LeadScore = serde_json::from_str(&stored).expect("state deserializes");
+            // state read back from the same bytes: the binary encoding's prefix, or the
+            // fields of the JSON that states were stored as before it.
+            let stored = postcard::to_allocvec(&lead).expect("encodes");
+            let (inputs, _rest): (ScoreInputs, _) = postcard::take_from_bytes(&stored).expect("inputs decode");
+            let whole: LeadScore = postcard::from_bytes(&stored).expect("state decodes");
             prop_assert_eq!(inputs.score(&model, now), whole.score(&model, now));
             // Saving and loading a lead changes nothing, down to the last bit of every float.
+            prop_assert_eq!(&whole, &lead);
+            let json = serde_json::to_string(&lead).expect("serializes");
+            let inputs: ScoreInputs = serde_json::from_str(&json).expect("inputs deserialize");
+            let whole: LeadScore = serde_json::from_str(&json).expect("state deserializes");
+            prop_assert_eq!(inputs.score(&model, now), whole.score(&model, now));
             prop_assert_eq!(&whole, &lead);
         }
     }

@@ -153,7 +153,7 @@ pub(super) fn new_lead(
         row: lead_score::Model {
             tenant_id: tenant.to_owned(),
             lead_id: lead_id.to_owned(),
-            state: String::new(),
+            state: Vec::new(),
             profile: Vec::new(),
             first_seen,
             model_version: model.version,

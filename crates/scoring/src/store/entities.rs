@@ -41,8 +41,8 @@ pub mod lead_score {
         /// The lead.
         #[sea_orm(primary_key, auto_increment = false)]
         pub lead_id: String,
-        /// `domain::LeadScore` as JSON (ledger included).
-        pub state: String,
+        /// `domain::LeadScore` (ledger included), as `store::state` encodes it.
+        pub state: Vec<u8>,
         /// The profile as an encoded `leadflow.common.v1.Profile`.
         pub profile: Vec<u8>,
         /// When the lead was first seen.

@@ -18,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(CreateScoringTables),
             Box::new(leadflow_runtime::lease::CreateLeases),
             Box::new(ClusterFactsByLead),
+            Box::new(StoreStatesAsBytes),
         ]
     }
 }
@@ -324,5 +325,37 @@ impl MigrationTrait for ClusterFactsByLead {
                     .to_owned(),
             )
             .await
+    }
+}
+
+/// Lead states are stored as bytes (`store::state`'s binary encoding) instead of JSON text.
+/// PostgreSQL's column becomes `bytea`, each stored JSON state kept as its UTF-8 bytes (the
+/// table is rewritten once, under an exclusive lock). SQLite's `TEXT` column already stores
+/// byte values as they are, so nothing changes there; on both, a JSON state still reads and is
+/// rewritten in the binary form the next time its lead changes.
+#[derive(Debug)]
+struct StoreStatesAsBytes;
+
+impl MigrationName for StoreStatesAsBytes {
+    fn name(&self) -> &str {
+        "m20261202_000001_store_lead_states_as_bytes"
+    }
+}
+
+#[async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait signature of sea-orm-migration elides it
+impl MigrationTrait for StoreStatesAsBytes {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        if manager.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
+            return Ok(());
+        }
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "ALTER TABLE lead_scores ALTER COLUMN state TYPE bytea \
+                 USING convert_to(state, 'UTF8')",
+            )
+            .await
+            .map(|_| ())
     }
 }

@@ -8,6 +8,7 @@ mod events;
 pub mod migrations;
 mod reads;
 mod rescore;
+pub mod state;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -67,7 +68,7 @@ pub struct ScoreRead {
 
 impl ScoreRead {
     fn decode(row: &lead_score::Model, merged: bool) -> Result<Self, Error> {
-        let inputs: ScoreInputs = parse_state(&row.state)?;
+        let inputs: ScoreInputs = state::decode(&row.state)?;
         Ok(Self {
             lead_id: row.lead_id.clone(),
             model_version: row.model_version,
@@ -656,12 +657,6 @@ fn parse_model(body: &str) -> Result<Model, Error> {
         .map_err(|err| Error::Corrupt(format!("stored model does not parse: {err}")))
 }
 
-/// A stored lead state, whole ([`LeadScore`]) or the part a score needs ([`ScoreInputs`]).
-fn parse_state<T: serde::de::DeserializeOwned>(state: &str) -> Result<T, Error> {
-    serde_json::from_str(state)
-        .map_err(|err| Error::Corrupt(format!("stored lead state does not parse: {err}")))
-}
-
 /// A stored profile.
 fn decode_profile(bytes: &[u8]) -> Result<common::Profile, Error> {
     common::Profile::decode(bytes)
@@ -669,7 +664,7 @@ fn decode_profile(bytes: &[u8]) -> Result<common::Profile, Error> {
 }
 
 fn decode(row: lead_score::Model, merged: bool) -> Result<LeadState, Error> {
-    let score: LeadScore = parse_state(&row.state)?;
+    let score: LeadScore = state::decode(&row.state)?;
     let profile = decode_profile(&row.profile)?;
     Ok(LeadState {
         row,
@@ -755,7 +750,7 @@ async fn load_or_create(
     }
     let lead = cache::new_lead(tenant, lead_id, model, first_seen);
     let mut row: lead_score::ActiveModel = lead.row.clone().into();
-    row.state = Set(serde_json::to_string(&lead.score).map_err(|e| Error::Corrupt(e.to_string()))?);
+    row.state = Set(state::encode(&lead.score)?);
     row.insert(txn).await?;
     Ok(lead)
 }
@@ -786,7 +781,7 @@ fn saved_row(
     now: DateTime<Utc>,
 ) -> Result<lead_score::Model, Error> {
     Ok(lead_score::Model {
-        state: serde_json::to_string(&lead.score).map_err(|e| Error::Corrupt(e.to_string()))?,
+        state: state::encode(&lead.score)?,
         profile: lead.profile.encode_to_vec(),
         model_version: announced.model_version,
         announced_score: announced.score,

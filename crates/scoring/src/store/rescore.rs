@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use super::{
     Announced, LeadState, Store, activity_fact, cache, decode_profile, events, fact, find_request,
-    lead_score, parse_state, rescore_job, rows_by_id, save_request, saved_row,
+    lead_score, rescore_job, rows_by_id, save_request, saved_row, state,
 };
 use crate::convert;
 use crate::domain::{ActivityFact, LeadScore, Model, ScoreInputs};
@@ -220,7 +220,7 @@ fn replay(read: StepRead, model: &Model, at: DateTime<Utc>) -> Result<Replayed, 
     let StepRead { rows, mut facts } = read;
     let mut replayed = Replayed::default();
     for row in rows.into_iter().filter(|row| row.merged_into.is_none()) {
-        let before = parse_state::<ScoreInputs>(&row.state)?.score(model, at);
+        let before = state::decode::<ScoreInputs>(&row.state)?.score(model, at);
         let profile = decode_profile(&row.profile)?;
         let lead_facts = facts.remove(row.lead_id.as_str()).unwrap_or_default();
         let score = LeadScore::replay(
@@ -309,7 +309,7 @@ mod tests {
 
     fn row(lead_id: &str, merged_into: Option<&str>, at: DateTime<Utc>) -> lead_score::Model {
         let mut lead = cache::new_lead("t", lead_id, &default_model(), at);
-        lead.row.state = serde_json::to_string(&lead.score).expect("state serializes");
+        lead.row.state = state::encode(&lead.score).expect("state encodes");
         lead.row.merged_into = merged_into.map(str::to_owned);
         lead.row
     }
