@@ -1,6 +1,6 @@
 //! How a lead's scoring state is stored: one version byte, then the [`LeadScore`] in postcard
-//! (serde's fields in declaration order, lengths and integers as varints, no field names), a
-//! third of the JSON it replaced. States stored as JSON before it (they start with `{`) still
+//! (serde's fields in declaration order, lengths and integers as varints, no field names):
+//! about 60% of the JSON it replaced at ten activities a lead, and far cheaper to parse. States stored as JSON before it (they start with `{`) still
 //! read, and are written back in the binary form the next time their lead changes.
 
 use serde::de::DeserializeOwned;
