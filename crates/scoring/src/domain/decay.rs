@@ -22,6 +22,7 @@ pub fn factor(from: DateTime<Utc>, to: DateTime<Utc>, half_life: Option<Duration
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Decaying {
     value: f64,
+    #[serde(with = "super::stamp::time")]
     as_of: DateTime<Utc>,
 }
 

@@ -11,6 +11,7 @@ use super::decay::{Decaying, factor};
 use super::fit::{self, Grade};
 use super::inactivity;
 use super::model::Model;
+use super::stamp;
 
 /// An activity as scoring keeps it (the facts rescoring replays).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +51,7 @@ pub struct LedgerLine {
     /// That activity's type.
     pub activity_type: Option<String>,
     /// When the points count from (activity time, or when inactivity applied).
+    #[serde(with = "stamp::time")]
     pub effective_at: DateTime<Utc>,
     /// Points as awarded.
     pub points: f64,
@@ -82,6 +84,7 @@ pub struct ScoreView {
 pub struct ScoreInputs {
     fit_rules: Vec<(String, f64)>,
     engagement: Decaying,
+    #[serde(with = "stamp::labelled")]
     hand_raises: Vec<(String, String, DateTime<Utc>)>,
 }
 
@@ -144,15 +147,21 @@ pub struct Explanation {
 pub struct LeadScore {
     fit_rules: Vec<(String, f64)>,
     engagement: Decaying,
+    #[serde(with = "stamp::labelled")]
     hand_raises: Vec<(String, String, DateTime<Utc>)>,
     profile: BTreeMap<String, String>,
     ledger: Vec<LedgerLine>,
+    #[serde(with = "stamp::timed_by_key")]
     awards: HashMap<String, Vec<(DateTime<Utc>, f64)>>,
     assets: HashSet<(String, String)>,
     seen_activities: HashSet<String>,
+    #[serde(with = "stamp::time")]
     first_seen: DateTime<Utc>,
+    #[serde(with = "stamp::by_key")]
     last_seen: HashMap<String, DateTime<Utc>>,
+    #[serde(with = "stamp::optional")]
     last_any: Option<DateTime<Utc>>,
+    #[serde(with = "stamp::by_key")]
     inactivity_applied: HashMap<String, DateTime<Utc>>,
 }
 

@@ -8,6 +8,7 @@ pub mod fit;
 pub mod inactivity;
 pub mod model;
 pub mod predicate;
+pub mod stamp;
 
 pub use engine::{ActivityFact, Explanation, LeadScore, LedgerLine, LineKind, ScoreInputs};
 pub use fit::Grade;
