@@ -98,19 +98,22 @@ pub mod by_key {
 
 /// A `HashMap<String, Vec<(DateTime<Utc>, f64)>>` field (timed amounts by key).
 pub mod timed_by_key {
-    use super::{DateTime, Deserialize, Deserializer, HashMap, Serializer, Stamp, Utc};
+    use super::{DateTime, Deserialize, Deserializer, HashMap, Serialize, Serializer, Stamp, Utc};
 
     type Timed = HashMap<String, Vec<(DateTime<Utc>, f64)>>;
 
+    /// One key's amounts, serialised in place (no copy per key).
+    struct Amounts<'a>(&'a [(DateTime<Utc>, f64)]);
+
+    impl Serialize for Amounts<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.collect_seq(self.0.iter().map(|(at, amount)| (Stamp(*at), *amount)))
+        }
+    }
+
     /// Serialises `timed`.
     pub fn serialize<S: Serializer>(timed: &Timed, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(timed.iter().map(|(key, amounts)| {
-            let stamped: Vec<(Stamp, f64)> = amounts
-                .iter()
-                .map(|(at, amount)| (Stamp(*at), *amount))
-                .collect();
-            (key, stamped)
-        }))
+        serializer.collect_map(timed.iter().map(|(key, amounts)| (key, Amounts(amounts))))
     }
 
     /// Deserialises timed amounts by key.

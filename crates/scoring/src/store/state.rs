@@ -1,7 +1,8 @@
 //! How a lead's scoring state is stored: one version byte, then the [`LeadScore`] in postcard
 //! (serde's fields in declaration order, lengths and integers as varints, no field names, times
-//! as integers): under half the bytes of the JSON it replaced, and far cheaper to parse. States stored as JSON before it (they start with `{`) still
-//! read, and are written back in the binary form the next time their lead changes.
+//! as integers): under half the bytes of the JSON it replaced, and far cheaper to parse. States
+//! stored as JSON before it (they start with `{`) still read, and are written back in the
+//! binary form the next time their lead changes.
 
 use serde::de::DeserializeOwned;
 
