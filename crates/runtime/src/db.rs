@@ -10,7 +10,7 @@ use sea_orm::{
     AccessMode, ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection,
     DatabaseTransaction, DbErr, IsolationLevel, Statement, TransactionTrait,
 };
-use sea_orm_migration::MigratorTrait;
+use sea_orm_migration::{MigratorTrait, SchemaManager};
 
 /// Lock key under which PostgreSQL migrations run, so pods starting together take turns.
 const MIGRATION_LOCK_KEY: i64 = 0x6c65_6164_666c_6f77; // "leadflow"
@@ -200,6 +200,59 @@ pub async fn open<M: MigratorTrait>(
     Ok(db)
 }
 
+/// Rebuilds the SQLite table `table` as a `WITHOUT ROWID` table, keeping its rows, columns and
+/// indexes; does nothing on PostgreSQL or when it already is one. A rowid table with a text
+/// primary key keeps two btrees, the rows by rowid and an index from the key to the rowid, so
+/// every insert writes both; without a rowid the rows live in the key's btree alone. For tables
+/// of small rows looked up only by their key (message ids applied, requests answered). Run it
+/// in a migration that uses a transaction, so a crash halfway leaves the old table whole.
+pub async fn rebuild_without_rowid(manager: &SchemaManager<'_>, table: &str) -> Result<(), DbErr> {
+    if manager.get_database_backend() != DatabaseBackend::Sqlite {
+        return Ok(());
+    }
+    let db = manager.get_connection();
+    let schema =
+        |sql: &str| Statement::from_sql_and_values(DatabaseBackend::Sqlite, sql, [table.into()]);
+    let create: String = db
+        .query_one_raw(schema(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?",
+        ))
+        .await?
+        .ok_or_else(|| DbErr::Custom(format!("no table {table} to rebuild")))?
+        .try_get_by_index(0)?;
+    if create
+        .trim_end()
+        .to_ascii_uppercase()
+        .ends_with("WITHOUT ROWID")
+    {
+        return Ok(());
+    }
+    let indexes: Vec<String> = db
+        .query_all_raw(schema(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL",
+        ))
+        .await?
+        .iter()
+        .map(|row| row.try_get_by_index(0))
+        .collect::<Result<_, _>>()?;
+    let rebuilt = format!("{table}_without_rowid");
+    let named = format!("CREATE TABLE \"{table}\"");
+    let body = create
+        .strip_prefix(&named)
+        .ok_or_else(|| DbErr::Custom(format!("unexpected definition of {table}: {create}")))?;
+    db.execute_unprepared(&format!(
+        "CREATE TABLE \"{rebuilt}\"{body} WITHOUT ROWID;
+         INSERT INTO \"{rebuilt}\" SELECT * FROM \"{table}\";
+         DROP TABLE \"{table}\";
+         ALTER TABLE \"{rebuilt}\" RENAME TO \"{table}\";"
+    ))
+    .await?;
+    for index in indexes {
+        db.execute_unprepared(&index).await?;
+    }
+    Ok(())
+}
+
 /// Most rows in one multi-row `INSERT`, or values in one `IN (…)` list, that the services
 /// send: well under SQLite's (32,766) and PostgreSQL's (65,535) bound-parameter limits for
 /// tables of up to a dozen columns.
@@ -302,6 +355,85 @@ mod tests {
             options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
             "sqlite compiled with {options:?}"
         );
+    }
+
+    async fn table_sql(db: &DatabaseConnection, name: &str) -> String {
+        db.query_one_raw(Statement::from_sql_and_values(
+            DatabaseBackend::Sqlite,
+            "SELECT sql FROM sqlite_master WHERE name = ?",
+            [name.into()],
+        ))
+        .await
+        .expect("read the schema")
+        .unwrap_or_else(|| panic!("no {name}"))
+        .try_get_by_index(0)
+        .expect("its definition")
+    }
+
+    #[tokio::test]
+    async fn a_table_rebuilt_without_rowid_keeps_its_rows_columns_and_indexes() {
+        let file = leadflow_test_support::TestDb::sqlite("rebuild");
+        let db = connect(&file.url, 1).await.expect("connect");
+        db.execute_unprepared(
+            r#"CREATE TABLE "applied" ("id" varchar NOT NULL PRIMARY KEY, "tenant" varchar NOT NULL, "at" integer NULL);
+               CREATE INDEX "applied_tenant" ON "applied" ("tenant", "at");
+               INSERT INTO "applied" VALUES ('b', 't1', 2), ('a', 't2', NULL), ('c', 't1', 1);"#,
+        )
+        .await
+        .expect("the rowid table");
+        let manager = SchemaManager::new(&db);
+
+        rebuild_without_rowid(&manager, "applied")
+            .await
+            .expect("rebuild");
+        rebuild_without_rowid(&manager, "applied")
+            .await
+            .expect("a second time does nothing");
+
+        assert!(table_sql(&db, "applied").await.ends_with("WITHOUT ROWID"));
+        assert!(
+            table_sql(&db, "applied_tenant")
+                .await
+                .contains(r#"("tenant", "at")"#)
+        );
+        let rows: Vec<(String, String, Option<i64>)> = db
+            .query_all_raw(Statement::from_string(
+                DatabaseBackend::Sqlite,
+                r#"SELECT "id", "tenant", "at" FROM "applied" ORDER BY "id""#,
+            ))
+            .await
+            .expect("read back")
+            .iter()
+            .map(|row| {
+                (
+                    row.try_get_by_index(0).expect("id"),
+                    row.try_get_by_index(1).expect("tenant"),
+                    row.try_get_by_index(2).expect("at"),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                ("a".to_owned(), "t2".to_owned(), None),
+                ("b".to_owned(), "t1".to_owned(), Some(2)),
+                ("c".to_owned(), "t1".to_owned(), Some(1)),
+            ]
+        );
+        let duplicate = db
+            .execute_unprepared(r#"INSERT INTO "applied" VALUES ('a', 't3', 3)"#)
+            .await;
+        assert!(duplicate.is_err(), "the key still rejects duplicates");
+    }
+
+    #[tokio::test]
+    async fn rebuilding_a_missing_table_is_an_error() {
+        let file = leadflow_test_support::TestDb::sqlite("missing");
+        let db = connect(&file.url, 1).await.expect("connect");
+        let err = rebuild_without_rowid(&SchemaManager::new(&db), "nowhere")
+            .await
+            .expect_err("nothing to rebuild");
+        assert!(err.to_string().contains("no table nowhere"), "{err}");
     }
 
     proptest! {

@@ -9,8 +9,8 @@ use chrono::Utc;
 use leadflow_proto::common::v1::MessageHeader;
 use leadflow_runtime::lease::{CreateLeases, Lease};
 use leadflow_runtime::outbox::{
-    self, CreateOutboxAndInbox, DeliveryError, KeyIndexOnlyOnPostgres, NewMessage, OutboxMessage,
-    OutboxSink, Relay, RelayConfig, Wakeup, inbox,
+    self, CreateOutboxAndInbox, DeliveryError, InboxWithoutRowid, KeyIndexOnlyOnPostgres,
+    NewMessage, OutboxMessage, OutboxSink, Relay, RelayConfig, Wakeup, inbox,
 };
 use leadflow_test_support::{Backend, TestDb, on_both_backends};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
@@ -26,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(CreateOutboxAndInbox),
             Box::new(KeyIndexOnlyOnPostgres),
             Box::new(CreateLeases),
+            Box::new(InboxWithoutRowid),
         ]
     }
 }
@@ -374,6 +375,57 @@ async fn inbox_claims_a_message_id_once(db: TestDb) {
     );
 }
 
+/// Message ids applied before the inbox's rebuild without a rowid (SQLite) are still refused
+/// after it, and new ones still claimed.
+async fn applied_message_ids_survive_the_inbox_rebuild(db: TestDb) {
+    let conn = leadflow_runtime::db::connect(&db.url, 5)
+        .await
+        .expect("connect");
+    Migrator::up(&conn, Some(3))
+        .await
+        .expect("the migrations before it");
+    let txn = conn.begin().await.expect("begin");
+    for id in ["m-1", "m-2"] {
+        assert!(
+            inbox::claim(&txn, id, "t", Utc::now())
+                .await
+                .expect("claim")
+        );
+    }
+    txn.commit().await.expect("commit");
+
+    Migrator::up(&conn, None).await.expect("the rebuild");
+
+    let txn = conn.begin().await.expect("begin");
+    for id in ["m-1", "m-2"] {
+        assert!(
+            !inbox::claim(&txn, id, "t", Utc::now())
+                .await
+                .expect("claim"),
+            "{id} was applied before the rebuild"
+        );
+    }
+    assert!(
+        inbox::claim(&txn, "m-3", "t", Utc::now())
+            .await
+            .expect("claim")
+    );
+    txn.commit().await.expect("commit");
+    if conn.get_database_backend() == sea_orm::DatabaseBackend::Sqlite {
+        let sql: String = conn
+            .query_one_raw(Statement::from_string(
+                sea_orm::DatabaseBackend::Sqlite,
+                "SELECT sql FROM sqlite_master WHERE name = 'inbox'",
+            ))
+            .await
+            .expect("schema")
+            .expect("the table")
+            .try_get_by_index(0)
+            .expect("sql");
+        assert!(sql.ends_with("WITHOUT ROWID"), "{sql}");
+    }
+}
+
 async fn inbox_claims_a_batch_of_message_ids_once(db: TestDb) {
     let header = |id: &str, tenant: &str| MessageHeader {
         message_id: id.to_owned(),
@@ -491,6 +543,7 @@ on_both_backends! {
     backlog => the_backlog_counts_one_destination_and_dates_its_oldest_row;
     inbox_dedupe => inbox_claims_a_message_id_once;
     inbox_batch_dedupe => inbox_claims_a_batch_of_message_ids_once;
+    inbox_rebuild => applied_message_ids_survive_the_inbox_rebuild;
     key_index => the_key_index_is_kept_only_where_relays_read_it;
 }
 

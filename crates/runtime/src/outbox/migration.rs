@@ -134,3 +134,27 @@ impl MigrationTrait for KeyIndexOnlyOnPostgres {
             .await
     }
 }
+
+/// Rebuilds `inbox` on SQLite as a `WITHOUT ROWID` table ([`crate::db::rebuild_without_rowid`]):
+/// every message a service applies inserts its id, which in a rowid table meant two btree
+/// inserts, the row and the text key's index.
+#[derive(Debug)]
+pub struct InboxWithoutRowid;
+
+impl MigrationName for InboxWithoutRowid {
+    fn name(&self) -> &str {
+        "m20261202_000001_inbox_without_rowid"
+    }
+}
+
+#[async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait signature of sea-orm-migration elides it
+impl MigrationTrait for InboxWithoutRowid {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        crate::db::rebuild_without_rowid(manager, "inbox").await
+    }
+
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+}
