@@ -423,6 +423,55 @@ async fn a_replayed_message_id_has_no_second_effect(db: TestDb) {
     server.stop().await;
 }
 
+/// A request answered before `requests` was rebuilt without a rowid (SQLite) is answered the
+/// same after it: its replay is a duplicate with the stored lead and activity.
+async fn answered_requests_survive_the_requests_rebuild(db: TestDb) {
+    use leadflow_ingestion::store::migrations::Migrator;
+    use sea_orm::{ConnectionTrait, Statement};
+    use sea_orm_migration::MigratorTrait;
+
+    let conn = leadflow_runtime::db::connect(&db.url, 2)
+        .await
+        .expect("connect");
+    Migrator::up(&conn, Some(4))
+        .await
+        .expect("the migrations before it");
+    conn.execute_unprepared(
+        "INSERT INTO requests (tenant_id, message_id, lead_id, activity_id, merged_lead_ids, created_at) \
+         VALUES ('default', 'old-id', 'lead-old', 'activity-old', '[]', '2026-12-01 10:00:00+00:00')",
+    )
+    .await
+    .expect("an old answer");
+    let server = Ingestion::start(&db, Options::default()).await;
+
+    let replay = server
+        .client(None)
+        .track(track("old-id", "u1", "", activity("email_open", 1, &[])))
+        .await
+        .expect("replay")
+        .into_inner();
+
+    assert!(replay.duplicate);
+    assert_eq!(
+        (replay.lead_id.as_str(), replay.activity_id.as_str()),
+        ("lead-old", "activity-old")
+    );
+    if conn.get_database_backend() == sea_orm::DatabaseBackend::Sqlite {
+        let sql: String = conn
+            .query_one_raw(Statement::from_string(
+                sea_orm::DatabaseBackend::Sqlite,
+                "SELECT sql FROM sqlite_master WHERE name = 'requests'",
+            ))
+            .await
+            .expect("schema")
+            .expect("the table")
+            .try_get_by_index(0)
+            .expect("sql");
+        assert!(sql.ends_with("WITHOUT ROWID"), "{sql}");
+    }
+    server.stop().await;
+}
+
 async fn anonymous_history_joins_the_known_lead(db: TestDb) {
     let server = Ingestion::start(&db, Options::default()).await;
     let mut client = server.client(None);
@@ -1064,6 +1113,7 @@ on_both_backends! {
     validation => each_validation_rule_names_its_field;
     batch_partial => a_bad_batch_item_fails_alone;
     idempotency => a_replayed_message_id_has_no_second_effect;
+    requests_rebuild => answered_requests_survive_the_requests_rebuild;
     group_commit => concurrent_writes_are_committed_together_and_answered_alone;
     batch_linking => a_batch_links_its_own_ids_and_applies_a_repeated_message_once;
     anonymous_linking => anonymous_history_joins_the_known_lead;

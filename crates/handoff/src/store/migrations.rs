@@ -18,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(CreateHandoffTables),
             Box::new(leadflow_runtime::lease::CreateLeases),
             Box::new(AddContactDue),
+            Box::new(leadflow_runtime::outbox::InboxWithoutRowid),
         ]
     }
 }

@@ -15,6 +15,8 @@ impl MigratorTrait for Migrator {
             Box::new(leadflow_runtime::outbox::CreateOutboxAndInbox),
             Box::new(leadflow_runtime::outbox::KeyIndexOnlyOnPostgres),
             Box::new(M20261123CreateIngestionTables),
+            Box::new(leadflow_runtime::outbox::InboxWithoutRowid),
+            Box::new(RequestsWithoutRowid),
         ]
     }
 }
@@ -184,5 +186,30 @@ impl MigrationTrait for M20261123CreateIngestionTables {
                     .to_owned(),
             )
             .await
+    }
+}
+
+/// Rebuilds `requests` on SQLite as a `WITHOUT ROWID` table
+/// ([`leadflow_runtime::db::rebuild_without_rowid`]): every accepted message records its
+/// answer there, keyed by `(tenant_id, message_id)`, and in a rowid table that was two btree
+/// inserts, the row and the key's index.
+#[derive(Debug)]
+struct RequestsWithoutRowid;
+
+impl MigrationName for RequestsWithoutRowid {
+    fn name(&self) -> &str {
+        "m20261202_000002_requests_without_rowid"
+    }
+}
+
+#[async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait signature of sea-orm-migration elides it
+impl MigrationTrait for RequestsWithoutRowid {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        leadflow_runtime::db::rebuild_without_rowid(manager, "requests").await
+    }
+
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
     }
 }

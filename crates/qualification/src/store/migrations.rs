@@ -16,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(leadflow_runtime::outbox::KeyIndexOnlyOnPostgres),
             Box::new(CreateQualificationTables),
             Box::new(leadflow_runtime::lease::CreateLeases),
+            Box::new(leadflow_runtime::outbox::InboxWithoutRowid),
         ]
     }
 }

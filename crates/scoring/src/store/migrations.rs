@@ -19,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(leadflow_runtime::lease::CreateLeases),
             Box::new(ClusterFactsByLead),
             Box::new(StoreStatesAsBytes),
+            Box::new(leadflow_runtime::outbox::InboxWithoutRowid),
         ]
     }
 }
