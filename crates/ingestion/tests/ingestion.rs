@@ -427,7 +427,7 @@ async fn a_replayed_message_id_has_no_second_effect(db: TestDb) {
 /// same after it: its replay is a duplicate with the stored lead and activity.
 async fn answered_requests_survive_the_requests_rebuild(db: TestDb) {
     use leadflow_ingestion::store::migrations::Migrator;
-    use sea_orm::{ConnectionTrait, Statement};
+    use sea_orm::ConnectionTrait;
     use sea_orm_migration::MigratorTrait;
 
     let conn = leadflow_runtime::db::connect(&db.url, 2)
@@ -457,16 +457,7 @@ async fn answered_requests_survive_the_requests_rebuild(db: TestDb) {
         ("lead-old", "activity-old")
     );
     if conn.get_database_backend() == sea_orm::DatabaseBackend::Sqlite {
-        let sql: String = conn
-            .query_one_raw(Statement::from_string(
-                sea_orm::DatabaseBackend::Sqlite,
-                "SELECT sql FROM sqlite_master WHERE name = 'requests'",
-            ))
-            .await
-            .expect("schema")
-            .expect("the table")
-            .try_get_by_index(0)
-            .expect("sql");
+        let sql = leadflow_test_support::sqlite_schema_sql(&conn, "requests").await;
         assert!(sql.ends_with("WITHOUT ROWID"), "{sql}");
     }
     server.stop().await;

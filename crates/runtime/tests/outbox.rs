@@ -412,16 +412,7 @@ async fn applied_message_ids_survive_the_inbox_rebuild(db: TestDb) {
     );
     txn.commit().await.expect("commit");
     if conn.get_database_backend() == sea_orm::DatabaseBackend::Sqlite {
-        let sql: String = conn
-            .query_one_raw(Statement::from_string(
-                sea_orm::DatabaseBackend::Sqlite,
-                "SELECT sql FROM sqlite_master WHERE name = 'inbox'",
-            ))
-            .await
-            .expect("schema")
-            .expect("the table")
-            .try_get_by_index(0)
-            .expect("sql");
+        let sql = leadflow_test_support::sqlite_schema_sql(&conn, "inbox").await;
         assert!(sql.ends_with("WITHOUT ROWID"), "{sql}");
     }
 }

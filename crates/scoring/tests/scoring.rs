@@ -917,15 +917,7 @@ async fn stored_facts_survive_the_clustering_migration(db: TestDb) {
         "an activity id is still stored once per tenant"
     );
     if backend == sea_orm::DatabaseBackend::Sqlite {
-        let table = conn
-            .query_one_raw(Statement::from_string(
-                backend,
-                "SELECT sql FROM sqlite_master WHERE name = 'activity_facts'",
-            ))
-            .await
-            .expect("schema")
-            .expect("the table");
-        let sql: String = table.try_get("", "sql").expect("sql");
+        let sql = leadflow_test_support::sqlite_schema_sql(&conn, "activity_facts").await;
         assert!(sql.contains("WITHOUT ROWID"), "{sql}");
     }
 }

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use sea_orm::{ConnectionTrait, Database};
+use sea_orm::{ConnectionTrait, Database, DatabaseBackend, Statement};
 
 /// The environment variable naming the PostgreSQL server tests create databases on.
 pub const POSTGRES_URL_VAR: &str = "LEADFLOW_TEST_POSTGRES_URL";
@@ -105,6 +105,26 @@ pub fn postgres_server_url() -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// The SQL text SQLite keeps for the table or index `name` (its `CREATE` statement), for tests
+/// that check a schema's shape (`WITHOUT ROWID`, an index's columns).
+///
+/// # Panics
+/// When the schema cannot be read or holds no such table or index: the test must fail.
+pub async fn sqlite_schema_sql(conn: &impl ConnectionTrait, name: &str) -> String {
+    #[allow(clippy::expect_used)]
+    let row = conn
+        .query_one_raw(Statement::from_sql_and_values(
+            DatabaseBackend::Sqlite,
+            "SELECT sql FROM sqlite_master WHERE name = ?",
+            [name.into()],
+        ))
+        .await
+        .expect("read the sqlite schema")
+        .unwrap_or_else(|| panic!("no table or index {name}"));
+    #[allow(clippy::expect_used)]
+    row.try_get_by_index(0).expect("its sql")
 }
 
 /// Runs an async test body `fn(TestDb)` on SQLite and on PostgreSQL, as two tests named
