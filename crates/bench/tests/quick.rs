@@ -8,6 +8,7 @@ use std::process::Command;
 const FIGURES: &[&str] = &[
     "ingestion.batch_activities_per_sec",
     "ingestion.track_rps",
+    "ingestion.track_p99_us",
     "pipeline.end_to_end_activities_per_sec",
     "scoring.get_score_rps",
     "scoring.get_score_p50_fixed_rate_us",
