@@ -1277,7 +1277,29 @@ async fn bad_requests_get_field_violations(db: TestDb) {
     h.stop().await;
 }
 
+/// Applied message ids are forgotten once past the inbox's retention, as deliveries arrive.
+async fn the_inbox_forgets_message_ids_past_their_retention(db: TestDb) {
+    let (h, _upstream) = start(&db).await;
+    let now = h.clock.now();
+    let first = stage_changed("q-1", "lead-1", common::LeadStage::Nurture, now);
+    assert_eq!(apply(&h, vec![first.clone()]).await, (1, 0));
+    assert_eq!(apply(&h, vec![first]).await, (0, 1), "remembered");
+    assert_eq!(leadflow_test_support::inbox_size(&db.url).await, 1);
+
+    h.clock
+        .advance(leadflow_runtime::outbox::inbox::RETENTION + Duration::hours(1));
+    let later = stage_changed("q-2", "lead-1", common::LeadStage::Lead, h.clock.now());
+    assert_eq!(apply(&h, vec![later]).await, (1, 0));
+    assert_eq!(
+        leadflow_test_support::inbox_size(&db.url).await,
+        1,
+        "only the new message's id is left"
+    );
+    h.stop().await;
+}
+
 on_both_backends! {
+    inbox_retention => the_inbox_forgets_message_ids_past_their_retention;
     routing => requests_are_routed_by_weight_with_a_warm_context;
     crm_flow => the_crm_moves_a_handoff_and_decisions_flow_back;
     sla => breaches_are_escalated_and_reported;

@@ -848,7 +848,36 @@ async fn bad_requests_get_field_violations_and_lists_page(db: TestDb) {
     q.stop().await;
 }
 
+/// Applied message ids are forgotten once past the inbox's retention, as deliveries arrive.
+async fn the_inbox_forgets_message_ids_past_their_retention(db: TestDb) {
+    let (q, _receiver) = start(&db).await;
+    let now = q.clock.now();
+    let first = score_changed("s-1", "lead-1", 20.0, common::FitGrade::B, None, now);
+    assert_eq!(apply(&q, vec![first.clone()]).await, (1, 0));
+    assert_eq!(apply(&q, vec![first]).await, (0, 1), "remembered");
+    assert_eq!(leadflow_test_support::inbox_size(&db.url).await, 1);
+
+    q.clock
+        .advance(leadflow_runtime::outbox::inbox::RETENTION + Duration::hours(1));
+    let later = score_changed(
+        "s-2",
+        "lead-1",
+        21.0,
+        common::FitGrade::B,
+        None,
+        q.clock.now(),
+    );
+    assert_eq!(apply(&q, vec![later]).await, (1, 0));
+    assert_eq!(
+        leadflow_test_support::inbox_size(&db.url).await,
+        1,
+        "only the new message's id is left"
+    );
+    q.stop().await;
+}
+
 on_both_backends! {
+    inbox_retention => the_inbox_forgets_message_ids_past_their_retention;
     score_threshold => a_score_over_the_threshold_makes_an_mql_once_and_asks_for_sdr_review;
     hand_raise => a_fitting_hand_raise_reaches_sql_only_through_sdr_review;
     rejections_and_outcomes => rejections_and_sales_outcomes_land_where_the_definition_says;

@@ -9,8 +9,9 @@ use chrono::Utc;
 use leadflow_proto::common::v1::MessageHeader;
 use leadflow_runtime::lease::{CreateLeases, Lease};
 use leadflow_runtime::outbox::{
-    self, CreateOutboxAndInbox, DeliveryError, InboxWithoutRowid, KeyIndexOnlyOnPostgres,
-    NewMessage, OutboxMessage, OutboxSink, Relay, RelayConfig, Wakeup, inbox,
+    self, CreateOutboxAndInbox, DeliveryError, InboxProcessedAtIndex, InboxWithoutRowid,
+    KeyIndexOnlyOnPostgres, NewMessage, OutboxMessage, OutboxSink, Relay, RelayConfig, Wakeup,
+    inbox,
 };
 use leadflow_test_support::{Backend, TestDb, on_both_backends};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(KeyIndexOnlyOnPostgres),
             Box::new(CreateLeases),
             Box::new(InboxWithoutRowid),
+            Box::new(InboxProcessedAtIndex),
         ]
     }
 }
@@ -523,7 +525,59 @@ async fn the_key_index_is_kept_only_where_relays_read_it(db: TestDb) {
     assert_eq!(indexes, i64::from(db.backend == Backend::Postgres));
 }
 
+/// Ids applied more than the retention ago are forgotten, oldest first and at most a batch at a
+/// time; younger ones are still deduped.
+async fn inbox_forgets_ids_applied_longer_ago_than_its_retention(db: TestDb) {
+    let header = |id: String| MessageHeader {
+        message_id: id,
+        tenant_id: "t".to_owned(),
+        lead_id: "l".to_owned(),
+        ..Default::default()
+    };
+    let conn = connect(&db).await;
+    let start = Utc::now();
+    let old: Vec<MessageHeader> = (0..1005).map(|i| header(format!("old-{i:04}"))).collect();
+    let txn = conn.begin().await.expect("begin");
+    inbox::claim_many(&txn, &old, start).await.expect("claim");
+    let recent = start + inbox::RETENTION - chrono::TimeDelta::hours(1);
+    assert!(
+        inbox::claim(&txn, "recent", "t", recent)
+            .await
+            .expect("claim")
+    );
+    txn.commit().await.expect("commit");
+
+    let just_before = start + inbox::RETENTION;
+    assert_eq!(
+        inbox::prune(&conn, just_before).await.expect("prune"),
+        0,
+        "nothing is past its retention yet"
+    );
+    let later = start + inbox::RETENTION + chrono::TimeDelta::hours(2);
+    assert_eq!(
+        inbox::prune(&conn, later).await.expect("prune"),
+        inbox::PRUNE_BATCH
+    );
+    assert_eq!(inbox::prune(&conn, later).await.expect("prune"), 5);
+    assert_eq!(inbox::prune(&conn, later).await.expect("prune"), 0);
+
+    let txn = conn.begin().await.expect("begin");
+    let claimed = inbox::claim_many(
+        &txn,
+        &[header("old-0000".into()), header("recent".into())],
+        later,
+    )
+    .await
+    .expect("claim again");
+    assert_eq!(
+        claimed,
+        HashSet::from(["old-0000".to_owned()]),
+        "a forgotten id is new again; a remembered one is still a duplicate"
+    );
+}
+
 on_both_backends! {
+    inbox_retention => inbox_forgets_ids_applied_longer_ago_than_its_retention;
     lease => a_lease_has_one_holder_until_it_expires;
     failing_receiver => failing_receiver_gets_everything_once_in_order;
     shrinking_deliveries => a_receiver_that_times_out_on_large_deliveries_gets_smaller_ones;

@@ -1141,7 +1141,46 @@ async fn concurrent_score_reads_each_get_their_own_answer(db: TestDb) {
     scoring.stop().await;
 }
 
+/// Applied message ids are forgotten once past the inbox's retention, as deliveries arrive, so
+/// the inbox does not keep a row per message for good.
+async fn the_inbox_forgets_message_ids_past_their_retention(db: TestDb) {
+    use leadflow_runtime::outbox::inbox;
+    use leadflow_test_support::inbox_size;
+
+    let (scoring, _receiver) = start(&db).await;
+    let t0 = journey_start(&scoring);
+    let applied = scoring
+        .internal()
+        .apply_lead_events(pb::ApplyLeadEventsRequest {
+            events: seed_journey("lead-1", t0),
+        })
+        .await
+        .expect("apply")
+        .into_inner();
+    assert_eq!(applied.applied_count, 7);
+    assert_eq!(inbox_size(&db.url).await, 7);
+
+    scoring.clock.advance(inbox::RETENTION + Duration::hours(1));
+    let later = scoring.clock.now();
+    let applied = scoring
+        .internal()
+        .apply_lead_events(pb::ApplyLeadEventsRequest {
+            events: vec![activity_event("m-later", "lead-1", "page_view", later, &[])],
+        })
+        .await
+        .expect("apply")
+        .into_inner();
+    assert_eq!(applied.applied_count, 1);
+    assert_eq!(
+        inbox_size(&db.url).await,
+        1,
+        "only the new message's id is left"
+    );
+    scoring.stop().await;
+}
+
 on_both_backends! {
+    inbox_retention => the_inbox_forgets_message_ids_past_their_retention;
     facts_migration => stored_facts_survive_the_clustering_migration;
     json_state => a_json_state_from_before_the_binary_encoding_still_scores;
     seed_journey_scores => the_seed_journey_scores_an_mql_and_explains_it;

@@ -127,6 +127,29 @@ pub async fn sqlite_schema_sql(conn: &impl ConnectionTrait, name: &str) -> Strin
     row.try_get_by_index(0).expect("its sql")
 }
 
+/// How many applied message ids the service store at `url` remembers: its `inbox` rows.
+///
+/// # Panics
+/// When the store cannot be opened or has no inbox: the test must fail.
+pub async fn inbox_size(url: &str) -> i64 {
+    #[allow(clippy::expect_used)]
+    let conn = Database::connect(url)
+        .await
+        .expect("open the service's store");
+    #[allow(clippy::expect_used)]
+    let row = conn
+        .query_one_raw(Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT count(*) AS n FROM inbox",
+        ))
+        .await
+        .expect("count the inbox")
+        .expect("a count");
+    let _ = conn.close().await;
+    #[allow(clippy::expect_used)]
+    row.try_get("", "n").expect("a number")
+}
+
 /// Runs an async test body `fn(TestDb)` on SQLite and on PostgreSQL, as two tests named
 /// `<name>::sqlite` and `<name>::postgres`.
 #[macro_export]

@@ -19,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(leadflow_runtime::lease::CreateLeases),
             Box::new(AddContactDue),
             Box::new(leadflow_runtime::outbox::InboxWithoutRowid),
+            Box::new(leadflow_runtime::outbox::InboxProcessedAtIndex),
         ]
     }
 }

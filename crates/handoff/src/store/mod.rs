@@ -514,6 +514,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Applied, Error> {
         let txn = self.begin_logged().await?;
+        inbox::prune(&txn, now).await?;
         let mut applied = Applied::default();
         let mut changed = false;
         let mut routings: BTreeMap<String, Routing> = BTreeMap::new();

@@ -17,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(M20261123CreateIngestionTables),
             Box::new(leadflow_runtime::outbox::InboxWithoutRowid),
             Box::new(RequestsWithoutRowid),
+            Box::new(leadflow_runtime::outbox::InboxProcessedAtIndex),
         ]
     }
 }

@@ -17,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(CreateQualificationTables),
             Box::new(leadflow_runtime::lease::CreateLeases),
             Box::new(leadflow_runtime::outbox::InboxWithoutRowid),
+            Box::new(leadflow_runtime::outbox::InboxProcessedAtIndex),
         ]
     }
 }

@@ -387,6 +387,7 @@ impl Store {
             .collect();
         let txn = self.db.begin().await?;
         let mut claimed = inbox::claim_many(&txn, &headers, now).await?;
+        inbox::prune(&txn, now).await?;
         let mut leads = LeadCache::default();
         leads
             .prefetch(

@@ -2,7 +2,8 @@
 
 use std::collections::HashSet;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
+use sea_orm::sea_query::{LockBehavior, LockType, Order, Query};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter,
     TryInsertResult,
@@ -71,6 +72,38 @@ pub async fn claim_many<C: ConnectionTrait>(
             .await?;
     }
     Ok(claimed)
+}
+
+/// How long a receiver remembers a message id it applied. A sender delivers a message again
+/// only while it still holds it: delivered, then stopped before deleting it, it delivers it
+/// again when its relay next runs. Remembering every id forever grew the inbox by a row per
+/// message for good; after this long an id is forgotten, so a sender that stays down longer
+/// than this holding such a message would have it applied twice.
+pub const RETENTION: TimeDelta = TimeDelta::days(7);
+
+/// Most forgotten ids one [`prune`] deletes: an inbox with a backlog of expired ids (a service
+/// upgraded from before pruning) is emptied over several deliveries, each paying a bounded
+/// delete.
+pub const PRUNE_BATCH: u64 = 1000;
+
+/// Forgets, inside the receiver's transaction `txn`, up to [`PRUNE_BATCH`] message ids applied
+/// before `now - RETENTION`, oldest first (an index on the applied time finds them); returns
+/// how many. Receivers call it once per delivered batch. On PostgreSQL rows another replica is
+/// deleting are skipped, not waited for.
+pub async fn prune<C: ConnectionTrait>(txn: &C, now: DateTime<Utc>) -> Result<u64, DbErr> {
+    let expired = Query::select()
+        .column(inbox_message::Column::MessageId)
+        .from(inbox_message::Entity)
+        .and_where(inbox_message::Column::ProcessedAt.lt(now - RETENTION))
+        .order_by(inbox_message::Column::ProcessedAt, Order::Asc)
+        .limit(PRUNE_BATCH)
+        .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+        .to_owned();
+    let deleted = inbox_message::Entity::delete_many()
+        .filter(inbox_message::Column::MessageId.in_subquery(expired))
+        .exec(txn)
+        .await?;
+    Ok(deleted.rows_affected)
 }
 
 /// Checks the header of every delivered message: a receiver needs its message id (to dedupe),

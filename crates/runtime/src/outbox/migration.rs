@@ -158,3 +158,32 @@ impl MigrationTrait for InboxWithoutRowid {
         Some(true)
     }
 }
+
+/// Indexes `inbox` by the time each id was applied, for [`crate::outbox::inbox::prune`] to find
+/// the expired ones without reading the whole table. The applied time only grows, so each new
+/// id goes to the index's last page.
+#[derive(Debug)]
+pub struct InboxProcessedAtIndex;
+
+impl MigrationName for InboxProcessedAtIndex {
+    fn name(&self) -> &str {
+        "m20261203_000001_inbox_processed_at_index"
+    }
+}
+
+#[async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait signature of sea-orm-migration elides it
+impl MigrationTrait for InboxProcessedAtIndex {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_index(
+                Index::create()
+                    .name("inbox_processed_at")
+                    .table(Inbox::Table)
+                    .col(Inbox::ProcessedAt)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await
+    }
+}

@@ -19,7 +19,9 @@ use sea_orm::{ActiveValue::Set, ConnectionTrait, DbErr, EntityTrait};
 use tokio::sync::Notify;
 
 pub use entity::{inbox_message, outbox_message};
-pub use migration::{CreateOutboxAndInbox, InboxWithoutRowid, KeyIndexOnlyOnPostgres};
+pub use migration::{
+    CreateOutboxAndInbox, InboxProcessedAtIndex, InboxWithoutRowid, KeyIndexOnlyOnPostgres,
+};
 pub use relay::{
     Backlog, DeliveryError, OutboxSink, Relay, RelayConfig, RelayError, RelayPass, backlog,
 };

@@ -20,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(ClusterFactsByLead),
             Box::new(StoreStatesAsBytes),
             Box::new(leadflow_runtime::outbox::InboxWithoutRowid),
+            Box::new(leadflow_runtime::outbox::InboxProcessedAtIndex),
         ]
     }
 }

@@ -294,6 +294,7 @@ impl Store {
         }
         let txn = self.db.begin().await?;
         let mut claimed = inbox::claim_many(&txn, &headers, now).await?;
+        inbox::prune(&txn, now).await?;
         let mut leads = LeadCache::default();
         leads
             .prefetch(
