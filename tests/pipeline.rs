@@ -42,6 +42,7 @@ fn fast_outbox() -> OutboxArgs {
         outbox_batch_size: 10,
         outbox_backoff_ms: 5,
         outbox_backoff_max_ms: 50,
+        ..OutboxArgs::default()
     }
 }
 

@@ -37,6 +37,7 @@ fn outbox() -> OutboxArgs {
         outbox_batch_size: 10,
         outbox_backoff_ms: 5,
         outbox_backoff_max_ms: 50,
+        ..OutboxArgs::default()
     }
 }
 

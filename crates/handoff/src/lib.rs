@@ -136,7 +136,8 @@ pub async fn serve(
     let store = Store::new(
         db.clone(),
         vec![qualification_wakeup.clone(), scoring_wakeup.clone()],
-    );
+    )
+    .with_inbox_retention(config.outbox.inbox_retention());
     let context = ContextBuilder::new(
         &config.scoring_url,
         &config.ingestion_url,

@@ -1287,7 +1287,7 @@ async fn the_inbox_forgets_message_ids_past_their_retention(db: TestDb) {
     assert_eq!(leadflow_test_support::inbox_size(&db.url).await, 1);
 
     h.clock
-        .advance(leadflow_runtime::outbox::inbox::RETENTION + Duration::hours(1));
+        .advance(leadflow_runtime::outbox::inbox::DEFAULT_RETENTION + Duration::hours(1));
     let later = stage_changed("q-2", "lead-1", common::LeadStage::Lead, h.clock.now());
     assert_eq!(apply(&h, vec![later]).await, (1, 0));
     assert_eq!(

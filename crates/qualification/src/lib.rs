@@ -111,7 +111,8 @@ pub async fn serve(
     .context("open the qualification database")?;
 
     let wakeup = Wakeup::new();
-    let store = Store::new(db.clone(), wakeup.clone());
+    let store = Store::new(db.clone(), wakeup.clone())
+        .with_inbox_retention(config.outbox.inbox_retention());
     let api = QualificationApi::new(store.clone(), clock.clone());
     let public = InterceptedService::new(
         QualificationServiceServer::new(api.clone())

@@ -858,7 +858,7 @@ async fn the_inbox_forgets_message_ids_past_their_retention(db: TestDb) {
     assert_eq!(leadflow_test_support::inbox_size(&db.url).await, 1);
 
     q.clock
-        .advance(leadflow_runtime::outbox::inbox::RETENTION + Duration::hours(1));
+        .advance(leadflow_runtime::outbox::inbox::DEFAULT_RETENTION + Duration::hours(1));
     let later = score_changed(
         "s-2",
         "lead-1",

@@ -539,7 +539,7 @@ async fn inbox_forgets_ids_applied_longer_ago_than_its_retention(db: TestDb) {
     let old: Vec<MessageHeader> = (0..1005).map(|i| header(format!("old-{i:04}"))).collect();
     let txn = conn.begin().await.expect("begin");
     inbox::claim_many(&txn, &old, start).await.expect("claim");
-    let recent = start + inbox::RETENTION - chrono::TimeDelta::hours(1);
+    let recent = start + inbox::DEFAULT_RETENTION - chrono::TimeDelta::hours(1);
     assert!(
         inbox::claim(&txn, "recent", "t", recent)
             .await
@@ -547,19 +547,33 @@ async fn inbox_forgets_ids_applied_longer_ago_than_its_retention(db: TestDb) {
     );
     txn.commit().await.expect("commit");
 
-    let just_before = start + inbox::RETENTION;
+    let just_before = start + inbox::DEFAULT_RETENTION;
     assert_eq!(
-        inbox::prune(&conn, just_before).await.expect("prune"),
+        inbox::prune(&conn, just_before, inbox::DEFAULT_RETENTION)
+            .await
+            .expect("prune"),
         0,
         "nothing is past its retention yet"
     );
-    let later = start + inbox::RETENTION + chrono::TimeDelta::hours(2);
+    let later = start + inbox::DEFAULT_RETENTION + chrono::TimeDelta::hours(2);
     assert_eq!(
-        inbox::prune(&conn, later).await.expect("prune"),
+        inbox::prune(&conn, later, inbox::DEFAULT_RETENTION)
+            .await
+            .expect("prune"),
         inbox::PRUNE_BATCH
     );
-    assert_eq!(inbox::prune(&conn, later).await.expect("prune"), 5);
-    assert_eq!(inbox::prune(&conn, later).await.expect("prune"), 0);
+    assert_eq!(
+        inbox::prune(&conn, later, inbox::DEFAULT_RETENTION)
+            .await
+            .expect("prune"),
+        5
+    );
+    assert_eq!(
+        inbox::prune(&conn, later, inbox::DEFAULT_RETENTION)
+            .await
+            .expect("prune"),
+        0
+    );
 
     let txn = conn.begin().await.expect("begin");
     let claimed = inbox::claim_many(

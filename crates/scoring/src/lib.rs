@@ -109,7 +109,9 @@ pub async fn serve(
         .await
         .context("open the scoring database for reads")?;
     let wakeup = Wakeup::new();
-    let store = Store::new(db.clone(), wakeup.clone()).with_reader(reader.clone());
+    let store = Store::new(db.clone(), wakeup.clone())
+        .with_reader(reader.clone())
+        .with_inbox_retention(config.outbox.inbox_retention());
     let api = ScoringApi::new(store.clone(), clock.clone());
     for job in store
         .unfinished_jobs()

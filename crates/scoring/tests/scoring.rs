@@ -1144,7 +1144,6 @@ async fn concurrent_score_reads_each_get_their_own_answer(db: TestDb) {
 /// Applied message ids are forgotten once past the inbox's retention, as deliveries arrive, so
 /// the inbox does not keep a row per message for good.
 async fn the_inbox_forgets_message_ids_past_their_retention(db: TestDb) {
-    use leadflow_runtime::outbox::inbox;
     use leadflow_test_support::inbox_size;
 
     let (scoring, _receiver) = start(&db).await;
@@ -1160,7 +1159,29 @@ async fn the_inbox_forgets_message_ids_past_their_retention(db: TestDb) {
     assert_eq!(applied.applied_count, 7);
     assert_eq!(inbox_size(&db.url).await, 7);
 
-    scoring.clock.advance(inbox::RETENTION + Duration::hours(1));
+    let retention = Duration::hours(harness::INBOX_RETENTION_HOURS as i64);
+    scoring.clock.advance(retention - Duration::minutes(1));
+    let applied = scoring
+        .internal()
+        .apply_lead_events(pb::ApplyLeadEventsRequest {
+            events: vec![activity_event(
+                "m-within",
+                "lead-1",
+                "page_view",
+                scoring.clock.now(),
+                &[],
+            )],
+        })
+        .await
+        .expect("apply")
+        .into_inner();
+    assert_eq!(applied.applied_count, 1);
+    assert_eq!(
+        inbox_size(&db.url).await,
+        8,
+        "nothing is past the retention yet"
+    );
+    scoring.clock.advance(Duration::hours(1));
     let later = scoring.clock.now();
     let applied = scoring
         .internal()
@@ -1173,8 +1194,8 @@ async fn the_inbox_forgets_message_ids_past_their_retention(db: TestDb) {
     assert_eq!(applied.applied_count, 1);
     assert_eq!(
         inbox_size(&db.url).await,
-        1,
-        "only the new message's id is left"
+        2,
+        "the journey's ids are forgotten, the two applied since are not"
     );
     scoring.stop().await;
 }

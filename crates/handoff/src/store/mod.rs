@@ -9,7 +9,7 @@ pub mod migrations;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use leadflow_proto::common::v1 as common;
 use leadflow_proto::handoff::events::v1::{self as events, handoff_decision::Decision};
 use leadflow_proto::handoff::v1 as pb;
@@ -184,6 +184,8 @@ pub struct Store {
     db: DatabaseConnection,
     wakeups: Vec<Wakeup>,
     changes: watch::Sender<u64>,
+    /// How long applied message ids are remembered.
+    inbox_retention: TimeDelta,
 }
 
 impl Store {
@@ -194,6 +196,16 @@ impl Store {
             db,
             wakeups,
             changes: watch::Sender::new(0),
+            inbox_retention: inbox::DEFAULT_RETENTION,
+        }
+    }
+
+    /// The same store, remembering applied message ids for `retention`
+    /// ([`inbox::DEFAULT_RETENTION`] otherwise).
+    pub fn with_inbox_retention(self, retention: TimeDelta) -> Self {
+        Self {
+            inbox_retention: retention,
+            ..self
         }
     }
 
@@ -514,7 +526,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Applied, Error> {
         let txn = self.begin_logged().await?;
-        inbox::prune(&txn, now).await?;
+        inbox::prune(&txn, now, self.inbox_retention).await?;
         let mut applied = Applied::default();
         let mut changed = false;
         let mut routings: BTreeMap<String, Routing> = BTreeMap::new();

@@ -79,6 +79,7 @@ impl Ingestion {
                 outbox_batch_size: 10,
                 outbox_backoff_ms: 5,
                 outbox_backoff_max_ms: 50,
+                ..OutboxArgs::default()
             },
         };
         let shutdown = CancellationToken::new();

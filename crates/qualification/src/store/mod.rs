@@ -10,7 +10,7 @@ pub mod migrations;
 
 use std::collections::{BTreeMap, HashMap};
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use leadflow_proto::common::v1 as common;
 use leadflow_proto::handoff::events::v1::{HandoffDecision, handoff_decision};
 use leadflow_proto::qualification::v1 as pb;
@@ -122,12 +122,27 @@ pub struct FunnelLead {
 pub struct Store {
     db: DatabaseConnection,
     wakeup: Wakeup,
+    /// How long applied message ids are remembered.
+    inbox_retention: TimeDelta,
 }
 
 impl Store {
     /// A store over `db`; `wakeup` is poked after commits that enqueued events.
     pub fn new(db: DatabaseConnection, wakeup: Wakeup) -> Self {
-        Self { db, wakeup }
+        Self {
+            db,
+            wakeup,
+            inbox_retention: inbox::DEFAULT_RETENTION,
+        }
+    }
+
+    /// The same store, remembering applied message ids for `retention`
+    /// ([`inbox::DEFAULT_RETENTION`] otherwise).
+    pub fn with_inbox_retention(self, retention: TimeDelta) -> Self {
+        Self {
+            inbox_retention: retention,
+            ..self
+        }
     }
 
     /// The connection.
@@ -387,7 +402,7 @@ impl Store {
             .collect();
         let txn = self.db.begin().await?;
         let mut claimed = inbox::claim_many(&txn, &headers, now).await?;
-        inbox::prune(&txn, now).await?;
+        inbox::prune(&txn, now, self.inbox_retention).await?;
         let mut leads = LeadCache::default();
         leads
             .prefetch(

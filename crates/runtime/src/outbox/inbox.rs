@@ -74,12 +74,17 @@ pub async fn claim_many<C: ConnectionTrait>(
     Ok(claimed)
 }
 
-/// How long a receiver remembers a message id it applied. A sender delivers a message again
-/// only while it still holds it: delivered, then stopped before deleting it, it delivers it
-/// again when its relay next runs. Remembering every id forever grew the inbox by a row per
-/// message for good; after this long an id is forgotten, so a sender that stays down longer
-/// than this holding such a message would have it applied twice.
-pub const RETENTION: TimeDelta = TimeDelta::days(7);
+/// How long a receiver remembers a message id it applied, unless configured otherwise
+/// (`--inbox-retention-hours`). A sender delivers a message again only while it still holds
+/// it: delivered, then stopped before deleting it, it delivers it again when its relay next
+/// runs. Remembering every id forever grew the inbox by a row per message for good; after the
+/// retention an id is forgotten, so a sender that stays down longer than that holding such a
+/// message would have it applied twice.
+pub const DEFAULT_RETENTION: TimeDelta = TimeDelta::days(7);
+
+/// The shortest retention a service accepts: redeliveries after a failed delete or a timed-out
+/// call come within minutes (the relay's longest backoff is one), never later.
+pub const MIN_RETENTION: TimeDelta = TimeDelta::hours(1);
 
 /// Most forgotten ids one [`prune`] deletes: an inbox with a backlog of expired ids (a service
 /// upgraded from before pruning) is emptied over several deliveries, each paying a bounded
@@ -87,14 +92,18 @@ pub const RETENTION: TimeDelta = TimeDelta::days(7);
 pub const PRUNE_BATCH: u64 = 1000;
 
 /// Forgets, inside the receiver's transaction `txn`, up to [`PRUNE_BATCH`] message ids applied
-/// before `now - RETENTION`, oldest first (an index on the applied time finds them); returns
+/// before `now - retention`, oldest first (an index on the applied time finds them); returns
 /// how many. Receivers call it once per delivered batch. On PostgreSQL rows another replica is
 /// deleting are skipped, not waited for.
-pub async fn prune<C: ConnectionTrait>(txn: &C, now: DateTime<Utc>) -> Result<u64, DbErr> {
+pub async fn prune<C: ConnectionTrait>(
+    txn: &C,
+    now: DateTime<Utc>,
+    retention: TimeDelta,
+) -> Result<u64, DbErr> {
     let expired = Query::select()
         .column(inbox_message::Column::MessageId)
         .from(inbox_message::Entity)
-        .and_where(inbox_message::Column::ProcessedAt.lt(now - RETENTION))
+        .and_where(inbox_message::Column::ProcessedAt.lt(now - retention))
         .order_by(inbox_message::Column::ProcessedAt, Order::Asc)
         .limit(PRUNE_BATCH)
         .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)

@@ -169,6 +169,10 @@ pub struct OutboxArgs {
     /// Longest backoff, in milliseconds.
     #[arg(long, env = "LEADFLOW_OUTBOX_BACKOFF_MAX_MS", default_value_t = 60_000)]
     pub outbox_backoff_max_ms: u64,
+    /// How long a receiver remembers the message ids it applied, in hours (at least one): a
+    /// sender stopped for longer while holding a delivered message would have it applied twice.
+    #[arg(long, env = "LEADFLOW_INBOX_RETENTION_HOURS", default_value_t = 168)]
+    pub inbox_retention_hours: u64,
 }
 
 impl Default for OutboxArgs {
@@ -178,11 +182,21 @@ impl Default for OutboxArgs {
             outbox_batch_size: 500,
             outbox_backoff_ms: 200,
             outbox_backoff_max_ms: 60_000,
+            inbox_retention_hours: 168,
         }
     }
 }
 
 impl OutboxArgs {
+    /// How long receivers remember applied message ids ([`inbox::prune`]).
+    pub fn inbox_retention(&self) -> chrono::TimeDelta {
+        i64::try_from(self.inbox_retention_hours)
+            .ok()
+            .and_then(chrono::TimeDelta::try_hours)
+            .unwrap_or(chrono::TimeDelta::MAX)
+            .max(inbox::MIN_RETENTION)
+    }
+
     /// The relay configuration for `destination`.
     pub fn relay_config(&self, destination: &'static str) -> RelayConfig {
         let batch_size = self.outbox_batch_size.max(1);
@@ -195,5 +209,40 @@ impl OutboxArgs {
             backoff_base: std::time::Duration::from_millis(self.outbox_backoff_ms.max(1)),
             backoff_max: std::time::Duration::from_millis(self.outbox_backoff_max_ms.max(1)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        outbox: OutboxArgs,
+    }
+
+    #[test]
+    fn the_inbox_retention_is_a_week_unless_set_and_never_under_an_hour() {
+        let retention = |args: &[&str]| {
+            Flags::parse_from([&["test"], args].concat())
+                .outbox
+                .inbox_retention()
+        };
+        assert_eq!(retention(&[]), chrono::TimeDelta::days(7));
+        assert_eq!(
+            retention(&["--inbox-retention-hours", "720"]),
+            chrono::TimeDelta::days(30)
+        );
+        assert_eq!(
+            retention(&["--inbox-retention-hours", "0"]),
+            inbox::MIN_RETENTION
+        );
+        assert_eq!(
+            OutboxArgs::default().inbox_retention(),
+            inbox::DEFAULT_RETENTION
+        );
     }
 }

@@ -13,7 +13,7 @@ pub mod state;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use leadflow_proto::common::v1 as common;
 use leadflow_proto::ingestion::v1::{LeadEvent, lead_event::Event};
 use leadflow_proto::scoring::v1::ScoreChangeReason;
@@ -98,6 +98,8 @@ pub struct Store {
     score_reader: ScoreReader,
     wakeup: Wakeup,
     models: ModelCache,
+    /// How long applied message ids are remembered.
+    inbox_retention: TimeDelta,
 }
 
 /// Parsed published models by `(tenant, version)`. A published version never changes, so a
@@ -121,6 +123,16 @@ impl Store {
             db,
             wakeup,
             models: ModelCache::default(),
+            inbox_retention: inbox::DEFAULT_RETENTION,
+        }
+    }
+
+    /// The same store, remembering applied message ids for `retention`
+    /// ([`inbox::DEFAULT_RETENTION`] otherwise).
+    pub fn with_inbox_retention(self, retention: TimeDelta) -> Self {
+        Self {
+            inbox_retention: retention,
+            ..self
         }
     }
 
@@ -294,7 +306,7 @@ impl Store {
         }
         let txn = self.db.begin().await?;
         let mut claimed = inbox::claim_many(&txn, &headers, now).await?;
-        inbox::prune(&txn, now).await?;
+        inbox::prune(&txn, now, self.inbox_retention).await?;
         let mut leads = LeadCache::default();
         leads
             .prefetch(

@@ -32,6 +32,9 @@ use tonic::{Request, Response, Status};
 /// The tenant of development mode.
 pub(crate) const TENANT: &str = "default";
 
+/// The inbox retention the test servers run with, in hours.
+pub(crate) const INBOX_RETENTION_HOURS: u64 = 24;
+
 /// A running scoring server and its clock.
 pub(crate) struct Scoring {
     addr: SocketAddr,
@@ -61,6 +64,9 @@ impl Scoring {
                 outbox_batch_size: 10,
                 outbox_backoff_ms: 5,
                 outbox_backoff_max_ms: 50,
+                // A day, not the default week: the inbox retention test reaches it sooner,
+                // and a non-default value shows the flag reaches the store.
+                inbox_retention_hours: INBOX_RETENTION_HOURS,
             },
         };
         let shutdown = CancellationToken::new();
