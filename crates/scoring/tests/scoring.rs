@@ -1147,51 +1147,33 @@ async fn the_inbox_forgets_message_ids_past_their_retention(db: TestDb) {
     use leadflow_test_support::inbox_size;
 
     let (scoring, _receiver) = start(&db).await;
-    let t0 = journey_start(&scoring);
-    let applied = scoring
-        .internal()
-        .apply_lead_events(pb::ApplyLeadEventsRequest {
-            events: seed_journey("lead-1", t0),
-        })
-        .await
-        .expect("apply")
-        .into_inner();
-    assert_eq!(applied.applied_count, 7);
+    let apply = |events| async {
+        scoring
+            .internal()
+            .apply_lead_events(pb::ApplyLeadEventsRequest { events })
+            .await
+            .expect("apply")
+            .into_inner()
+            .applied_count
+    };
+    let page_view =
+        |message_id| activity_event(message_id, "lead-1", "page_view", scoring.clock.now(), &[]);
+    assert_eq!(
+        apply(seed_journey("lead-1", journey_start(&scoring))).await,
+        7
+    );
     assert_eq!(inbox_size(&db.url).await, 7);
 
     let retention = Duration::hours(harness::INBOX_RETENTION_HOURS as i64);
     scoring.clock.advance(retention - Duration::minutes(1));
-    let applied = scoring
-        .internal()
-        .apply_lead_events(pb::ApplyLeadEventsRequest {
-            events: vec![activity_event(
-                "m-within",
-                "lead-1",
-                "page_view",
-                scoring.clock.now(),
-                &[],
-            )],
-        })
-        .await
-        .expect("apply")
-        .into_inner();
-    assert_eq!(applied.applied_count, 1);
+    assert_eq!(apply(vec![page_view("m-within")]).await, 1);
     assert_eq!(
         inbox_size(&db.url).await,
         8,
         "nothing is past the retention yet"
     );
     scoring.clock.advance(Duration::hours(1));
-    let later = scoring.clock.now();
-    let applied = scoring
-        .internal()
-        .apply_lead_events(pb::ApplyLeadEventsRequest {
-            events: vec![activity_event("m-later", "lead-1", "page_view", later, &[])],
-        })
-        .await
-        .expect("apply")
-        .into_inner();
-    assert_eq!(applied.applied_count, 1);
+    assert_eq!(apply(vec![page_view("m-later")]).await, 1);
     assert_eq!(
         inbox_size(&db.url).await,
         2,

@@ -94,16 +94,20 @@ pub const PRUNE_BATCH: u64 = 1000;
 /// Forgets, inside the receiver's transaction `txn`, up to [`PRUNE_BATCH`] message ids applied
 /// before `now - retention`, oldest first (an index on the applied time finds them); returns
 /// how many. Receivers call it once per delivered batch. On PostgreSQL rows another replica is
-/// deleting are skipped, not waited for.
+/// deleting are skipped, not waited for. A retention reaching back before the earliest time a
+/// date can hold forgets nothing.
 pub async fn prune<C: ConnectionTrait>(
     txn: &C,
     now: DateTime<Utc>,
     retention: TimeDelta,
 ) -> Result<u64, DbErr> {
+    let Some(cutoff) = now.checked_sub_signed(retention) else {
+        return Ok(0);
+    };
     let expired = Query::select()
         .column(inbox_message::Column::MessageId)
         .from(inbox_message::Entity)
-        .and_where(inbox_message::Column::ProcessedAt.lt(now - retention))
+        .and_where(inbox_message::Column::ProcessedAt.lt(cutoff))
         .order_by(inbox_message::Column::ProcessedAt, Order::Asc)
         .limit(PRUNE_BATCH)
         .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
