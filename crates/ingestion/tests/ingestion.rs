@@ -1098,6 +1098,65 @@ async fn concurrent_writes_are_committed_together_and_answered_alone(db: TestDb)
     server.stop().await;
 }
 
+/// Concurrent writes of two tenants share commits, their runs interleaved in a group: a later
+/// run of a tenant sees what an earlier run of the same group wrote, so no count is lost.
+async fn interleaved_tenants_in_one_group_lose_no_write(db: TestDb) {
+    let server = Ingestion::start(
+        &db,
+        Options {
+            api_keys: vec!["acme=key-acme".into(), "globex=key-globex".into()],
+            ..Options::default()
+        },
+    )
+    .await;
+    let tenants = [
+        server.client(Some("key-acme")),
+        server.client(Some("key-globex")),
+    ];
+    let mut leads = Vec::new();
+    for client in &tenants {
+        let answer = client
+            .clone()
+            .track(track("first", "user-1", "", activity("page_view", 0, &[])))
+            .await
+            .expect("first track")
+            .into_inner();
+        leads.push(answer.lead_id);
+    }
+    let mut calls = Vec::new();
+    for i in 0..60 {
+        let mut client = tenants[i % 2].clone();
+        calls.push(tokio::spawn(async move {
+            client
+                .track(track(
+                    &format!("c-{i}"),
+                    "user-1",
+                    "",
+                    activity("page_view", 1, &[]),
+                ))
+                .await
+        }));
+    }
+    for call in calls {
+        call.await.expect("join").expect("track");
+    }
+    for (client, lead_id) in tenants.iter().zip(leads) {
+        let lead = client
+            .clone()
+            .get_lead(pb::GetLeadRequest { lead_id })
+            .await
+            .expect("lead")
+            .into_inner()
+            .lead
+            .expect("lead");
+        assert_eq!(
+            lead.activity_count, 31,
+            "the first track and 30 concurrent ones"
+        );
+    }
+    server.stop().await;
+}
+
 on_both_backends! {
     round_trip => identify_track_and_read_back;
     timeline_paging => timeline_pages_and_filters;
@@ -1106,6 +1165,7 @@ on_both_backends! {
     idempotency => a_replayed_message_id_has_no_second_effect;
     requests_rebuild => answered_requests_survive_the_requests_rebuild;
     group_commit => concurrent_writes_are_committed_together_and_answered_alone;
+    group_commit_tenants => interleaved_tenants_in_one_group_lose_no_write;
     batch_linking => a_batch_links_its_own_ids_and_applies_a_repeated_message_once;
     anonymous_linking => anonymous_history_joins_the_known_lead;
     merge => two_known_leads_merge;

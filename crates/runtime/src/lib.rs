@@ -13,6 +13,7 @@ pub mod lease;
 pub mod outbox;
 pub mod pbtime;
 pub mod queue;
+pub mod script;
 pub mod server;
 pub mod shutdown;
 pub mod statistics;

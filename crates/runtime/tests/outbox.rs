@@ -11,10 +11,14 @@ use leadflow_runtime::lease::{CreateLeases, Lease};
 use leadflow_runtime::outbox::{
     self, CreateOutboxAndInbox, DeliveryError, InboxProcessedAtIndex, InboxWithoutRowid,
     KeyIndexOnlyOnPostgres, NewMessage, OutboxMessage, OutboxSink, Relay, RelayConfig, Wakeup,
-    inbox,
+    inbox, inbox_message, outbox_message,
 };
+use leadflow_runtime::script::WriteScript;
 use leadflow_test_support::{Backend, TestDb, on_both_backends};
-use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
+use sea_orm::{
+    ActiveValue::Set, ConnectionTrait, DatabaseConnection, EntityTrait, QueryOrder, Statement,
+    TransactionTrait,
+};
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -274,8 +278,11 @@ async fn deliveries_stay_under_their_byte_bound(db: TestDb) {
     let conn = connect(&db).await;
     let expected = enqueue_messages(&conn, 10, 3).await;
     let (sink, mut watcher) = RecordingSink::failing_first(0);
+    // One lane, so every delivery is as full as the bound allows (a second lane takes what
+    // the first leaves, in smaller deliveries).
     let config = RelayConfig {
         max_batch_bytes: 7,
+        lanes: 1,
         ..fast_config()
     };
     let shutdown = CancellationToken::new();
@@ -585,6 +592,235 @@ async fn inbox_forgets_ids_applied_longer_ago_than_its_retention(db: TestDb) {
     );
 }
 
+/// A receiver that holds its first delivery until a second one arrives (or a few seconds
+/// pass), and records which keys are being delivered at once.
+#[derive(Clone, Default)]
+struct OverlapSink {
+    state: Arc<Mutex<OverlapState>>,
+    started: Arc<watch::Sender<usize>>,
+}
+
+#[derive(Default)]
+struct OverlapState {
+    /// Keys of the deliveries under way.
+    in_flight: HashSet<String>,
+    most_at_once: usize,
+    under_way: usize,
+    /// Keys that were in two deliveries at once.
+    shared_keys: Vec<String>,
+    raw_deliveries: usize,
+    applied_in_order: Vec<(String, String)>,
+}
+
+impl OutboxSink for OverlapSink {
+    async fn deliver(&self, messages: &[OutboxMessage]) -> Result<(), DeliveryError> {
+        let first = {
+            let mut state = self.state.lock().expect("sink lock");
+            for m in messages {
+                if state.in_flight.contains(&m.partition_key) {
+                    state.shared_keys.push(m.partition_key.clone());
+                }
+            }
+            state
+                .in_flight
+                .extend(messages.iter().map(|m| m.partition_key.clone()));
+            state.under_way += 1;
+            state.most_at_once = state.most_at_once.max(state.under_way);
+            let mut first = false;
+            self.started.send_modify(|n| {
+                first = *n == 0;
+                *n += 1;
+            });
+            first
+        };
+        if first {
+            let mut started = self.started.subscribe();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), started.wait_for(|n| *n >= 2)).await;
+        }
+        let mut state = self.state.lock().expect("sink lock");
+        for m in messages {
+            state.in_flight.remove(&m.partition_key);
+            state.raw_deliveries += 1;
+            state
+                .applied_in_order
+                .push((m.partition_key.clone(), m.message_id.clone()));
+        }
+        state.under_way -= 1;
+        Ok(())
+    }
+}
+
+/// With two lanes a relay has a second delivery in flight while the receiver holds the
+/// first, never with a key the first carries; everything arrives once, in order per key.
+async fn two_lanes_deliver_disjoint_keys_at_once(db: TestDb) {
+    let conn = connect(&db).await;
+    let expected = enqueue_messages(&conn, 80, 40).await;
+    let sink = OverlapSink::default();
+    let config = RelayConfig {
+        batch_size: 10,
+        window: 20,
+        lanes: 2,
+        ..fast_config()
+    };
+    let shutdown = CancellationToken::new();
+    let relay = Relay::new(conn.clone(), sink.clone(), config, Wakeup::new());
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    let delivered = async {
+        loop {
+            if sink.state.lock().expect("lock").applied_in_order.len() >= 80 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), delivered)
+        .await
+        .expect("every message delivered in time");
+    shutdown.cancel();
+    task.await.expect("relay stops");
+    let state = sink.state.lock().expect("lock");
+    assert_eq!(state.most_at_once, 2, "two deliveries in flight at once");
+    assert!(
+        state.shared_keys.is_empty(),
+        "keys in two deliveries at once: {:?}",
+        state.shared_keys
+    );
+    assert_eq!(state.raw_deliveries, 80, "each message delivered once");
+    assert_eq!(
+        per_key(&state.applied_in_order),
+        expected,
+        "per-key order kept"
+    );
+}
+
+/// An inbox row for a write script.
+fn inbox_row(message_id: String, tenant_id: &str) -> inbox_message::ActiveModel {
+    inbox_message::ActiveModel {
+        message_id: Set(message_id),
+        tenant_id: Set(tenant_id.to_owned()),
+        processed_at: Set(Utc::now()),
+    }
+}
+
+/// A write script runs its statements in order, each with its own values, however many
+/// statements it holds and whatever their tables: on SQLite they go as scripts of several
+/// statements whose `?` parameters bind in order across them.
+async fn a_write_script_runs_every_statement_with_its_own_values(db: TestDb) {
+    let conn = connect(&db).await;
+    let txn = conn.begin().await.expect("begin");
+    let mut script = WriteScript::new(txn.get_database_backend());
+    let mut expected_inbox = HashMap::new();
+    let mut groups = Vec::new();
+    // Alternating tables of different widths, in chunks of every power of two up to 32 rows:
+    // more statements than one SQLite script holds.
+    for round in 0..6 {
+        let rows: Vec<_> = (0..(1 << round) + 3)
+            .map(|i| {
+                let id = format!("in-{round}-{i:02}");
+                let tenant = format!("tenant-{round}-{i}");
+                expected_inbox.insert(id.clone(), tenant.clone());
+                inbox_row(id, &tenant)
+            })
+            .collect();
+        script.insert_many(rows, None);
+        let messages: Vec<NewMessage> = (0..round + 1)
+            .map(|i| NewMessage {
+                destination: "receiver",
+                message_id: format!("out-{round}-{i}"),
+                tenant_id: format!("t{round}"),
+                partition_key: format!("lead-{i}"),
+                payload: vec![round as u8, i as u8],
+            })
+            .collect();
+        groups.push((format!("trace-{round}"), messages));
+    }
+    outbox::enqueue_traced_into(&mut script, groups);
+    script.run(&txn).await.expect("the script runs");
+    txn.commit().await.expect("commit");
+
+    let stored: HashMap<String, String> = inbox_message::Entity::find()
+        .all(&conn)
+        .await
+        .expect("read the inbox")
+        .into_iter()
+        .map(|row| (row.message_id, row.tenant_id))
+        .collect();
+    assert_eq!(
+        stored, expected_inbox,
+        "every inbox row with its own values"
+    );
+    let outbox_rows = outbox_message::Entity::find()
+        .order_by_asc(outbox_message::Column::Id)
+        .all(&conn)
+        .await
+        .expect("read the outbox");
+    let read: Vec<(String, String, String, Vec<u8>)> = outbox_rows
+        .into_iter()
+        .map(|row| {
+            (
+                row.message_id,
+                row.tenant_id,
+                row.trace_context,
+                row.payload,
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String, String, Vec<u8>)> = (0..6u8)
+        .flat_map(|round| {
+            (0..=round).map(move |i| {
+                (
+                    format!("out-{round}-{i}"),
+                    format!("t{round}"),
+                    format!("trace-{round}"),
+                    vec![round, i],
+                )
+            })
+        })
+        .collect();
+    assert_eq!(
+        read, expected,
+        "outbox rows in order, each with its own values"
+    );
+}
+
+/// A failing statement stops the script with its error: nothing after it runs, and the
+/// caller's rollback leaves nothing of it.
+async fn a_failing_write_script_stops_at_its_error(db: TestDb) {
+    let conn = connect(&db).await;
+    let txn = conn.begin().await.expect("begin");
+    let mut script = WriteScript::new(txn.get_database_backend());
+    script.insert_many(vec![inbox_row("first".into(), "t")], None);
+    script.insert_many(vec![inbox_row("second".into(), "t")], None);
+    script.insert_many(vec![inbox_row("first".into(), "t")], None);
+    script.insert_many(vec![inbox_row("after".into(), "t")], None);
+    let err = script
+        .run(&txn)
+        .await
+        .expect_err("a repeated primary key fails");
+    assert!(
+        err.to_string().to_lowercase().contains("unique")
+            || err.to_string().to_lowercase().contains("duplicate"),
+        "the database's own error: {err}"
+    );
+    if db.backend == Backend::Sqlite {
+        let after = inbox_message::Entity::find_by_id("after".to_owned())
+            .one(&txn)
+            .await
+            .expect("read inside the transaction");
+        assert!(after.is_none(), "nothing after the failing statement ran");
+    }
+    txn.rollback().await.expect("rollback");
+    let left = inbox_message::Entity::find()
+        .all(&conn)
+        .await
+        .expect("read the inbox");
+    assert!(
+        left.is_empty(),
+        "the rollback took every row back: {left:?}"
+    );
+}
+
 on_both_backends! {
     inbox_retention => inbox_forgets_ids_applied_longer_ago_than_its_retention;
     lease => a_lease_has_one_holder_until_it_expires;
@@ -599,6 +835,9 @@ on_both_backends! {
     inbox_batch_dedupe => inbox_claims_a_batch_of_message_ids_once;
     inbox_rebuild => applied_message_ids_survive_the_inbox_rebuild;
     key_index => the_key_index_is_kept_only_where_relays_read_it;
+    two_lanes => two_lanes_deliver_disjoint_keys_at_once;
+    write_script => a_write_script_runs_every_statement_with_its_own_values;
+    failing_write_script => a_failing_write_script_stops_at_its_error;
 }
 
 /// Two relays (two replicas) on one PostgreSQL database: every message is delivered exactly

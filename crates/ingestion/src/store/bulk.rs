@@ -7,12 +7,13 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use leadflow_runtime::db::{MAX_ROWS_PER_STATEMENT, chunked, in_list};
+use leadflow_runtime::db::{MAX_ROWS_PER_STATEMENT, in_list};
 use leadflow_runtime::outbox::NewMessage;
+use leadflow_runtime::script::WriteScript;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait,
-    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect,
+    ActiveValue::Set, ColumnTrait, DatabaseTransaction, EntityTrait, IntoActiveModel, QueryFilter,
+    QueryOrder, QuerySelect,
 };
 
 use super::{ANONYMOUS, Accepted, USER, activity, events, identity, lead, request};
@@ -37,10 +38,12 @@ enum Step {
     Apply(String),
 }
 
-/// Applies `commands` in order inside `txn` and appends the events they produce, or returns
-/// `None` having written nothing when the batch needs the command-by-command path.
+/// Applies `commands` in order, reading inside `txn` and adding the writes to `script` (which
+/// the caller runs in `txn`), and appends the events they produce; or returns `None` having
+/// added nothing when the batch needs the command-by-command path.
 pub(super) async fn try_apply(
     txn: &DatabaseTransaction,
+    script: &mut WriteScript,
     tenant: &str,
     commands: &[Command],
     now: DateTime<Utc>,
@@ -184,7 +187,7 @@ pub(super) async fn try_apply(
         answers.push(accepted);
     }
 
-    write(txn, drafts, new_identities, activities, requests).await?;
+    write(script, drafts, new_identities, activities, requests);
     Ok(Some(answers))
 }
 
@@ -332,15 +335,15 @@ async fn load_drafts(
     Ok(Some(drafts))
 }
 
-/// Writes the batch: every touched lead in one upsert (in key order), then the new identities,
-/// activities and answers, each as multi-row inserts.
-async fn write(
-    txn: &DatabaseTransaction,
+/// Adds the batch's writes to `script`: every touched lead in one upsert (in key order), then
+/// the new identities, activities and answers, each as multi-row inserts.
+fn write(
+    script: &mut WriteScript,
     drafts: HashMap<String, Draft>,
     identities: Vec<identity::ActiveModel>,
     activities: Vec<activity::ActiveModel>,
     requests: Vec<request::ActiveModel>,
-) -> Result<(), Error> {
+) {
     let mut leads: Vec<lead::ActiveModel> = drafts
         .into_values()
         .map(|mut draft| {
@@ -359,26 +362,8 @@ async fn write(
             lead::Column::ActivityCount,
         ])
         .to_owned();
-    for chunk in chunked(txn.get_database_backend(), leads) {
-        lead::Entity::insert_many(chunk)
-            .on_conflict(upsert.clone())
-            .exec_without_returning(txn)
-            .await?;
-    }
-    for chunk in chunked(txn.get_database_backend(), identities) {
-        identity::Entity::insert_many(chunk)
-            .exec_without_returning(txn)
-            .await?;
-    }
-    for chunk in chunked(txn.get_database_backend(), activities) {
-        activity::Entity::insert_many(chunk)
-            .exec_without_returning(txn)
-            .await?;
-    }
-    for chunk in chunked(txn.get_database_backend(), requests) {
-        request::Entity::insert_many(chunk)
-            .exec_without_returning(txn)
-            .await?;
-    }
-    Ok(())
+    script.insert_many(leads, Some(&upsert));
+    script.insert_many(identities, None);
+    script.insert_many(activities, None);
+    script.insert_many(requests, None);
 }

@@ -8,7 +8,8 @@
 use chrono::{DateTime, Utc};
 use leadflow_runtime::outbox::{self, Wakeup};
 use leadflow_runtime::queue::take_waiting;
-use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
+use leadflow_runtime::script::WriteScript;
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Accepted, bulk, one_by_one};
@@ -110,14 +111,25 @@ async fn commit_group(
 ) -> Result<Option<Vec<Vec<Accepted>>>, Error> {
     let mut answers = Vec::with_capacity(group.len());
     let mut traced = Vec::with_capacity(group.len());
+    let mut script = WriteScript::new(txn.get_database_backend());
     for run in group.chunk_by(|a, b| a.tenant == b.tenant) {
+        // A later run of the same tenant reads what the earlier ones wrote.
+        script.run(&txn).await?;
         let commands: Vec<Command> = run
             .iter()
             .flat_map(|j| j.commands.iter().cloned())
             .collect();
         let mut events = Vec::new();
-        let Some(answered) =
-            bulk::try_apply(&txn, &run[0].tenant, &commands, run[0].now, &mut events).await?
+        let tenant = &run[0].tenant;
+        let Some(answered) = bulk::try_apply(
+            &txn,
+            &mut script,
+            tenant,
+            &commands,
+            run[0].now,
+            &mut events,
+        )
+        .await?
         else {
             return Ok(None);
         };
@@ -133,7 +145,8 @@ async fn commit_group(
             answers.push(mine);
         }
     }
-    outbox::enqueue_traced(&txn, traced).await?;
+    outbox::enqueue_traced_into(&mut script, traced);
+    script.run(&txn).await?;
     txn.commit().await?;
     Ok(Some(answers))
 }
@@ -151,13 +164,23 @@ async fn apply_each(db: &DatabaseConnection, wakeup: &Wakeup, group: Vec<Job>) {
 
 async fn apply_alone(db: &DatabaseConnection, job: &Job) -> Result<Vec<Accepted>, Error> {
     let txn = db.begin().await?;
+    let mut script = WriteScript::new(txn.get_database_backend());
     let mut events = Vec::new();
-    let answers =
-        match bulk::try_apply(&txn, &job.tenant, &job.commands, job.now, &mut events).await? {
-            Some(answers) => answers,
-            None => one_by_one(&txn, &job.tenant, &job.commands, job.now, &mut events).await?,
-        };
-    outbox::enqueue_traced(&txn, vec![(job.trace_context.clone(), events)]).await?;
+    let bulk = bulk::try_apply(
+        &txn,
+        &mut script,
+        &job.tenant,
+        &job.commands,
+        job.now,
+        &mut events,
+    )
+    .await?;
+    let answers = match bulk {
+        Some(answers) => answers,
+        None => one_by_one(&txn, &job.tenant, &job.commands, job.now, &mut events).await?,
+    };
+    outbox::enqueue_traced_into(&mut script, vec![(job.trace_context.clone(), events)]);
+    script.run(&txn).await?;
     txn.commit().await?;
     Ok(answers)
 }

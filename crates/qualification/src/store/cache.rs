@@ -5,8 +5,9 @@
 
 use chrono::{DateTime, Utc};
 use leadflow_proto::common::v1 as common;
-use leadflow_runtime::db::{MAX_ROWS_PER_STATEMENT, chunked};
+use leadflow_runtime::db::MAX_ROWS_PER_STATEMENT;
 use leadflow_runtime::lead_cache::{self, Found, LeadKey};
+use leadflow_runtime::script::WriteScript;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, IntoActiveModel, QueryFilter,
@@ -67,11 +68,12 @@ impl LeadCache {
         self.transitions.extend(transitions);
     }
 
-    /// Writes every changed lead (one upsert, in key order) and the transitions, and forgets
-    /// everything: what comes next reads the store again.
-    pub(super) async fn flush(
+    /// Adds the writes of every changed lead (one upsert, in key order) and the transitions to
+    /// `script`, and forgets everything: what comes next reads the store again, once the
+    /// script has run.
+    pub(super) fn flush(
         &mut self,
-        txn: &DatabaseTransaction,
+        script: &mut WriteScript,
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
         let mut rows = Vec::new();
@@ -82,20 +84,8 @@ impl LeadCache {
         let upsert = OnConflict::columns([lead::Column::TenantId, lead::Column::LeadId])
             .update_columns(SAVED_COLUMNS)
             .to_owned();
-        for chunk in chunked(txn.get_database_backend(), rows) {
-            lead::Entity::insert_many(chunk)
-                .on_conflict(upsert.clone())
-                .exec_without_returning(txn)
-                .await?;
-        }
-        for chunk in chunked(
-            txn.get_database_backend(),
-            std::mem::take(&mut self.transitions),
-        ) {
-            transition::Entity::insert_many(chunk)
-                .exec_without_returning(txn)
-                .await?;
-        }
+        script.insert_many(rows, Some(&upsert));
+        script.insert_many(std::mem::take(&mut self.transitions), None);
         Ok(())
     }
 }

@@ -16,6 +16,7 @@ use leadflow_proto::handoff::events::v1::{HandoffDecision, handoff_decision};
 use leadflow_proto::qualification::v1 as pb;
 use leadflow_proto::scoring::v1::{self as scoring_pb, ScoreChangeReason, ScoreChanged};
 use leadflow_runtime::outbox::{self, NewMessage, Wakeup, inbox};
+use leadflow_runtime::script::WriteScript;
 use leadflow_runtime::telemetry::current_trace_id;
 use prost::Message;
 use sea_orm::{
@@ -401,8 +402,9 @@ impl Store {
             .map(|e| e.header.clone().unwrap_or_default())
             .collect();
         let txn = self.db.begin().await?;
-        let mut claimed = inbox::claim_many(&txn, &headers, now).await?;
-        inbox::prune(&txn, now, self.inbox_retention).await?;
+        let mut script = WriteScript::new(txn.get_database_backend());
+        let mut claimed = inbox::claim_many_into(&txn, &mut script, &headers, now).await?;
+        inbox::prune_into(&mut script, now, self.inbox_retention);
         let mut leads = LeadCache::default();
         leads
             .prefetch(
@@ -425,7 +427,8 @@ impl Store {
             let tenant = header.tenant_id.as_str();
             let definition = definitions.get(&txn, tenant).await?;
             if event.reason == ScoreChangeReason::Merge as i32 && !event.merged_lead_id.is_empty() {
-                leads.flush(&txn, now).await?;
+                leads.flush(&mut script, now)?;
+                script.run(&txn).await?;
                 let mut lead = load_or_create(&txn, tenant, &header.lead_id, now).await?;
                 merge(
                     &txn,
@@ -450,9 +453,10 @@ impl Store {
             let key = cache::key_of(lead);
             leads.changed(key, staged.rows);
         }
-        leads.flush(&txn, now).await?;
+        leads.flush(&mut script, now)?;
         let announced = !out.is_empty();
-        outbox::enqueue(&txn, out).await?;
+        outbox::enqueue_into(&mut script, out)?;
+        script.run(&txn).await?;
         txn.commit().await?;
         if announced {
             self.wakeup.wake();

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, TimeDelta, Utc};
 use sea_orm::sea_query::{LockBehavior, LockType, Order, Query};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, DeleteMany, EntityTrait, QueryFilter,
     TryInsertResult,
 };
 
@@ -13,6 +13,7 @@ use leadflow_proto::common::v1::MessageHeader;
 
 use super::inbox_message;
 use crate::error::FieldViolations;
+use crate::script::WriteScript;
 
 /// Records `message_id` as applied inside the receiver's transaction `txn`. Returns `false` when
 /// it was applied before: the caller then skips the message (and the whole transaction keeps
@@ -45,6 +46,20 @@ pub async fn claim_many<C: ConnectionTrait>(
     headers: &[MessageHeader],
     now: DateTime<Utc>,
 ) -> Result<HashSet<String>, DbErr> {
+    let mut script = WriteScript::new(txn.get_database_backend());
+    let claimed = claim_many_into(txn, &mut script, headers, now).await?;
+    script.run(txn).await?;
+    Ok(claimed)
+}
+
+/// [`claim_many`] with the inserts added to `script`, which the caller runs in `txn` with the
+/// rest of its writes: the ids are read now, the claims written with everything else.
+pub async fn claim_many_into<C: ConnectionTrait>(
+    txn: &C,
+    script: &mut WriteScript,
+    headers: &[MessageHeader],
+    now: DateTime<Utc>,
+) -> Result<HashSet<String>, DbErr> {
     let mut seen = HashSet::with_capacity(headers.len());
     for chunk in headers.chunks(crate::db::MAX_ROWS_PER_STATEMENT) {
         let ids: Vec<&str> = chunk.iter().map(|h| h.message_id.as_str()).collect();
@@ -66,11 +81,7 @@ pub async fn claim_many<C: ConnectionTrait>(
             processed_at: Set(now),
         });
     }
-    for chunk in crate::db::chunked(txn.get_database_backend(), rows) {
-        inbox_message::Entity::insert_many(chunk)
-            .exec_without_returning(txn)
-            .await?;
-    }
+    script.insert_many(rows, None);
     Ok(claimed)
 }
 
@@ -93,17 +104,34 @@ pub const PRUNE_BATCH: u64 = 1000;
 
 /// Forgets, inside the receiver's transaction `txn`, up to [`PRUNE_BATCH`] message ids applied
 /// before `now - retention`, oldest first (an index on the applied time finds them); returns
-/// how many. Receivers call it once per delivered batch. On PostgreSQL rows another replica is
-/// deleting are skipped, not waited for. A retention reaching back before the earliest time a
-/// date can hold forgets nothing.
+/// how many. On PostgreSQL rows another replica is deleting are skipped, not waited for. A
+/// retention reaching back before the earliest time a date can hold forgets nothing.
 pub async fn prune<C: ConnectionTrait>(
     txn: &C,
     now: DateTime<Utc>,
     retention: TimeDelta,
 ) -> Result<u64, DbErr> {
-    let Some(cutoff) = now.checked_sub_signed(retention) else {
+    let Some(delete) = prune_statement(now, retention) else {
         return Ok(0);
     };
+    Ok(delete.exec(txn).await?.rows_affected)
+}
+
+/// [`prune`] added to `script`, which the caller runs in its transaction with the rest of its
+/// writes. Receivers call it once per delivered batch.
+pub fn prune_into(script: &mut WriteScript, now: DateTime<Utc>, retention: TimeDelta) {
+    if let Some(delete) = prune_statement(now, retention) {
+        script.push(&delete);
+    }
+}
+
+/// The delete of [`prune`], or `None` when the retention reaches back too far to forget
+/// anything.
+fn prune_statement(
+    now: DateTime<Utc>,
+    retention: TimeDelta,
+) -> Option<DeleteMany<inbox_message::Entity>> {
+    let cutoff = now.checked_sub_signed(retention)?;
     let expired = Query::select()
         .column(inbox_message::Column::MessageId)
         .from(inbox_message::Entity)
@@ -112,11 +140,10 @@ pub async fn prune<C: ConnectionTrait>(
         .limit(PRUNE_BATCH)
         .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
         .to_owned();
-    let deleted = inbox_message::Entity::delete_many()
-        .filter(inbox_message::Column::MessageId.in_subquery(expired))
-        .exec(txn)
-        .await?;
-    Ok(deleted.rows_affected)
+    Some(
+        inbox_message::Entity::delete_many()
+            .filter(inbox_message::Column::MessageId.in_subquery(expired)),
+    )
 }
 
 /// Checks the header of every delivered message: a receiver needs its message id (to dedupe),

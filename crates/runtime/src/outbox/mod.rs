@@ -15,8 +15,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ActiveValue::Set, ConnectionTrait, DbErr, EntityTrait};
+use sea_orm::{ActiveValue::Set, ConnectionTrait, DbErr};
 use tokio::sync::Notify;
+
+use crate::script::WriteScript;
 
 pub use entity::{inbox_message, outbox_message};
 pub use migration::{
@@ -102,6 +104,23 @@ pub async fn enqueue_traced<C: ConnectionTrait>(
     txn: &C,
     groups: Vec<(String, Vec<NewMessage>)>,
 ) -> Result<(), DbErr> {
+    let mut script = WriteScript::new(txn.get_database_backend());
+    enqueue_traced_into(&mut script, groups);
+    script.run(txn).await
+}
+
+/// [`enqueue`] added to `script`, which the caller runs in its transaction with the rest of its
+/// writes.
+pub fn enqueue_into(script: &mut WriteScript, messages: Vec<NewMessage>) -> Result<(), DbErr> {
+    if !messages.is_empty() {
+        enqueue_traced_into(script, vec![(current_trace_context()?, messages)]);
+    }
+    Ok(())
+}
+
+/// [`enqueue_traced`] added to `script`, which the caller runs in its transaction with the rest
+/// of its writes.
+pub fn enqueue_traced_into(script: &mut WriteScript, groups: Vec<(String, Vec<NewMessage>)>) {
     let now = Utc::now();
     let rows: Vec<outbox_message::ActiveModel> = groups
         .into_iter()
@@ -123,12 +142,7 @@ pub async fn enqueue_traced<C: ConnectionTrait>(
                 })
         })
         .collect();
-    for chunk in crate::db::chunked(txn.get_database_backend(), rows) {
-        outbox_message::Entity::insert_many(chunk)
-            .exec_without_returning(txn)
-            .await?;
-    }
-    Ok(())
+    script.insert_many(rows, None);
 }
 
 /// Wakes a relay as soon as new messages are committed, instead of at its next poll.
@@ -169,6 +183,10 @@ pub struct OutboxArgs {
     /// Longest backoff, in milliseconds.
     #[arg(long, env = "LEADFLOW_OUTBOX_BACKOFF_MAX_MS", default_value_t = 60_000)]
     pub outbox_backoff_max_ms: u64,
+    /// Deliveries each relay keeps in flight at once, on disjoint leads (at least one): while
+    /// the receiver applies one, the next is on its way.
+    #[arg(long, env = "LEADFLOW_OUTBOX_LANES", default_value_t = relay::DEFAULT_LANES)]
+    pub outbox_lanes: usize,
     /// How long a receiver remembers the message ids it applied, in hours (at least one): a
     /// sender stopped for longer while holding a delivered message would have it applied twice.
     #[arg(long, env = "LEADFLOW_INBOX_RETENTION_HOURS", default_value_t = 168)]
@@ -182,6 +200,7 @@ impl Default for OutboxArgs {
             outbox_batch_size: 500,
             outbox_backoff_ms: 200,
             outbox_backoff_max_ms: 60_000,
+            outbox_lanes: relay::DEFAULT_LANES,
             inbox_retention_hours: 168,
         }
     }
@@ -208,6 +227,7 @@ impl OutboxArgs {
             poll_interval: std::time::Duration::from_millis(self.outbox_poll_ms.max(1)),
             backoff_base: std::time::Duration::from_millis(self.outbox_backoff_ms.max(1)),
             backoff_max: std::time::Duration::from_millis(self.outbox_backoff_max_ms.max(1)),
+            lanes: self.outbox_lanes.max(1),
         }
     }
 }

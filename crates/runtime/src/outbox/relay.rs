@@ -6,13 +6,21 @@
 //! delivered in the same batch; a key whose oldest row is backing off is held back whole. On
 //! PostgreSQL the window is claimed with `FOR UPDATE SKIP LOCKED` inside a transaction that
 //! lasts until the outcome is written, so several replicas relay at once without delivering a
-//! row twice; a replica skips a key whose older rows another replica holds. On SQLite (one
-//! process) the window is read without a lock and the outcome written afterwards, so the single
+//! row twice; a replica delivers a key's rows only up to the first pending row of that key it
+//! does not hold (concurrent windows can interleave, row by row). On SQLite (one process) the
+//! window is read without a lock and the outcome written afterwards, so the single
 //! connection is never held during a delivery, and the delivered rows are deleted while the
 //! next delivery is under way: the writer connection is shared with the service's own writes,
 //! so a delete waits its turn there, and waiting for it before delivering again left the
 //! receiver idle for as long (a pass skips rows whose delete is still pending; rows delivered
 //! but not yet deleted when the process dies are delivered again, which receivers dedupe).
+//!
+//! Lanes: a relay keeps up to [`RelayConfig::lanes`] deliveries in flight, on disjoint keys (a
+//! key one lane is delivering is held back whole from the others), so a receiver that
+//! finishes applying one delivery finds the next already waiting instead of idling while the
+//! relay records the outcome, reads its next window and sends it. On PostgreSQL each lane is a
+//! pass of its own, kept apart like replicas are; on SQLite the lanes share the record of
+//! what is being delivered and what is delivered but not yet deleted.
 //!
 //! Size: a delivery holds at most the relay's current limit, [`RelayConfig::batch_size`] at
 //! first. A failed delivery halves the limit and each success grows it back by a quarter, so a
@@ -79,10 +87,14 @@ pub struct RelayConfig {
     pub backoff_base: Duration,
     /// Longest backoff.
     pub backoff_max: Duration,
+    /// Deliveries in flight at once, on disjoint keys: while the receiver applies one, the
+    /// next is read, sent and waiting, instead of the receiver idling through the relay's turn.
+    pub lanes: usize,
 }
 
 impl RelayConfig {
-    /// Defaults for `destination`: batches of 100, a 1 s poll, backoff from 200 ms to 1 min.
+    /// Defaults for `destination`: batches of 100, a 1 s poll, backoff from 200 ms to 1 min,
+    /// two lanes.
     pub fn new(destination: &'static str) -> Self {
         Self {
             destination,
@@ -92,6 +104,7 @@ impl RelayConfig {
             poll_interval: Duration::from_secs(1),
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(60),
+            lanes: DEFAULT_LANES,
         }
     }
 
@@ -117,6 +130,9 @@ pub struct RelayPass {
     pub next_due: Option<DateTime<Utc>>,
 }
 
+/// Deliveries a relay has in flight by default.
+pub(crate) const DEFAULT_LANES: usize = 2;
+
 /// Payload bytes per delivery by default: half the services' message size limit, the rest left
 /// for each message's envelope (ids, key, trace context) and the call's framing.
 pub(crate) const DEFAULT_MAX_BATCH_BYTES: usize = crate::server::MAX_MESSAGE_BYTES / 2;
@@ -136,8 +152,19 @@ pub struct Relay<S> {
     backlog_read_at: std::sync::Mutex<Option<std::time::Instant>>,
     /// The most messages the next delivery may hold.
     limit: AtomicUsize,
-    /// On SQLite, the ids delivered by the last pass whose delete the next pass makes.
-    delivered: std::sync::Mutex<Vec<i64>>,
+    /// On SQLite, the rows the lanes are delivering or have delivered and not yet deleted.
+    in_flight: tokio::sync::Mutex<InFlight>,
+}
+
+/// The rows a relay's lanes hold on SQLite, where windows are read without row locks.
+#[derive(Debug, Default)]
+struct InFlight {
+    /// Rows a lane is delivering: left out of the other lanes' windows, their keys held back.
+    delivering: HashSet<i64>,
+    /// Delivered rows whose delete has not committed: left out of every window.
+    undeleted: HashSet<i64>,
+    /// Delivered rows no pass is deleting yet: the next pass deletes them while it delivers.
+    to_delete: Vec<i64>,
 }
 
 /// How often a busy relay counts its backlog for the gauges: counting scans every pending row,
@@ -194,7 +221,7 @@ impl<S: OutboxSink> Relay<S> {
             limit,
             metrics,
             backlog_read_at: std::sync::Mutex::new(None),
-            delivered: std::sync::Mutex::new(Vec::new()),
+            in_flight: tokio::sync::Mutex::new(InFlight::default()),
         }
     }
 
@@ -208,10 +235,24 @@ impl<S: OutboxSink> Relay<S> {
         Self { reader, ..self }
     }
 
-    /// Relays until `shutdown` fires; a delivery under way when it fires is finished first.
+    /// Relays until `shutdown` fires, with [`RelayConfig::lanes`] deliveries in flight at most;
+    /// a delivery under way when it fires is finished first.
     pub async fn run(self, shutdown: CancellationToken) {
         let destination = self.config.destination;
-        tracing::info!(destination, "outbox relay started");
+        let lanes = self.config.lanes.max(1);
+        tracing::info!(destination, lanes, "outbox relay started");
+        futures::future::join_all((0..lanes).map(|_| self.lane(&shutdown))).await;
+        let undeleted = std::mem::take(&mut self.in_flight.lock().await.to_delete);
+        if let Err(err) = delete_rows(&self.db, &undeleted).await {
+            tracing::warn!(destination, error = %err, "delivered outbox rows not deleted, they will be delivered again");
+        }
+        tracing::info!(destination, "outbox relay stopped");
+    }
+
+    /// One lane: passes back to back while they deliver, else waits for a wake-up, the next
+    /// due row or the poll interval.
+    async fn lane(&self, shutdown: &CancellationToken) {
+        let destination = self.config.destination;
         while !shutdown.is_cancelled() {
             let wait = match self.run_once().await {
                 Ok(pass) if pass.delivered > 0 => continue,
@@ -237,19 +278,12 @@ impl<S: OutboxSink> Relay<S> {
                 () = tokio::time::sleep(wait) => {}
             }
         }
-        if let Err(err) = delete_rows(&self.db, &self.take_delivered()).await {
-            tracing::warn!(destination, error = %err, "delivered outbox rows not deleted, they will be delivered again");
-        }
-        tracing::info!(destination, "outbox relay stopped");
     }
 
     /// One pass: claim the deliverable head of the queue, deliver it, record the outcome.
     pub async fn run_once(&self) -> Result<RelayPass, RelayError> {
         let pass = if is_postgres(&self.db) {
-            let txn = self.db.begin().await?;
-            let pass = self.pass_on(&txn, &txn, true, &[]).await?;
-            txn.commit().await?;
-            pass
+            self.pass_locked().await?
         } else {
             self.pass_overlapping_deletes().await?
         };
@@ -259,48 +293,165 @@ impl<S: OutboxSink> Relay<S> {
         Ok(pass)
     }
 
-    /// A pass on SQLite: the window read on the reader, the rows the last pass delivered left
-    /// out of it and deleted while this pass delivers.
+    /// A pass on PostgreSQL: the window claimed with `FOR UPDATE SKIP LOCKED` in a transaction
+    /// that lasts until the outcome is written (the delivered rows deleted in it), so other
+    /// lanes and replicas skip it.
+    async fn pass_locked(&self) -> Result<RelayPass, DbErr> {
+        let txn = self.db.begin().await?;
+        let now = Utc::now();
+        let window = self.read_window(&txn, true).await?;
+        let (mut ready, next_due) = select_ready(&window, &HashSet::new(), now, self.bounds());
+        if !ready.is_empty() {
+            let pending = self.pending_per_key(&txn, &ready).await?;
+            keep_unbroken_runs(&mut ready, &pending);
+        }
+        if ready.is_empty() {
+            txn.commit().await?;
+            return Ok(RelayPass {
+                next_due,
+                ..RelayPass::default()
+            });
+        }
+        self.wake_another_lane_if_full(&ready);
+        let ids: Vec<i64> = ready.iter().map(|row| row.id).collect();
+        let messages = read_messages(&txn, &ids).await?;
+        let pass = match self.deliver(&messages).await {
+            Ok(()) => {
+                delete_rows(&txn, &ids).await?;
+                self.delivered(messages.len(), next_due)
+            }
+            Err(err) => {
+                self.failed(&txn, &messages, &ids, &err, now, next_due)
+                    .await?
+            }
+        };
+        txn.commit().await?;
+        Ok(pass)
+    }
+
+    /// A pass on SQLite (one process): the window read on the reader without a lock, leaving
+    /// out the rows other lanes deliver (and holding their keys back) and the rows delivered
+    /// but not yet deleted, which this pass deletes while it delivers. The window is read and
+    /// chosen under the in-flight lock, so no two lanes choose the same row, and a row leaves
+    /// the in-flight state only once its outcome is committed, so no window read before that
+    /// commit (the reader sees the store as of its read) takes it again.
     async fn pass_overlapping_deletes(&self) -> Result<RelayPass, DbErr> {
-        let delivered = self.take_delivered();
-        let pass = self
-            .pass_on(&self.reader, &self.db, false, &delivered)
-            .await;
-        if pass.is_err() {
-            self.keep_delivered(delivered);
+        let now = Utc::now();
+        let mut in_flight = self.in_flight.lock().await;
+        let deleting = std::mem::take(&mut in_flight.to_delete);
+        let window = match self.read_window(&self.reader, false).await {
+            Ok(window) => window,
+            Err(err) => {
+                in_flight.to_delete.extend(deleting);
+                return Err(err);
+            }
+        };
+        let mut held = HashSet::new();
+        let mut free = Vec::with_capacity(window.len());
+        for row in window {
+            if in_flight.delivering.contains(&row.id) {
+                held.insert(row.partition_key);
+            } else if !in_flight.undeleted.contains(&row.id) {
+                free.push(row);
+            }
         }
-        pass
-    }
+        let (ready, next_due) = select_ready(&free, &held, now, self.bounds());
+        let ids: Vec<i64> = ready.iter().map(|row| row.id).collect();
+        in_flight.delivering.extend(ids.iter().copied());
+        drop(in_flight);
 
-    /// The ids awaiting their delete, leaving none.
-    fn take_delivered(&self) -> Vec<i64> {
-        self.delivered
-            .lock()
-            .map(|mut ids| std::mem::take(&mut *ids))
-            .unwrap_or_default()
-    }
-
-    /// Adds `ids` to those the next pass deletes.
-    fn keep_delivered(&self, ids: Vec<i64>) {
-        if let Ok(mut delivered) = self.delivered.lock() {
-            delivered.extend(ids);
+        if ready.is_empty() {
+            let deleted = delete_rows(&self.db, &deleting).await;
+            self.settle_deletes(deleting, deleted.is_ok()).await;
+            deleted?;
+            return Ok(RelayPass {
+                next_due,
+                ..RelayPass::default()
+            });
+        }
+        self.wake_another_lane_if_full(&ready);
+        let messages = match read_messages(&self.reader, &ids).await {
+            Ok(messages) => messages,
+            Err(err) => {
+                self.settle_deliveries(&ids, false).await;
+                self.settle_deletes(deleting, false).await;
+                return Err(err);
+            }
+        };
+        let (outcome, deleted) =
+            tokio::join!(self.deliver(&messages), delete_rows(&self.db, &deleting));
+        self.settle_deletes(deleting, deleted.is_ok()).await;
+        if let Err(err) = deleted {
+            self.settle_deliveries(&ids, outcome.is_ok()).await;
+            return Err(err);
+        }
+        match outcome {
+            Ok(()) => {
+                self.settle_deliveries(&ids, true).await;
+                Ok(self.delivered(messages.len(), next_due))
+            }
+            Err(err) => {
+                let failed = self
+                    .failed(&self.db, &messages, &ids, &err, now, next_due)
+                    .await;
+                self.settle_deliveries(&ids, false).await;
+                failed
+            }
         }
     }
 
-    /// A pass reading the window on `read` and writing the outcome on `conn` (the same
-    /// transaction when `lock`ing). Rows in `delivered` were delivered by the previous pass:
-    /// they are left out of the window and deleted during this pass's delivery (or before it
-    /// returns, when it has nothing to deliver). The rows this pass delivers are deleted in its
-    /// transaction when `lock`ing (PostgreSQL), else left for the next pass to delete
-    /// ([`Relay::keep_delivered`]).
-    async fn pass_on<R: ConnectionTrait, C: ConnectionTrait>(
+    /// Records the outcome of deleting `ids` (on SQLite): once committed they are gone from
+    /// every later window; otherwise the next pass deletes them.
+    async fn settle_deletes(&self, ids: Vec<i64>, deleted: bool) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut in_flight = self.in_flight.lock().await;
+        if deleted {
+            for id in &ids {
+                in_flight.undeleted.remove(id);
+            }
+        } else {
+            in_flight.to_delete.extend(ids);
+        }
+    }
+
+    /// Records the end of delivering `ids` (on SQLite): delivered rows wait for their delete,
+    /// the others are free again (their backoff, if any, already committed).
+    async fn settle_deliveries(&self, ids: &[i64], delivered: bool) {
+        let mut in_flight = self.in_flight.lock().await;
+        for id in ids {
+            in_flight.delivering.remove(id);
+        }
+        if delivered {
+            in_flight.undeleted.extend(ids.iter().copied());
+            in_flight.to_delete.extend(ids.iter().copied());
+        }
+    }
+
+    /// The bounds of the next delivery.
+    fn bounds(&self) -> Bounds {
+        Bounds {
+            messages: self.limit.load(Ordering::Relaxed),
+            bytes: self.config.max_batch_bytes,
+        }
+    }
+
+    /// A delivery as full as the limit allows suggests more is waiting: another lane (if any
+    /// is idle) looks for it.
+    fn wake_another_lane_if_full(&self, ready: &[Pending]) {
+        if self.config.lanes > 1 && ready.len() >= self.limit.load(Ordering::Relaxed) {
+            self.wakeup.wake();
+        }
+    }
+
+    /// The oldest pending rows of the destination, as much as a pass looks at, read on `read`
+    /// (claimed when `lock`ing).
+    async fn read_window<R: ConnectionTrait>(
         &self,
         read: &R,
-        conn: &C,
         lock: bool,
-        delivered: &[i64],
-    ) -> Result<RelayPass, DbErr> {
-        let now = Utc::now();
+    ) -> Result<Vec<Pending>, DbErr> {
         let mut query = outbox_message::Entity::find()
             .select_only()
             .columns([
@@ -318,37 +469,11 @@ impl<S: OutboxSink> Relay<S> {
         if lock {
             query = query.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
         }
-        let mut window: Vec<Pending> = query.into_model().all(read).await?;
-        if !delivered.is_empty() {
-            let done: HashSet<i64> = delivered.iter().copied().collect();
-            window.retain(|row| !done.contains(&row.id));
-        }
-        let limit = self.limit.load(Ordering::Relaxed);
-        let bounds = Bounds {
-            messages: limit,
-            bytes: self.config.max_batch_bytes,
-        };
-        let (mut ready, next_due) = select_ready(&window, now, bounds);
-        if lock && !ready.is_empty() {
-            let oldest = self.oldest_pending_per_key(conn, &ready).await?;
-            keep_keys_we_head(&mut ready, &oldest);
-        }
-        if ready.is_empty() {
-            delete_rows(conn, delivered).await?;
-            return Ok(RelayPass {
-                next_due,
-                ..RelayPass::default()
-            });
-        }
-        let ids: Vec<i64> = ready.iter().map(|row| row.id).collect();
-        let messages: Vec<OutboxMessage> = outbox_message::Entity::find()
-            .filter(outbox_message::Column::Id.is_in(crate::db::in_list(&ids)))
-            .order_by_asc(outbox_message::Column::Id)
-            .all(read)
-            .await?
-            .into_iter()
-            .map(to_message)
-            .collect();
+        query.into_model().all(read).await
+    }
+
+    /// Hands `messages` to the sink, in a span that continues the first message's trace.
+    async fn deliver(&self, messages: &[OutboxMessage]) -> Result<(), DeliveryError> {
         let span = tracing::info_span!(
             "outbox.deliver",
             destination = self.config.destination,
@@ -357,89 +482,94 @@ impl<S: OutboxSink> Relay<S> {
         if let Some(first) = messages.first() {
             crate::telemetry::set_parent_from(&span, &first.trace_context);
         }
-        let (outcome, deleted) = tokio::join!(
-            self.sink.deliver(&messages).instrument(span),
-            delete_rows(conn, delivered)
-        );
-        if let Err(err) = deleted {
-            if outcome.is_ok() {
-                self.keep_delivered(ids);
-            }
-            return Err(err);
-        }
-        let attributes = &self.metrics.attributes;
-        match outcome {
-            Ok(()) => {
-                self.limit
-                    .store(grown(limit, self.config.batch_size), Ordering::Relaxed);
-                if lock {
-                    delete_rows(conn, &ids).await?;
-                } else {
-                    self.keep_delivered(ids);
-                }
-                self.metrics
-                    .delivered
-                    .add(messages.len() as u64, attributes);
-                Ok(RelayPass {
-                    delivered: messages.len(),
-                    failed: 0,
-                    next_due,
-                })
-            }
-            Err(err) => {
-                self.limit.store(shrunk(messages.len()), Ordering::Relaxed);
-                let attempts = messages.iter().map(|m| m.attempts).max().unwrap_or(0) + 1;
-                let retry_at = now
-                    + chrono::Duration::from_std(self.config.backoff(attempts))
-                        .unwrap_or(chrono::Duration::MAX);
-                tracing::warn!(
-                    destination = self.config.destination,
-                    messages = messages.len(),
-                    attempts,
-                    error = %err,
-                    "outbox delivery failed"
-                );
-                outbox_message::Entity::update_many()
-                    .col_expr(
-                        outbox_message::Column::Attempts,
-                        Expr::col(outbox_message::Column::Attempts).add(1),
-                    )
-                    .col_expr(outbox_message::Column::NextAttemptAt, Expr::value(retry_at))
-                    .col_expr(
-                        outbox_message::Column::LastError,
-                        Expr::value(truncate(&err.0, 1000)),
-                    )
-                    .filter(outbox_message::Column::Id.is_in(crate::db::in_list(&ids)))
-                    .exec(conn)
-                    .await?;
-                self.metrics.failures.add(messages.len() as u64, attributes);
-                Ok(RelayPass {
-                    delivered: 0,
-                    failed: messages.len(),
-                    next_due: Some(next_due.map_or(retry_at, |due| Ord::min(due, retry_at))),
-                })
-            }
+        self.sink.deliver(messages).instrument(span).await
+    }
+
+    /// Counts a successful delivery of `count` messages and grows the limit back.
+    fn delivered(&self, count: usize, next_due: Option<DateTime<Utc>>) -> RelayPass {
+        let limit = self.limit.load(Ordering::Relaxed);
+        self.limit
+            .store(grown(limit, self.config.batch_size), Ordering::Relaxed);
+        self.metrics
+            .delivered
+            .add(count as u64, &self.metrics.attributes);
+        RelayPass {
+            delivered: count,
+            failed: 0,
+            next_due,
         }
     }
 
-    /// The oldest pending row id of each key in `ready`, whoever holds it.
-    async fn oldest_pending_per_key<C: ConnectionTrait>(
+    /// Records a failed delivery on `conn`: the rows `ids` back off, the limit halves.
+    async fn failed<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        messages: &[OutboxMessage],
+        ids: &[i64],
+        err: &DeliveryError,
+        now: DateTime<Utc>,
+        next_due: Option<DateTime<Utc>>,
+    ) -> Result<RelayPass, DbErr> {
+        self.limit.store(shrunk(messages.len()), Ordering::Relaxed);
+        let attempts = messages.iter().map(|m| m.attempts).max().unwrap_or(0) + 1;
+        let retry_at = now
+            + chrono::Duration::from_std(self.config.backoff(attempts))
+                .unwrap_or(chrono::Duration::MAX);
+        tracing::warn!(
+            destination = self.config.destination,
+            messages = messages.len(),
+            attempts,
+            error = %err,
+            "outbox delivery failed"
+        );
+        outbox_message::Entity::update_many()
+            .col_expr(
+                outbox_message::Column::Attempts,
+                Expr::col(outbox_message::Column::Attempts).add(1),
+            )
+            .col_expr(outbox_message::Column::NextAttemptAt, Expr::value(retry_at))
+            .col_expr(
+                outbox_message::Column::LastError,
+                Expr::value(truncate(&err.0, 1000)),
+            )
+            .filter(outbox_message::Column::Id.is_in(crate::db::in_list(ids)))
+            .exec(conn)
+            .await?;
+        self.metrics
+            .failures
+            .add(messages.len() as u64, &self.metrics.attributes);
+        Ok(RelayPass {
+            delivered: 0,
+            failed: messages.len(),
+            next_due: Some(next_due.map_or(retry_at, |due| Ord::min(due, retry_at))),
+        })
+    }
+
+    /// The pending row ids of each key in `ready`, oldest first, up to the newest ready row,
+    /// whoever holds them.
+    async fn pending_per_key<C: ConnectionTrait>(
         &self,
         conn: &C,
         ready: &[Pending],
-    ) -> Result<HashMap<String, i64>, DbErr> {
+    ) -> Result<HashMap<String, Vec<i64>>, DbErr> {
         let keys: HashSet<&str> = ready.iter().map(|r| r.partition_key.as_str()).collect();
+        let newest = ready.iter().map(|r| r.id).max().unwrap_or(i64::MIN);
         let rows: Vec<(String, i64)> = outbox_message::Entity::find()
             .select_only()
             .column(outbox_message::Column::PartitionKey)
-            .column_as(Expr::col(outbox_message::Column::Id).min(), "oldest")
+            .column(outbox_message::Column::Id)
             .filter(outbox_message::Column::Destination.eq(self.config.destination))
             .filter(outbox_message::Column::PartitionKey.is_in(keys))
-            .group_by(outbox_message::Column::PartitionKey)
+            .filter(outbox_message::Column::Id.lte(newest))
+            .order_by_asc(outbox_message::Column::Id)
             .into_tuple()
             .all(conn)
             .await?;
-        Ok(rows.into_iter().collect())
+        let mut pending: HashMap<String, Vec<i64>> = HashMap::new();
+        for (key, id) in rows {
+            pending.entry(key).or_default().push(id);
+        }
+        Ok(pending)
     }
 
     /// Whether to count the backlog now: always when idle (it is small or waiting), else at most
@@ -478,6 +608,21 @@ async fn delete_rows<C: ConnectionTrait>(conn: &C, ids: &[i64]) -> Result<(), Db
         .exec(conn)
         .await?;
     Ok(())
+}
+
+/// The full rows `ids`, in id order.
+async fn read_messages<R: ConnectionTrait>(
+    read: &R,
+    ids: &[i64],
+) -> Result<Vec<OutboxMessage>, DbErr> {
+    Ok(outbox_message::Entity::find()
+        .filter(outbox_message::Column::Id.is_in(crate::db::in_list(ids)))
+        .order_by_asc(outbox_message::Column::Id)
+        .all(read)
+        .await?
+        .into_iter()
+        .map(to_message)
+        .collect())
 }
 
 /// What waits in the outbox for one destination.
@@ -550,13 +695,15 @@ struct Bounds {
 
 /// The rows of `window` (oldest first) one delivery within `bounds` may take without
 /// overtaking an older row of their key, and when the earliest held-back row becomes due. A
-/// key is held back from its first row that is not yet due or does not fit.
+/// key is held back from its first row that is not yet due or does not fit, and the keys in
+/// `busy` (another lane delivers their older rows) whole.
 fn select_ready(
     window: &[Pending],
+    busy: &HashSet<String>,
     now: DateTime<Utc>,
     bounds: Bounds,
 ) -> (Vec<Pending>, Option<DateTime<Utc>>) {
-    let mut held: HashSet<&str> = HashSet::new();
+    let mut held: HashSet<&str> = busy.iter().map(String::as_str).collect();
     let mut ready = Vec::new();
     let mut bytes = 0usize;
     let mut next_due: Option<DateTime<Utc>> = None;
@@ -583,15 +730,30 @@ fn select_ready(
     (ready, next_due)
 }
 
-/// Drops the keys whose oldest pending row is not ours (another replica holds it).
-fn keep_keys_we_head(ready: &mut Vec<Pending>, oldest: &HashMap<String, i64>) {
-    let mut first_ours: HashMap<String, i64> = HashMap::new();
-    for row in ready.iter() {
-        first_ours
-            .entry(row.partition_key.clone())
-            .or_insert(row.id);
-    }
-    ready.retain(|row| oldest.get(&row.partition_key) == first_ours.get(&row.partition_key));
+/// Keeps, of each key's rows in `ready` (oldest first), those that continue the key's pending
+/// rows (`pending`, oldest first) without a row another pass holds in between: a key whose
+/// oldest pending row is not ours goes whole, and one whose rows interleave with another
+/// pass's window (concurrent `SKIP LOCKED` reads lock rows in turns) stops at the first row it
+/// does not hold.
+fn keep_unbroken_runs(ready: &mut Vec<Pending>, pending: &HashMap<String, Vec<i64>>) {
+    let mut taken: HashMap<String, usize> = HashMap::new();
+    let mut broken: HashSet<String> = HashSet::new();
+    ready.retain(|row| {
+        if broken.contains(&row.partition_key) {
+            return false;
+        }
+        let next = taken.entry(row.partition_key.clone()).or_insert(0);
+        let expected = pending
+            .get(&row.partition_key)
+            .and_then(|ids| ids.get(*next));
+        if expected == Some(&row.id) {
+            *next += 1;
+            true
+        } else {
+            broken.insert(row.partition_key.clone());
+            false
+        }
+    });
 }
 
 fn to_message(row: outbox_message::Model) -> OutboxMessage {
@@ -653,7 +815,7 @@ mod tests {
             messages: 10,
             bytes: 1000,
         };
-        let (ready, _) = select_ready(&window, now, bounds);
+        let (ready, _) = select_ready(&window, &HashSet::new(), now, bounds);
         let ids: Vec<i64> = ready.iter().map(|r| r.id).collect();
         assert_eq!(
             ids,
@@ -661,7 +823,7 @@ mod tests {
             "c does not fit; smaller rows after it still do"
         );
         let large = vec![sized(1, "a", 0, 5000, now), sized(2, "b", 0, 10, now)];
-        let (ready, _) = select_ready(&large, now, bounds);
+        let (ready, _) = select_ready(&large, &HashSet::new(), now, bounds);
         assert_eq!(ready.iter().map(|r| r.id).collect::<Vec<_>>(), [1]);
     }
 
@@ -674,10 +836,24 @@ mod tests {
             row(3, "a", 0, now),
             row(4, "b", 0, now),
         ];
-        let (ready, next_due) = select_ready(&window, now, at_most(10));
+        let (ready, next_due) = select_ready(&window, &HashSet::new(), now, at_most(10));
         let ids: Vec<i64> = ready.iter().map(|r| r.id).collect();
         assert_eq!(ids, [2, 4]);
         assert_eq!(next_due, Some(now + chrono::Duration::seconds(10)));
+    }
+
+    #[test]
+    fn keys_another_lane_delivers_are_held_back_whole() {
+        let now = Utc::now();
+        let window = vec![
+            row(3, "a", 0, now),
+            row(4, "b", 0, now),
+            row(5, "a", 0, now),
+        ];
+        let busy = HashSet::from(["a".to_owned()]);
+        let (ready, next_due) = select_ready(&window, &busy, now, at_most(10));
+        assert_eq!(ready.iter().map(|r| r.id).collect::<Vec<_>>(), [4]);
+        assert_eq!(next_due, None, "a busy key is not a row coming due");
     }
 
     #[test]
@@ -688,7 +864,7 @@ mod tests {
             row(2, "b", 0, now),
             row(3, "a", 0, now),
         ];
-        let (ready, _) = select_ready(&window, now, at_most(1));
+        let (ready, _) = select_ready(&window, &HashSet::new(), now, at_most(1));
         let ids: Vec<i64> = ready.iter().map(|r| r.id).collect();
         assert_eq!(ids, [1]);
     }
@@ -697,9 +873,27 @@ mod tests {
     fn keys_headed_by_another_replica_are_skipped() {
         let now = Utc::now();
         let mut ready = vec![row(5, "a", 0, now), row(6, "b", 0, now)];
-        let oldest = HashMap::from([("a".to_owned(), 2), ("b".to_owned(), 6)]);
-        keep_keys_we_head(&mut ready, &oldest);
+        let pending = HashMap::from([("a".to_owned(), vec![2, 5]), ("b".to_owned(), vec![6])]);
+        keep_unbroken_runs(&mut ready, &pending);
         assert_eq!(ready.iter().map(|r| r.id).collect::<Vec<_>>(), [6]);
+    }
+
+    #[test]
+    fn a_key_stops_at_the_first_row_another_pass_holds() {
+        let now = Utc::now();
+        // Two passes locked rows in turns: 4 is the other pass's, between our 3 and 7.
+        let mut ready = vec![
+            row(3, "a", 0, now),
+            row(5, "b", 0, now),
+            row(7, "a", 0, now),
+            row(8, "b", 0, now),
+        ];
+        let pending = HashMap::from([
+            ("a".to_owned(), vec![3, 4, 7]),
+            ("b".to_owned(), vec![5, 8]),
+        ]);
+        keep_unbroken_runs(&mut ready, &pending);
+        assert_eq!(ready.iter().map(|r| r.id).collect::<Vec<_>>(), [3, 5, 8]);
     }
 
     #[test]
@@ -742,7 +936,7 @@ mod tests {
                 .map(|(i, (key, due, bytes))| sized(i as i64, &key.to_string(), if *due { 0 } else { 5 }, *bytes, now))
                 .collect();
             let bounds = Bounds { messages: limit, bytes: max_bytes };
-            let (ready, _) = select_ready(&window, now, bounds);
+            let (ready, _) = select_ready(&window, &HashSet::new(), now, bounds);
             prop_assert!(ready.len() <= limit);
             let bytes: i64 = ready.iter().map(|r| r.payload_bytes).sum();
             prop_assert!(ready.len() <= 1 || bytes <= max_bytes as i64, "{bytes} bytes over {max_bytes}");

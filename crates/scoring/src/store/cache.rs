@@ -4,8 +4,8 @@
 
 use chrono::{DateTime, Utc};
 use leadflow_proto::common::v1 as common;
-use leadflow_runtime::db::chunked;
 use leadflow_runtime::lead_cache::{self, Found, LeadKey};
+use leadflow_runtime::script::WriteScript;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{ConnectionTrait, DatabaseTransaction, EntityTrait, IntoActiveModel};
 
@@ -69,36 +69,33 @@ impl LeadCache {
         self.facts.extend(fact);
     }
 
-    /// Writes the new facts and every changed lead (one upsert, in key order), and forgets
-    /// everything: what comes next reads the store again.
-    pub(super) async fn flush(
+    /// Adds the writes of the new facts and every changed lead (one upsert, in key order) to
+    /// `script`, and forgets everything: what comes next reads the store again, once the
+    /// script has run.
+    pub(super) fn flush(
         &mut self,
-        txn: &DatabaseTransaction,
+        script: &mut WriteScript,
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
-        for chunk in chunked(txn.get_database_backend(), std::mem::take(&mut self.facts)) {
-            fact::Entity::insert_many(chunk)
-                .on_conflict(
-                    OnConflict::columns([fact::Column::TenantId, fact::Column::ActivityId])
-                        .do_nothing()
-                        .to_owned(),
-                )
-                .exec_without_returning(txn)
-                .await?;
-        }
+        script.insert_many(
+            std::mem::take(&mut self.facts),
+            Some(
+                &OnConflict::columns([fact::Column::TenantId, fact::Column::ActivityId])
+                    .do_nothing()
+                    .to_owned(),
+            ),
+        );
         let mut rows = Vec::new();
         for (lead, announced) in self.leads.take_changed() {
             rows.push(saved_row(&lead, &announced, now)?);
         }
-        save_rows(txn, rows).await
+        save_rows(script, rows);
+        Ok(())
     }
 }
 
-/// Writes `rows` (new or stored leads' rows) in one upsert per [`MAX_ROWS_PER_STATEMENT`].
-pub(super) async fn save_rows(
-    txn: &DatabaseTransaction,
-    rows: Vec<lead_score::Model>,
-) -> Result<(), Error> {
+/// Adds the upserts of `rows` (new or stored leads' rows) to `script`.
+pub(super) fn save_rows(script: &mut WriteScript, rows: Vec<lead_score::Model>) {
     let upsert = OnConflict::columns([lead_score::Column::TenantId, lead_score::Column::LeadId])
         .update_columns([
             lead_score::Column::State,
@@ -111,13 +108,7 @@ pub(super) async fn save_rows(
         ])
         .to_owned();
     let rows = rows.into_iter().map(IntoActiveModel::into_active_model);
-    for chunk in chunked(txn.get_database_backend(), rows.collect()) {
-        lead_score::Entity::insert_many(chunk)
-            .on_conflict(upsert.clone())
-            .exec_without_returning(txn)
-            .await?;
-    }
-    Ok(())
+    script.insert_many(rows.collect(), Some(&upsert));
 }
 
 /// The cache key of `lead`.

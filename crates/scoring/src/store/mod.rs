@@ -19,6 +19,7 @@ use leadflow_proto::ingestion::v1::{LeadEvent, lead_event::Event};
 use leadflow_proto::scoring::v1::ScoreChangeReason;
 use leadflow_runtime::db::{self, MAX_ROWS_PER_STATEMENT};
 use leadflow_runtime::outbox::{self, NewMessage, Wakeup, inbox};
+use leadflow_runtime::script::WriteScript;
 use prost::Message;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
@@ -305,8 +306,9 @@ impl Store {
             headers.push(header);
         }
         let txn = self.db.begin().await?;
-        let mut claimed = inbox::claim_many(&txn, &headers, now).await?;
-        inbox::prune(&txn, now, self.inbox_retention).await?;
+        let mut script = WriteScript::new(txn.get_database_backend());
+        let mut claimed = inbox::claim_many_into(&txn, &mut script, &headers, now).await?;
+        inbox::prune_into(&mut script, now, self.inbox_retention);
         let mut leads = LeadCache::default();
         leads
             .prefetch(
@@ -380,7 +382,8 @@ impl Store {
                     leads.changed(key, announced, Some(row));
                 }
                 Some(Event::LeadsMerged(merged)) => {
-                    leads.flush(&txn, now).await?;
+                    leads.flush(&mut script, now)?;
+                    script.run(&txn).await?;
                     if let Some(message) = self
                         .merge(
                             &txn,
@@ -400,9 +403,10 @@ impl Store {
             }
             applied.applied += 1;
         }
-        leads.flush(&txn, now).await?;
+        leads.flush(&mut script, now)?;
         let enqueued = !out.is_empty();
-        outbox::enqueue(&txn, out).await?;
+        outbox::enqueue_into(&mut script, out)?;
+        script.run(&txn).await?;
         txn.commit().await?;
         if enqueued {
             self.wakeup.wake();

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use leadflow_proto::scoring::v1::ScoreChangeReason;
 use leadflow_runtime::db::{self, MAX_ROWS_PER_STATEMENT};
 use leadflow_runtime::outbox::{self, NewMessage};
+use leadflow_runtime::script::WriteScript;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction,
@@ -272,8 +273,10 @@ async fn write_step(
     done: &mut Replayed,
 ) -> Result<bool, Error> {
     let announced = !replayed.messages.is_empty();
-    cache::save_rows(txn, replayed.rows).await?;
-    outbox::enqueue(txn, replayed.messages).await?;
+    let mut script = WriteScript::new(txn.get_database_backend());
+    cache::save_rows(&mut script, replayed.rows);
+    outbox::enqueue_into(&mut script, replayed.messages)?;
+    script.run(txn).await?;
     done.processed += replayed.processed;
     done.changed += replayed.changed;
     Ok(announced)
