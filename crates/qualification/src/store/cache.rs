@@ -10,8 +10,8 @@ use leadflow_runtime::lead_cache::{self, Found, LeadKey};
 use leadflow_runtime::script::WriteScript;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, IntoActiveModel, QueryFilter,
-    QueryOrder, QuerySelect,
+    ColumnTrait, DatabaseTransaction, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
+    QuerySelect,
 };
 
 use super::{LeadRecord, SAVED_COLUMNS, decode, lead, refresh_row, transition};

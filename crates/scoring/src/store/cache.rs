@@ -7,7 +7,7 @@ use leadflow_proto::common::v1 as common;
 use leadflow_runtime::lead_cache::{self, Found, LeadKey};
 use leadflow_runtime::script::WriteScript;
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{ConnectionTrait, DatabaseTransaction, EntityTrait, IntoActiveModel};
+use sea_orm::{DatabaseTransaction, IntoActiveModel};
 
 use super::{Announced, LeadState, decode, fact, lead_score, rows_by_id, saved_row};
 use crate::domain::{LeadScore, Model};
