@@ -67,6 +67,7 @@ impl Scoring {
                 // A day, not the default week: the inbox retention test reaches it sooner,
                 // and a non-default value shows the flag reaches the store.
                 inbox_retention_hours: INBOX_RETENTION_HOURS,
+                ..OutboxArgs::default()
             },
         };
         let shutdown = CancellationToken::new();
