@@ -787,15 +787,20 @@ async fn a_restart_delivers_what_was_left(db: TestDb) {
     server.stop().await;
 }
 
-async fn keys_decide_the_tenant(db: TestDb) {
-    let server = Ingestion::start(
-        &db,
+/// A server with two tenants: `acme` (key `key-acme`) and `globex` (key `key-globex`).
+async fn two_tenants(db: &TestDb) -> Ingestion {
+    Ingestion::start(
+        db,
         Options {
             api_keys: vec!["acme=key-acme".into(), "globex=key-globex".into()],
             ..Options::default()
         },
     )
-    .await;
+    .await
+}
+
+async fn keys_decide_the_tenant(db: TestDb) {
+    let server = two_tenants(&db).await;
     let status = server
         .client(None)
         .track(track("m", "u", "", activity("page_view", 0, &[])))
@@ -1101,14 +1106,7 @@ async fn concurrent_writes_are_committed_together_and_answered_alone(db: TestDb)
 /// Concurrent writes of two tenants share commits, their runs interleaved in a group: a later
 /// run of a tenant sees what an earlier run of the same group wrote, so no count is lost.
 async fn interleaved_tenants_in_one_group_lose_no_write(db: TestDb) {
-    let server = Ingestion::start(
-        &db,
-        Options {
-            api_keys: vec!["acme=key-acme".into(), "globex=key-globex".into()],
-            ..Options::default()
-        },
-    )
-    .await;
+    let server = two_tenants(&db).await;
     let tenants = [
         server.client(Some("key-acme")),
         server.client(Some("key-globex")),

@@ -169,6 +169,19 @@ async fn wait_for(watcher: &mut watch::Receiver<usize>, count: usize) {
         .expect("sink alive");
 }
 
+/// Claims `headers` inside `txn` as a receiver does: the ids read now, the claims written by
+/// the script it runs with the rest of its writes.
+async fn claim_many(
+    txn: &impl ConnectionTrait,
+    headers: &[MessageHeader],
+    now: chrono::DateTime<Utc>,
+) -> Result<HashSet<String>, sea_orm::DbErr> {
+    let mut script = WriteScript::new(txn.get_database_backend());
+    let claimed = inbox::claim_many_into(txn, &mut script, headers, now).await?;
+    script.run(txn).await?;
+    Ok(claimed)
+}
+
 fn per_key(applied: &[(String, String)]) -> HashMap<String, Vec<String>> {
     let mut out: HashMap<String, Vec<String>> = HashMap::new();
     for (key, id) in applied {
@@ -446,7 +459,7 @@ async fn inbox_claims_a_batch_of_message_ids_once(db: TestDb) {
         header("m-3", "u"),
         header("m-2", "t"),
     ];
-    let claimed = inbox::claim_many(&txn, &batch, Utc::now())
+    let claimed = claim_many(&txn, &batch, Utc::now())
         .await
         .expect("claim many");
     let mut claimed: Vec<String> = claimed.into_iter().collect();
@@ -459,11 +472,11 @@ async fn inbox_claims_a_batch_of_message_ids_once(db: TestDb) {
     txn.commit().await.expect("commit");
     let txn = conn.begin().await.expect("begin");
     let many: Vec<MessageHeader> = (0..2500).map(|i| header(&format!("n-{i}"), "t")).collect();
-    let claimed = inbox::claim_many(&txn, &many, Utc::now())
+    let claimed = claim_many(&txn, &many, Utc::now())
         .await
         .expect("claim many in chunks");
     assert_eq!(claimed.len(), 2500);
-    let again = inbox::claim_many(
+    let again = claim_many(
         &txn,
         &[header("n-2499", "t"), header("m-3", "u")],
         Utc::now(),
@@ -545,7 +558,7 @@ async fn inbox_forgets_ids_applied_longer_ago_than_its_retention(db: TestDb) {
     let start = Utc::now();
     let old: Vec<MessageHeader> = (0..1005).map(|i| header(format!("old-{i:04}"))).collect();
     let txn = conn.begin().await.expect("begin");
-    inbox::claim_many(&txn, &old, start).await.expect("claim");
+    claim_many(&txn, &old, start).await.expect("claim");
     let recent = start + inbox::DEFAULT_RETENTION - chrono::TimeDelta::hours(1);
     assert!(
         inbox::claim(&txn, "recent", "t", recent)
@@ -578,7 +591,7 @@ async fn inbox_forgets_ids_applied_longer_ago_than_its_retention(db: TestDb) {
     assert_eq!(prune(later, inbox::DEFAULT_RETENTION).await, 0);
 
     let txn = conn.begin().await.expect("begin");
-    let claimed = inbox::claim_many(
+    let claimed = claim_many(
         &txn,
         &[header("old-0000".into()), header("recent".into())],
         later,

@@ -36,24 +36,12 @@ pub async fn claim<C: ConnectionTrait>(
     Ok(matches!(result, TryInsertResult::Inserted(_)))
 }
 
-/// Records the message id of every header of a delivered batch as applied inside `txn`, with
-/// one query and one insert per thousand ids instead of a statement per message. Returns the
-/// ids claimed now, which the caller applies; the others (applied before, or repeated within
-/// the batch) it skips. A concurrent receiver claiming the same id makes the insert fail, and
-/// the whole transaction with it, so nothing is applied twice.
-pub async fn claim_many<C: ConnectionTrait>(
-    txn: &C,
-    headers: &[MessageHeader],
-    now: DateTime<Utc>,
-) -> Result<HashSet<String>, DbErr> {
-    let mut script = WriteScript::new(txn.get_database_backend());
-    let claimed = claim_many_into(txn, &mut script, headers, now).await?;
-    script.run(txn).await?;
-    Ok(claimed)
-}
-
-/// [`claim_many`] with the inserts added to `script`, which the caller runs in `txn` with the
-/// rest of its writes: the ids are read now, the claims written with everything else.
+/// Records the message id of every header of a delivered batch as applied: the ids are read
+/// inside `txn` now, with one query per thousand ids instead of a statement per message, and
+/// the claims added to `script`, which the caller runs in `txn` with the rest of its writes.
+/// Returns the ids claimed now, which the caller applies; the others (applied before, or
+/// repeated within the batch) it skips. A concurrent receiver claiming the same id makes the
+/// script fail, and the whole transaction with it, so nothing is applied twice.
 pub async fn claim_many_into<C: ConnectionTrait>(
     txn: &C,
     script: &mut WriteScript,

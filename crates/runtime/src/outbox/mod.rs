@@ -88,7 +88,9 @@ pub fn decode_batch<M: prost::Message + Default>(
 /// Delivery times are wall-clock times (the relay runs on the wall clock), never a service's
 /// domain clock: a test or a replay moving domain time must not delay delivery.
 pub async fn enqueue<C: ConnectionTrait>(txn: &C, messages: Vec<NewMessage>) -> Result<(), DbErr> {
-    enqueue_traced(txn, vec![(current_trace_context()?, messages)]).await
+    let mut script = WriteScript::new(txn.get_database_backend());
+    enqueue_into(&mut script, messages)?;
+    script.run(txn).await
 }
 
 /// The trace context of the current span, as an outbox row stores it: capture it where a
@@ -96,17 +98,6 @@ pub async fn enqueue<C: ConnectionTrait>(txn: &C, messages: Vec<NewMessage>) -> 
 pub fn current_trace_context() -> Result<String, DbErr> {
     serde_json::to_string(&crate::telemetry::current_trace_context())
         .map_err(|err| DbErr::Custom(format!("trace context does not serialise: {err}")))
-}
-
-/// Writes groups of messages inside the caller's transaction `txn`, each group under its own
-/// trace context (from [`current_trace_context`]), with one multi-row insert per thousand rows.
-pub async fn enqueue_traced<C: ConnectionTrait>(
-    txn: &C,
-    groups: Vec<(String, Vec<NewMessage>)>,
-) -> Result<(), DbErr> {
-    let mut script = WriteScript::new(txn.get_database_backend());
-    enqueue_traced_into(&mut script, groups);
-    script.run(txn).await
 }
 
 /// [`enqueue`] added to `script`, which the caller runs in its transaction with the rest of its
@@ -118,8 +109,8 @@ pub fn enqueue_into(script: &mut WriteScript, messages: Vec<NewMessage>) -> Resu
     Ok(())
 }
 
-/// [`enqueue_traced`] added to `script`, which the caller runs in its transaction with the rest
-/// of its writes.
+/// Adds the inserts of groups of messages to `script`, each group under its own trace context
+/// (from [`current_trace_context`]): for a writer that enqueues for several callers at once.
 pub fn enqueue_traced_into(script: &mut WriteScript, groups: Vec<(String, Vec<NewMessage>)>) {
     let now = Utc::now();
     let rows: Vec<outbox_message::ActiveModel> = groups
