@@ -19,7 +19,7 @@ use leadflow_proto::ingestion::v1::ingestion_internal_service_server::IngestionI
 use leadflow_proto::ingestion::v1::ingestion_service_server::IngestionServiceServer;
 use leadflow_runtime::auth::{AuthArgs, Keys};
 use leadflow_runtime::clock::SharedClock;
-use leadflow_runtime::outbox::{OutboxArgs, Relay, Wakeup};
+use leadflow_runtime::outbox::{OutboxArgs, Relay, SharedDeletes, Wakeup};
 use leadflow_runtime::server::{self, Health, MAX_MESSAGE_BYTES};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -95,7 +95,8 @@ pub async fn serve(
     .context("open the ingestion database")?;
 
     let wakeup = Wakeup::new();
-    let store = Store::new(db.clone(), wakeup.clone());
+    let deletes = SharedDeletes::new();
+    let store = Store::new(db.clone(), wakeup.clone(), deletes.clone());
     let api = IngestionApi::new(store, clock);
     let public = InterceptedService::new(
         IngestionServiceServer::new(api.clone())
@@ -123,7 +124,8 @@ pub async fn serve(
         config.outbox.relay_config(store::SCORING),
         wakeup,
     )
-    .with_reader(reader);
+    .with_reader(reader)
+    .with_shared_deletes(deletes);
     let relay = tokio::spawn(relay.run(shutdown.clone()));
     server::run_until_shutdown(SERVICE, listener, routes, health, db, vec![relay], shutdown)
         .await?;

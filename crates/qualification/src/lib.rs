@@ -24,7 +24,7 @@ use leadflow_proto::qualification::v1::qualification_service_server::Qualificati
 use leadflow_runtime::auth::{AuthArgs, Keys};
 use leadflow_runtime::clock::SharedClock;
 use leadflow_runtime::lease::{self, Lease};
-use leadflow_runtime::outbox::{OutboxArgs, Relay, Wakeup};
+use leadflow_runtime::outbox::{OutboxArgs, Relay, SharedDeletes, Wakeup};
 use leadflow_runtime::server::{self, Health, MAX_MESSAGE_BYTES};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -111,7 +111,9 @@ pub async fn serve(
     .context("open the qualification database")?;
 
     let wakeup = Wakeup::new();
+    let deletes = SharedDeletes::new();
     let store = Store::new(db.clone(), wakeup.clone())
+        .with_shared_deletes(deletes.clone())
         .with_inbox_retention(config.outbox.inbox_retention());
     let api = QualificationApi::new(store.clone(), clock.clone());
     let public = InterceptedService::new(
@@ -150,7 +152,8 @@ pub async fn serve(
         config.outbox.relay_config(store::HANDOFF),
         wakeup,
     )
-    .with_reader(reader);
+    .with_reader(reader)
+    .with_shared_deletes(deletes);
     let relay = tokio::spawn(relay.run(shutdown.clone()));
     server::run_until_shutdown(
         SERVICE,

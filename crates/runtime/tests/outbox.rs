@@ -10,8 +10,8 @@ use leadflow_proto::common::v1::MessageHeader;
 use leadflow_runtime::lease::{CreateLeases, Lease};
 use leadflow_runtime::outbox::{
     self, CreateOutboxAndInbox, DeliveryError, InboxProcessedAtIndex, InboxWithoutRowid,
-    KeyIndexOnlyOnPostgres, NewMessage, OutboxMessage, OutboxSink, Relay, RelayConfig, Wakeup,
-    inbox, inbox_message, outbox_message,
+    KeyIndexOnlyOnPostgres, NewMessage, OutboxMessage, OutboxSink, Relay, RelayConfig,
+    SharedDeletes, Wakeup, inbox, inbox_message, outbox_message,
 };
 use leadflow_runtime::script::WriteScript;
 use leadflow_test_support::{Backend, TestDb, on_both_backends};
@@ -834,6 +834,132 @@ async fn a_failing_write_script_stops_at_its_error(db: TestDb) {
     );
 }
 
+/// A sink that holds each delivery until the service's writer (below) has begun a transaction
+/// after the delivery began, so the relay's delete offered beside it is claimed by the writer,
+/// as under load; it records like [`RecordingSink`].
+#[derive(Clone)]
+struct WaitForWriterSink {
+    inner: RecordingSink,
+    writer_transactions: watch::Receiver<usize>,
+}
+
+impl OutboxSink for WaitForWriterSink {
+    async fn deliver(&self, messages: &[OutboxMessage]) -> Result<(), DeliveryError> {
+        let mut transactions = self.writer_transactions.clone();
+        let seen = *transactions.borrow_and_update();
+        let _ = transactions.wait_for(|n| *n >= seen + 2).await;
+        self.inner.deliver(messages).await
+    }
+}
+
+/// The service's own writes carrying the relay's deletes: a transaction after another, each
+/// writing a row of its own; every third rolls back, its claimed deletes with it.
+async fn writer_carrying_deletes(
+    conn: DatabaseConnection,
+    deletes: SharedDeletes,
+    transactions: watch::Sender<usize>,
+    carried: Arc<Mutex<(usize, usize)>>,
+    stop: CancellationToken,
+) {
+    let mut number = 0;
+    while !stop.is_cancelled() {
+        let txn = conn.begin().await.expect("begin");
+        let mut script = WriteScript::new(txn.get_database_backend());
+        let claimed = deletes.claim_into(&mut script);
+        let claimed_any = !claimed.is_empty();
+        outbox::enqueue_into(
+            &mut script,
+            vec![NewMessage {
+                destination: "elsewhere",
+                message_id: format!("w-{number}"),
+                tenant_id: "t".into(),
+                partition_key: "w".into(),
+                payload: vec![0],
+            }],
+        )
+        .expect("enqueue");
+        script.run(&txn).await.expect("script");
+        let rolls_back = number % 3 == 2;
+        if rolls_back {
+            txn.rollback().await.expect("rollback");
+            drop(claimed);
+        } else {
+            txn.commit().await.expect("commit");
+            claimed.committed();
+        }
+        if claimed_any {
+            let mut counts = carried.lock().expect("lock");
+            if rolls_back {
+                counts.1 += 1;
+            } else {
+                counts.0 += 1;
+            }
+        }
+        number += 1;
+        transactions.send_replace(number);
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A relay whose deletes ride on the service's own transactions (SQLite) delivers every row
+/// once and in order and leaves none behind, also when a transaction that took a delete on
+/// rolls back (its rows are deleted by a later one); on PostgreSQL, where a pass deletes in
+/// its own locked transaction, the writer carries nothing.
+async fn deletes_ride_on_the_services_own_transactions(db: TestDb) {
+    let conn = connect(&db).await;
+    let reader = leadflow_runtime::db::reader(&db.url, &conn)
+        .await
+        .expect("reader");
+    let expected = enqueue_messages(&conn, 40, 4).await;
+    let (recording, mut watcher) = RecordingSink::failing_first(0);
+    let (transactions, writer_transactions) = watch::channel(0);
+    let sink = WaitForWriterSink {
+        inner: recording.clone(),
+        writer_transactions,
+    };
+    let deletes = SharedDeletes::new();
+    let carried = Arc::new(Mutex::new((0, 0)));
+    let (shutdown, stop_writer) = (CancellationToken::new(), CancellationToken::new());
+    let writer = tokio::spawn(writer_carrying_deletes(
+        conn.clone(),
+        deletes.clone(),
+        transactions,
+        Arc::clone(&carried),
+        stop_writer.clone(),
+    ));
+    let relay = Relay::new(conn.clone(), sink, fast_config(), Wakeup::new())
+        .with_reader(reader)
+        .with_shared_deletes(deletes);
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    wait_for(&mut watcher, 40).await;
+    shutdown.cancel();
+    task.await.expect("relay stops");
+    stop_writer.cancel();
+    writer.await.expect("writer stops");
+    {
+        let state = recording.state.lock().expect("lock");
+        assert_eq!(state.raw_deliveries.len(), 40, "nothing delivered twice");
+        assert_eq!(
+            per_key(&state.applied_in_order),
+            expected,
+            "per-key order kept"
+        );
+    }
+    let left = outbox::backlog(&conn, "receiver").await.expect("backlog");
+    assert_eq!(left.count, 0, "every delivered row is deleted");
+    let (committed, rolled_back) = *carried.lock().expect("lock");
+    if db.backend == Backend::Sqlite {
+        assert!(committed > 0, "the writer's commits carried deletes");
+        assert!(rolled_back > 0, "some carried deletes were rolled back");
+    } else {
+        assert_eq!(
+            (committed, rolled_back),
+            (0, 0),
+            "PostgreSQL passes delete their own rows"
+        );
+    }
+}
+
 on_both_backends! {
     inbox_retention => inbox_forgets_ids_applied_longer_ago_than_its_retention;
     lease => a_lease_has_one_holder_until_it_expires;
@@ -851,6 +977,7 @@ on_both_backends! {
     two_lanes => two_lanes_deliver_disjoint_keys_at_once;
     write_script => a_write_script_runs_every_statement_with_its_own_values;
     failing_write_script => a_failing_write_script_stops_at_its_error;
+    shared_deletes => deletes_ride_on_the_services_own_transactions;
 }
 
 /// Two relays (two replicas) on one PostgreSQL database: every message is delivered exactly

@@ -22,7 +22,7 @@ use leadflow_proto::scoring::v1::scoring_service_server::ScoringServiceServer;
 use leadflow_runtime::auth::{AuthArgs, Keys};
 use leadflow_runtime::clock::SharedClock;
 use leadflow_runtime::lease::{self, Lease};
-use leadflow_runtime::outbox::{OutboxArgs, Relay, Wakeup};
+use leadflow_runtime::outbox::{OutboxArgs, Relay, SharedDeletes, Wakeup};
 use leadflow_runtime::server::{self, Health, MAX_MESSAGE_BYTES};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -109,7 +109,9 @@ pub async fn serve(
         .await
         .context("open the scoring database for reads")?;
     let wakeup = Wakeup::new();
+    let deletes = SharedDeletes::new();
     let store = Store::new(db.clone(), wakeup.clone())
+        .with_shared_deletes(deletes.clone())
         .with_reader(reader.clone())
         .with_inbox_retention(config.outbox.inbox_retention());
     let api = ScoringApi::new(store.clone(), clock.clone());
@@ -152,7 +154,8 @@ pub async fn serve(
         config.outbox.relay_config(store::QUALIFICATION),
         wakeup,
     )
-    .with_reader(reader);
+    .with_reader(reader)
+    .with_shared_deletes(deletes);
     let relay = tokio::spawn(relay.run(shutdown.clone()));
     server::run_until_shutdown(
         SERVICE,

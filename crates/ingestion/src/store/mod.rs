@@ -9,7 +9,7 @@ mod timeline;
 mod writer;
 
 use chrono::{DateTime, Utc};
-use leadflow_runtime::outbox::{self, NewMessage, Wakeup};
+use leadflow_runtime::outbox::{self, NewMessage, SharedDeletes, Wakeup};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DatabaseTransaction,
     EntityTrait, ExprTrait, QueryFilter, TransactionTrait, sea_query::Expr,
@@ -67,9 +67,10 @@ pub struct Store {
 
 impl Store {
     /// A store over `db`, with its group-commit writer task (call inside a tokio runtime);
-    /// `wakeup` is poked after each commit that enqueued events.
-    pub fn new(db: DatabaseConnection, wakeup: Wakeup) -> Self {
-        let writer = writer::Writer::start(db.clone(), wakeup.clone());
+    /// `wakeup` is poked after each commit that enqueued events, and each group commit also
+    /// carries the relay's deletes offered through `deletes`.
+    pub fn new(db: DatabaseConnection, wakeup: Wakeup, deletes: SharedDeletes) -> Self {
+        let writer = writer::Writer::start(db.clone(), wakeup.clone(), deletes);
         Self { db, wakeup, writer }
     }
 

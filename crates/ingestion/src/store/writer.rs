@@ -6,7 +6,7 @@
 //! its own transaction, so one job's error is never another's.
 
 use chrono::{DateTime, Utc};
-use leadflow_runtime::outbox::{self, Wakeup};
+use leadflow_runtime::outbox::{self, SharedDeletes, Wakeup};
 use leadflow_runtime::queue::take_waiting;
 use leadflow_runtime::script::WriteScript;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait};
@@ -40,10 +40,11 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer task over `db`; it ends once every handle is dropped.
-    pub(super) fn start(db: DatabaseConnection, wakeup: Wakeup) -> Self {
+    /// Starts the writer task over `db`; it ends once every handle is dropped. Each group
+    /// also carries the relay's deletes offered through `deletes`.
+    pub(super) fn start(db: DatabaseConnection, wakeup: Wakeup, deletes: SharedDeletes) -> Self {
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run(db, wakeup, queue));
+        tokio::spawn(run(db, wakeup, deletes, queue));
         Self { jobs }
     }
 
@@ -70,7 +71,12 @@ impl Writer {
     }
 }
 
-async fn run(db: DatabaseConnection, wakeup: Wakeup, mut queue: mpsc::Receiver<Job>) {
+async fn run(
+    db: DatabaseConnection,
+    wakeup: Wakeup,
+    deletes: SharedDeletes,
+    mut queue: mpsc::Receiver<Job>,
+) {
     while let Some(first) = queue.recv().await {
         // The transaction is opened before the group is taken: while it waits for the
         // connection (the relay shares it), the jobs that arrive join this group instead of
@@ -83,7 +89,7 @@ async fn run(db: DatabaseConnection, wakeup: Wakeup, mut queue: mpsc::Receiver<J
             MAX_GROUP_COMMANDS,
         );
         let committed = match txn {
-            Ok(txn) => commit_group(txn, &group).await,
+            Ok(txn) => commit_group(txn, &deletes, &group).await,
             Err(err) => Err(err.into()),
         };
         match committed {
@@ -103,15 +109,18 @@ async fn run(db: DatabaseConnection, wakeup: Wakeup, mut queue: mpsc::Receiver<J
 }
 
 /// The whole group in `txn` on the set-based path (each run of jobs of one tenant as one
-/// batch, received at the time of its first job), each job's answers in order; or `None`,
-/// having written nothing, when a job needs the command-by-command path.
+/// batch, received at the time of its first job), with the relay's deletes waiting in
+/// `deletes`, each job's answers in order; or `None`, having written nothing, when a job needs
+/// the command-by-command path.
 async fn commit_group(
     txn: DatabaseTransaction,
+    deletes: &SharedDeletes,
     group: &[Job],
 ) -> Result<Option<Vec<Vec<Accepted>>>, Error> {
     let mut answers = Vec::with_capacity(group.len());
     let mut traced = Vec::with_capacity(group.len());
     let mut script = WriteScript::new(txn.get_database_backend());
+    let carried = deletes.claim_into(&mut script);
     for run in group.chunk_by(|a, b| a.tenant == b.tenant) {
         // A later run of the same tenant reads what the earlier ones wrote.
         script.run(&txn).await?;
@@ -148,6 +157,7 @@ async fn commit_group(
     outbox::enqueue_traced_into(&mut script, traced);
     script.run(&txn).await?;
     txn.commit().await?;
+    carried.committed();
     Ok(Some(answers))
 }
 

@@ -15,7 +15,7 @@ use leadflow_proto::common::v1 as common;
 use leadflow_proto::handoff::events::v1::{HandoffDecision, handoff_decision};
 use leadflow_proto::qualification::v1 as pb;
 use leadflow_proto::scoring::v1::{self as scoring_pb, ScoreChangeReason, ScoreChanged};
-use leadflow_runtime::outbox::{self, NewMessage, Wakeup, inbox};
+use leadflow_runtime::outbox::{self, NewMessage, SharedDeletes, Wakeup, inbox};
 use leadflow_runtime::script::WriteScript;
 use leadflow_runtime::telemetry::current_trace_id;
 use prost::Message;
@@ -125,6 +125,8 @@ pub struct Store {
     wakeup: Wakeup,
     /// How long applied message ids are remembered.
     inbox_retention: TimeDelta,
+    /// The relay's deletes, carried by each delivery applied.
+    shared_deletes: SharedDeletes,
 }
 
 impl Store {
@@ -134,6 +136,16 @@ impl Store {
             db,
             wakeup,
             inbox_retention: inbox::DEFAULT_RETENTION,
+            shared_deletes: SharedDeletes::new(),
+        }
+    }
+
+    /// The same store, each delivery it applies also carrying the relay's deletes offered
+    /// through `deletes` ([`leadflow_runtime::outbox::Relay::with_shared_deletes`]).
+    pub fn with_shared_deletes(self, deletes: SharedDeletes) -> Self {
+        Self {
+            shared_deletes: deletes,
+            ..self
         }
     }
 
@@ -403,6 +415,7 @@ impl Store {
             .collect();
         let txn = self.db.begin().await?;
         let mut script = WriteScript::new(txn.get_database_backend());
+        let carried = self.shared_deletes.claim_into(&mut script);
         let mut claimed = inbox::claim_many_into(&txn, &mut script, &headers, now).await?;
         inbox::prune_into(&mut script, now, self.inbox_retention);
         let mut leads = LeadCache::default();
@@ -458,6 +471,7 @@ impl Store {
         outbox::enqueue_into(&mut script, out)?;
         script.run(&txn).await?;
         txn.commit().await?;
+        carried.committed();
         if announced {
             self.wakeup.wake();
         }

@@ -6,6 +6,7 @@
 //! at least once, in order per partition key (a lead), with exponential backoff on failure and
 //! across restarts; the receiver applies each message id at most once ([`inbox::claim`]).
 
+mod deletes;
 mod entity;
 pub mod inbox;
 mod migration;
@@ -20,6 +21,7 @@ use tokio::sync::Notify;
 
 use crate::script::WriteScript;
 
+pub use deletes::{ClaimedDeletes, SharedDeletes};
 pub use entity::{inbox_message, outbox_message};
 pub use migration::{
     CreateOutboxAndInbox, InboxProcessedAtIndex, InboxWithoutRowid, KeyIndexOnlyOnPostgres,

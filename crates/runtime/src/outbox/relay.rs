@@ -14,6 +14,8 @@
 //! so a delete waits its turn there, and waiting for it before delivering again left the
 //! receiver idle for as long (a pass skips rows whose delete is still pending; rows delivered
 //! but not yet deleted when the process dies are delivered again, which receivers dedupe).
+//! Given [`SharedDeletes`], the relay offers that delete to the service's own next write
+//! transaction first, so it commits with the service's writes instead of queueing between them.
 //!
 //! Lanes: a relay keeps up to [`RelayConfig::lanes`] deliveries in flight, on disjoint keys (a
 //! key one lane is delivering is held back whole from the others), so a receiver that
@@ -44,6 +46,7 @@ use sea_orm::{
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::deletes::{SharedDeletes, Taken};
 use super::{OutboxMessage, Wakeup, outbox_message};
 use crate::db::is_postgres;
 
@@ -154,6 +157,9 @@ pub struct Relay<S> {
     limit: AtomicUsize,
     /// On SQLite, the rows the lanes are delivering or have delivered and not yet deleted.
     in_flight: tokio::sync::Mutex<InFlight>,
+    /// On SQLite, where deletes are offered to the service's write transactions first
+    /// ([`Relay::with_shared_deletes`]).
+    shared_deletes: Option<SharedDeletes>,
 }
 
 /// The rows a relay's lanes hold on SQLite, where windows are read without row locks.
@@ -222,6 +228,7 @@ impl<S: OutboxSink> Relay<S> {
             metrics,
             backlog_read_at: std::sync::Mutex::new(None),
             in_flight: tokio::sync::Mutex::new(InFlight::default()),
+            shared_deletes: None,
         }
     }
 
@@ -233,6 +240,16 @@ impl<S: OutboxSink> Relay<S> {
     /// on `db` (only the backlog is read through `reader`).
     pub fn with_reader(self, reader: DatabaseConnection) -> Self {
         Self { reader, ..self }
+    }
+
+    /// The same relay, offering its deletes of delivered rows on SQLite to the service's write
+    /// transactions first (those that call [`SharedDeletes::claim_into`]), so they commit with
+    /// the service's own writes instead of queueing for the writer connection between them.
+    pub fn with_shared_deletes(self, deletes: SharedDeletes) -> Self {
+        Self {
+            shared_deletes: Some(deletes),
+            ..self
+        }
     }
 
     /// Relays until `shutdown` fires, with [`RelayConfig::lanes`] deliveries in flight at most;
@@ -378,9 +395,9 @@ impl<S: OutboxSink> Relay<S> {
                 return Err(err);
             }
         };
-        let (outcome, deleted) =
-            tokio::join!(self.deliver(&messages), delete_rows(&self.db, &deleting));
-        self.settle_deletes(deleting, deleted.is_ok()).await;
+        let (outcome, deleted) = self.deliver_while_deleting(&messages, &deleting).await;
+        self.settle_deletes(deleting, matches!(deleted, Ok(true)))
+            .await;
         if let Err(err) = deleted {
             self.settle_deliveries(&ids, outcome.is_ok()).await;
             return Err(err);
@@ -398,6 +415,33 @@ impl<S: OutboxSink> Relay<S> {
                 failed
             }
         }
+    }
+
+    /// Delivers `messages` while the delivered rows `deleting` are deleted: by the service's
+    /// next write transaction if one claims them during the delivery
+    /// ([`Relay::with_shared_deletes`]), else here. `Ok(false)`: a transaction claimed them and
+    /// did not commit, so they are still there (not the relay's error; the next pass retries).
+    async fn deliver_while_deleting(
+        &self,
+        messages: &[OutboxMessage],
+        deleting: &[i64],
+    ) -> (Result<(), DeliveryError>, Result<bool, DbErr>) {
+        let Some(shared) = self
+            .shared_deletes
+            .as_ref()
+            .filter(|_| !deleting.is_empty())
+        else {
+            let (outcome, deleted) =
+                tokio::join!(self.deliver(messages), delete_rows(&self.db, deleting));
+            return (outcome, deleted.map(|()| true));
+        };
+        let ticket = shared.offer(deleting.to_vec());
+        let outcome = self.deliver(messages).await;
+        let deleted = match shared.take_back(ticket) {
+            Taken::Back(ids) => delete_rows(&self.db, &ids).await.map(|()| true),
+            Taken::Claimed(committed) => Ok(committed.await.is_ok()),
+        };
+        (outcome, deleted)
     }
 
     /// Records the outcome of deleting `ids` (on SQLite): once committed they are gone from

@@ -18,7 +18,7 @@ use leadflow_proto::common::v1 as common;
 use leadflow_proto::ingestion::v1::{LeadEvent, lead_event::Event};
 use leadflow_proto::scoring::v1::ScoreChangeReason;
 use leadflow_runtime::db::{self, MAX_ROWS_PER_STATEMENT};
-use leadflow_runtime::outbox::{self, NewMessage, Wakeup, inbox};
+use leadflow_runtime::outbox::{self, NewMessage, SharedDeletes, Wakeup, inbox};
 use leadflow_runtime::script::WriteScript;
 use prost::Message;
 use sea_orm::sea_query::Expr;
@@ -101,6 +101,8 @@ pub struct Store {
     models: ModelCache,
     /// How long applied message ids are remembered.
     inbox_retention: TimeDelta,
+    /// The relay's deletes, carried by each delivery applied and each rescore transaction.
+    shared_deletes: SharedDeletes,
 }
 
 /// Parsed published models by `(tenant, version)`. A published version never changes, so a
@@ -125,6 +127,17 @@ impl Store {
             wakeup,
             models: ModelCache::default(),
             inbox_retention: inbox::DEFAULT_RETENTION,
+            shared_deletes: SharedDeletes::new(),
+        }
+    }
+
+    /// The same store, each delivery it applies and each rescore transaction also carrying the
+    /// relay's deletes offered through `deletes`
+    /// ([`leadflow_runtime::outbox::Relay::with_shared_deletes`]).
+    pub fn with_shared_deletes(self, deletes: SharedDeletes) -> Self {
+        Self {
+            shared_deletes: deletes,
+            ..self
         }
     }
 
@@ -307,6 +320,7 @@ impl Store {
         }
         let txn = self.db.begin().await?;
         let mut script = WriteScript::new(txn.get_database_backend());
+        let carried = self.shared_deletes.claim_into(&mut script);
         let mut claimed = inbox::claim_many_into(&txn, &mut script, &headers, now).await?;
         inbox::prune_into(&mut script, now, self.inbox_retention);
         let mut leads = LeadCache::default();
@@ -408,6 +422,7 @@ impl Store {
         outbox::enqueue_into(&mut script, out)?;
         script.run(&txn).await?;
         txn.commit().await?;
+        carried.committed();
         if enqueued {
             self.wakeup.wake();
         }

@@ -145,10 +145,14 @@ impl Store {
             if let Some(last) = replaying {
                 enqueued |= write_step(&txn, joined(last).await?, &mut done).await?;
             }
+            let mut script = WriteScript::new(txn.get_database_backend());
+            let carried = self.shared_deletes.claim_into(&mut script);
+            script.run(&txn).await?;
             progress.processed_leads = Set(done.processed);
             progress.changed_leads = Set(done.changed);
             progress = progress.update(&txn).await?.into();
             txn.commit().await?;
+            carried.committed();
             if enqueued {
                 self.wakeup.wake();
             }
