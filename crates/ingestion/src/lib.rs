@@ -94,9 +94,12 @@ pub async fn serve(
     .await
     .context("open the ingestion database")?;
 
+    let reader = leadflow_runtime::db::reader(&config.database_url(), &db)
+        .await
+        .context("open the ingestion database for reads")?;
     let wakeup = Wakeup::new();
     let deletes = SharedDeletes::new();
-    let store = Store::new(db.clone(), wakeup.clone(), deletes.clone());
+    let store = Store::new(db.clone(), wakeup.clone(), deletes.clone()).with_reader(reader.clone());
     let api = IngestionApi::new(store, clock);
     let public = InterceptedService::new(
         IngestionServiceServer::new(api.clone())
@@ -115,9 +118,6 @@ pub async fn serve(
         <IngestionInternalServiceServer<IngestionApi> as NamedService>::NAME,
     ]);
     let sink = ScoringSink::new(&config.scoring_url, keys.internal_key())?;
-    let reader = leadflow_runtime::db::reader(&config.database_url(), &db)
-        .await
-        .context("open the ingestion database for the relay's reads")?;
     let relay = Relay::new(
         db.clone(),
         sink,

@@ -1155,7 +1155,77 @@ async fn interleaved_tenants_in_one_group_lose_no_write(db: TestDb) {
     server.stop().await;
 }
 
+/// Lead and timeline reads go through the read-only connections, so they answer while the
+/// one writer connection is held (on SQLite a group commit holds it; here a transaction the
+/// test keeps open). Before, they queued for it: a hand-off's warm context timed out behind
+/// ingestion's writes.
+async fn reads_answer_while_the_writer_is_held(db: TestDb) {
+    use leadflow_ingestion::convert::{self, Command};
+    use leadflow_ingestion::store::{Store, TimelineQuery, migrations::Migrator};
+    use leadflow_runtime::outbox::{SharedDeletes, Wakeup};
+    use sea_orm::TransactionTrait;
+
+    let writer = leadflow_runtime::db::open::<Migrator>(&db.url, 5)
+        .await
+        .expect("open");
+    let reader = leadflow_runtime::db::reader(&db.url, &writer)
+        .await
+        .expect("reader");
+    let store = Store::new(writer.clone(), Wakeup::new(), SharedDeletes::new()).with_reader(reader);
+    let now = chrono::Utc::now();
+    let commands = vec![
+        Command::Identify(
+            convert::identify(
+                identify("m-1", "ada@acme.io", "", common::Profile::default()),
+                now,
+            )
+            .expect("valid"),
+        ),
+        Command::Track(
+            convert::track(
+                track("m-2", "ada@acme.io", "", activity("page_view", 1, &[])),
+                now,
+            )
+            .expect("valid"),
+        ),
+    ];
+    let accepted = store.apply("t", commands, now).await.expect("apply");
+    let lead_id = accepted[0].lead_id.clone();
+
+    let held = writer.begin().await.expect("hold the writer");
+    let reads = async {
+        let lead = store
+            .lead("t", &lead_id)
+            .await
+            .expect("lead")
+            .expect("known");
+        let page = store
+            .timeline(
+                "t",
+                &TimelineQuery {
+                    lead_id: lead_id.clone(),
+                    types: Vec::new(),
+                    start: None,
+                    end: None,
+                    page_size: 10,
+                    after: None,
+                },
+            )
+            .await
+            .expect("timeline")
+            .expect("known");
+        (lead, page)
+    };
+    let (lead, page) = tokio::time::timeout(Duration::from_secs(20), reads)
+        .await
+        .expect("reads do not wait for the writer connection");
+    assert_eq!(lead.user_ids, vec!["ada@acme.io".to_owned()]);
+    assert_eq!(page.entries.len(), 1);
+    held.rollback().await.expect("release");
+}
+
 on_both_backends! {
+    reads_beside_the_writer => reads_answer_while_the_writer_is_held;
     round_trip => identify_track_and_read_back;
     timeline_paging => timeline_pages_and_filters;
     validation => each_validation_rule_names_its_field;

@@ -61,6 +61,8 @@ pub struct LeadView {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    /// Where lead and timeline reads go: [`leadflow_runtime::db::reader`], or `db` itself.
+    reader: DatabaseConnection,
     wakeup: Wakeup,
     writer: writer::Writer,
 }
@@ -71,7 +73,20 @@ impl Store {
     /// carries the relay's deletes offered through `deletes`.
     pub fn new(db: DatabaseConnection, wakeup: Wakeup, deletes: SharedDeletes) -> Self {
         let writer = writer::Writer::start(db.clone(), wakeup.clone(), deletes);
-        Self { db, wakeup, writer }
+        Self {
+            reader: db.clone(),
+            db,
+            wakeup,
+            writer,
+        }
+    }
+
+    /// The same store, reading leads and timelines through `reader` (read-only connections
+    /// beside the writer on SQLite), so reads neither wait for the group commits on the one
+    /// writer connection nor hold them up: a hand-off's warm context reads a timeline per
+    /// lead while ingestion writes at full speed.
+    pub fn with_reader(self, reader: DatabaseConnection) -> Self {
+        Self { reader, ..self }
     }
 
     /// The connection, for the relay and health checks.
@@ -130,7 +145,7 @@ impl Store {
     /// The lead `lead_id`, or the lead it was merged into; `None` if unknown to the tenant.
     pub async fn lead(&self, tenant: &str, lead_id: &str) -> Result<Option<LeadView>, Error> {
         let Some(requested) = lead::Entity::find_by_id((tenant.to_owned(), lead_id.to_owned()))
-            .one(&self.db)
+            .one(&self.reader)
             .await?
         else {
             return Ok(None);
@@ -138,7 +153,7 @@ impl Store {
         let (row, merged) = match &requested.merged_into {
             Some(survivor) => (
                 lead::Entity::find_by_id((tenant.to_owned(), survivor.clone()))
-                    .one(&self.db)
+                    .one(&self.reader)
                     .await?
                     .ok_or_else(|| Error::LeadNotFound(survivor.clone()))?,
                 true,
@@ -148,12 +163,12 @@ impl Store {
         let identities = identity::Entity::find()
             .filter(identity::Column::TenantId.eq(tenant))
             .filter(identity::Column::LeadId.eq(&row.lead_id))
-            .all(&self.db)
+            .all(&self.reader)
             .await?;
         let merged_lead_ids = lead::Entity::find()
             .filter(lead::Column::TenantId.eq(tenant))
             .filter(lead::Column::MergedInto.eq(&row.lead_id))
-            .all(&self.db)
+            .all(&self.reader)
             .await?
             .into_iter()
             .map(|l| l.lead_id)
@@ -187,7 +202,7 @@ impl Store {
         let Some(view) = self.lead(tenant, &query.lead_id).await? else {
             return Ok(None);
         };
-        timeline::page(&self.db, tenant, &view.lead.lead_id, query)
+        timeline::page(&self.reader, tenant, &view.lead.lead_id, query)
             .await
             .map(Some)
     }
