@@ -110,9 +110,13 @@ pub async fn serve(
     .await
     .context("open the qualification database")?;
 
+    let reader = leadflow_runtime::db::reader(&config.database_url(), &db)
+        .await
+        .context("open the qualification database for reads")?;
     let wakeup = Wakeup::new();
     let deletes = SharedDeletes::new();
     let store = Store::new(db.clone(), wakeup.clone())
+        .with_reader(reader.clone())
         .with_shared_deletes(deletes.clone())
         .with_inbox_retention(config.outbox.inbox_retention());
     let api = QualificationApi::new(store.clone(), clock.clone());
@@ -143,9 +147,6 @@ pub async fn serve(
         recycle(store.clone(), clock.clone())
     }));
     let sink = HandoffSink::new(&config.handoff_url, keys.internal_key())?;
-    let reader = leadflow_runtime::db::reader(&config.database_url(), &db)
-        .await
-        .context("open the qualification database for the relay's reads")?;
     let relay = Relay::new(
         db.clone(),
         sink,

@@ -876,7 +876,63 @@ async fn the_inbox_forgets_message_ids_past_their_retention(db: TestDb) {
     q.stop().await;
 }
 
+/// The read RPCs' reads go through the read-only connections, so they answer while the one
+/// writer connection is held (on SQLite each delivery applied holds it; here a transaction the
+/// test keeps open).
+async fn reads_answer_while_the_writer_is_held(db: TestDb) {
+    use leadflow_qualification::store::{Store, migrations::Migrator};
+    use leadflow_runtime::outbox::Wakeup;
+    use sea_orm::TransactionTrait;
+
+    let writer = leadflow_runtime::db::open::<Migrator>(&db.url, 5)
+        .await
+        .expect("open");
+    let reader = leadflow_runtime::db::reader(&db.url, &writer)
+        .await
+        .expect("reader");
+    let store = Store::new(writer.clone(), Wakeup::new()).with_reader(reader);
+    let now = Utc::now();
+    let event = score_changed(
+        "m-1",
+        "lead-1",
+        80.0,
+        FitGrade::A,
+        Some("demo_request"),
+        now,
+    );
+    let tenant = event.header.clone().expect("header").tenant_id;
+    store
+        .apply_score_changes(vec![event], now)
+        .await
+        .expect("apply");
+
+    let held = writer.begin().await.expect("hold the writer");
+    let reads = async {
+        let lead = store.lead(&tenant, "lead-1").await.expect("lead");
+        let listed = store
+            .list_leads(&tenant, None, None, None, 10)
+            .await
+            .expect("list");
+        let history = store
+            .history(&tenant, "lead-1", 0, 10)
+            .await
+            .expect("history");
+        let (definition, _) = store.active_definition(&tenant).await.expect("definition");
+        (lead, listed, history, definition)
+    };
+    let (lead, listed, history, definition) =
+        tokio::time::timeout(std::time::Duration::from_secs(20), reads)
+            .await
+            .expect("reads do not wait for the writer connection");
+    assert!(lead.is_some(), "the lead is read back");
+    assert_eq!(listed.len(), 1);
+    assert!(!history.is_empty(), "the lead moved at least once");
+    assert_eq!(definition.version, 0, "the default definition is active");
+    held.rollback().await.expect("release");
+}
+
 on_both_backends! {
+    reads_beside_the_writer => reads_answer_while_the_writer_is_held;
     inbox_retention => the_inbox_forgets_message_ids_past_their_retention;
     score_threshold => a_score_over_the_threshold_makes_an_mql_once_and_asks_for_sdr_review;
     hand_raise => a_fitting_hand_raise_reaches_sql_only_through_sdr_review;

@@ -122,6 +122,8 @@ pub struct FunnelLead {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    /// Where the read RPCs' reads go: [`leadflow_runtime::db::reader`], or `db` itself.
+    reader: DatabaseConnection,
     wakeup: Wakeup,
     /// How long applied message ids are remembered.
     inbox_retention: TimeDelta,
@@ -133,6 +135,7 @@ impl Store {
     /// A store over `db`; `wakeup` is poked after commits that enqueued events.
     pub fn new(db: DatabaseConnection, wakeup: Wakeup) -> Self {
         Self {
+            reader: db.clone(),
             db,
             wakeup,
             inbox_retention: inbox::DEFAULT_RETENTION,
@@ -147,6 +150,13 @@ impl Store {
             shared_deletes: deletes,
             ..self
         }
+    }
+
+    /// The same store, serving the read RPCs (leads, histories, definitions, the funnel)
+    /// through `reader` (read-only connections beside the writer on SQLite), so they neither
+    /// wait for the deliveries applied on the one writer connection nor hold them up.
+    pub fn with_reader(self, reader: DatabaseConnection) -> Self {
+        Self { reader, ..self }
     }
 
     /// The same store, remembering applied message ids for `retention`
@@ -174,7 +184,7 @@ impl Store {
         tenant: &str,
         version: i32,
     ) -> Result<Option<(Definition, DateTime<Utc>)>, Error> {
-        definition_on(&self.db, tenant, version).await
+        definition_on(&self.reader, tenant, version).await
     }
 
     /// The tenant's active definition: the latest published, or the default (version 0).
@@ -182,7 +192,7 @@ impl Store {
         &self,
         tenant: &str,
     ) -> Result<(Definition, DateTime<Utc>), Error> {
-        active_definition_on(&self.db, tenant).await
+        active_definition_on(&self.reader, tenant).await
     }
 
     /// Published versions, newest first, below `before` (exclusive) when given.
@@ -199,7 +209,7 @@ impl Store {
         query
             .order_by_desc(definition::Column::Version)
             .limit(limit)
-            .all(&self.db)
+            .all(&self.reader)
             .await?
             .into_iter()
             .map(|row| Ok((parse_definition(&row.body)?, row.created_at)))
@@ -254,7 +264,7 @@ impl Store {
 
     /// The lead `lead_id` (or the lead it was merged into).
     pub async fn lead(&self, tenant: &str, lead_id: &str) -> Result<Option<LeadRecord>, Error> {
-        find_lead(&self.db, tenant, lead_id, false).await
+        find_lead(&self.reader, tenant, lead_id, false).await
     }
 
     /// The ids of the leads merged into each of `lead_ids`.
@@ -267,7 +277,7 @@ impl Store {
             .filter(lead::Column::TenantId.eq(tenant))
             .filter(lead::Column::MergedInto.is_in(lead_ids.iter().cloned()))
             .order_by_asc(lead::Column::LeadId)
-            .all(&self.db)
+            .all(&self.reader)
             .await?;
         let mut merged: HashMap<String, Vec<String>> = HashMap::new();
         for row in rows {
@@ -312,7 +322,7 @@ impl Store {
             .order_by_desc(lead::Column::UpdatedAt)
             .order_by_asc(lead::Column::LeadId)
             .limit(limit)
-            .all(&self.db)
+            .all(&self.reader)
             .await?
             .into_iter()
             .map(|row| decode(row, false))
@@ -333,7 +343,7 @@ impl Store {
             .filter(transition::Column::Id.gt(after))
             .order_by_asc(transition::Column::Id)
             .limit(limit)
-            .all(&self.db)
+            .all(&self.reader)
             .await?
             .into_iter()
             .map(|row| Ok((row.id, Recorded::from_row(row)?)))
@@ -629,7 +639,7 @@ impl Store {
             .filter(transition::Column::At.gte(start))
             .filter(transition::Column::At.lt(end))
             .into_tuple()
-            .all(&self.db)
+            .all(&self.reader)
             .await?;
         let created: Vec<String> = lead::Entity::find()
             .select_only()
@@ -638,7 +648,7 @@ impl Store {
             .filter(lead::Column::CreatedAt.gte(start))
             .filter(lead::Column::CreatedAt.lt(end))
             .into_tuple()
-            .all(&self.db)
+            .all(&self.reader)
             .await?;
         ids.extend(created);
         ids.sort();
@@ -652,13 +662,13 @@ impl Store {
                 query = query
                     .filter(lead::Column::SourceChannel.is_in(source_channels.iter().copied()));
             }
-            let rows = query.all(&self.db).await?;
+            let rows = query.all(&self.reader).await?;
             let mut histories: BTreeMap<String, Vec<Transition>> = BTreeMap::new();
             for row in transition::Entity::find()
                 .filter(transition::Column::TenantId.eq(tenant))
                 .filter(transition::Column::LeadId.is_in(rows.iter().map(|r| r.lead_id.clone())))
                 .order_by_asc(transition::Column::Id)
-                .all(&self.db)
+                .all(&self.reader)
                 .await?
             {
                 let recorded = Recorded::from_row(row)?;
