@@ -132,11 +132,15 @@ pub async fn serve(
     .await
     .context("open the handoff database")?;
 
+    let reader = leadflow_runtime::db::reader(&config.database_url(), &db)
+        .await
+        .context("open the handoff database for reads")?;
     let (qualification_wakeup, scoring_wakeup) = (Wakeup::new(), Wakeup::new());
     let store = Store::new(
         db.clone(),
         vec![qualification_wakeup.clone(), scoring_wakeup.clone()],
     )
+    .with_reader(reader.clone())
     .with_inbox_retention(config.outbox.inbox_retention());
     let context = ContextBuilder::new(
         &config.scoring_url,
@@ -178,9 +182,6 @@ pub async fn serve(
             }
         }
     }));
-    let reader = leadflow_runtime::db::reader(&config.database_url(), &db)
-        .await
-        .context("open the handoff database for the relays' reads")?;
     let to_qualification = Relay::new(
         db.clone(),
         QualificationSink::new(&config.qualification_url, keys.internal_key())?,

@@ -1298,7 +1298,61 @@ async fn the_inbox_forgets_message_ids_past_their_retention(db: TestDb) {
     h.stop().await;
 }
 
+/// The read RPCs' reads and the warm-context check go through the read-only connections, so
+/// they answer while the one writer connection is held (on SQLite each delivery applied holds
+/// it; here a transaction the test keeps open).
+async fn reads_answer_while_the_writer_is_held(db: TestDb) {
+    use leadflow_handoff::store::{Prepared, Store, migrations::Migrator};
+    use sea_orm::TransactionTrait;
+
+    let writer = leadflow_runtime::db::open::<Migrator>(&db.url, 5)
+        .await
+        .expect("open");
+    let reader = leadflow_runtime::db::reader(&db.url, &writer)
+        .await
+        .expect("reader");
+    let store = Store::new(writer.clone(), Vec::new()).with_reader(reader);
+    let now = Utc::now();
+    let event = requested("m-1", "lead-1", HandoffKind::Sales, "US", now);
+    let tenant = event.header.clone().expect("header").tenant_id;
+    store
+        .apply_qualification_events(
+            vec![Prepared {
+                event,
+                context: Some(pb::WarmContext::default()),
+            }],
+            now,
+        )
+        .await
+        .expect("apply");
+
+    let held = writer.begin().await.expect("hold the writer");
+    let reads = async {
+        let read = store.read().await.expect("snapshot");
+        let listed = read
+            .list(&tenant, &pb::HandoffFilter::default(), None, 10)
+            .await
+            .expect("list");
+        drop(read);
+        let handed_off = store
+            .handed_off(&tenant, &["t-m-1".to_owned()])
+            .await
+            .expect("handed off");
+        let (rules, _) = store.active_rules(&tenant).await.expect("rules");
+        (listed, handed_off, rules)
+    };
+    let (listed, handed_off, rules) =
+        tokio::time::timeout(std::time::Duration::from_secs(20), reads)
+            .await
+            .expect("reads do not wait for the writer connection");
+    assert_eq!(listed.len(), 1, "the hand-off is listed");
+    assert!(handed_off.contains("t-m-1"));
+    assert_eq!(rules.version, 0, "the default rules are active");
+    held.rollback().await.expect("release");
+}
+
 on_both_backends! {
+    reads_beside_the_writer => reads_answer_while_the_writer_is_held;
     inbox_retention => the_inbox_forgets_message_ids_past_their_retention;
     routing => requests_are_routed_by_weight_with_a_warm_context;
     crm_flow => the_crm_moves_a_handoff_and_decisions_flow_back;

@@ -182,6 +182,8 @@ impl Reader {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    /// Where the read RPCs' reads go: [`leadflow_runtime::db::reader`], or `db` itself.
+    reader: DatabaseConnection,
     wakeups: Vec<Wakeup>,
     changes: watch::Sender<u64>,
     /// How long applied message ids are remembered.
@@ -193,11 +195,20 @@ impl Store {
     /// enqueued decisions.
     pub fn new(db: DatabaseConnection, wakeups: Vec<Wakeup>) -> Self {
         Self {
+            reader: db.clone(),
             db,
             wakeups,
             changes: watch::Sender::new(0),
             inbox_retention: inbox::DEFAULT_RETENTION,
         }
+    }
+
+    /// The same store, serving the read RPCs (hand-offs and their histories, the change
+    /// stream, owners, rules, webhooks, the SLA report) and the warm-context check through
+    /// `reader` (read-only connections beside the writer on SQLite), so they neither wait for
+    /// the writes on the one writer connection nor hold them up.
+    pub fn with_reader(self, reader: DatabaseConnection) -> Self {
+        Self { reader, ..self }
     }
 
     /// The same store, remembering applied message ids for `retention`
@@ -282,7 +293,7 @@ impl Store {
     pub async fn owner(&self, tenant: &str, owner_id: &str) -> Result<Option<owner::Model>, Error> {
         Ok(
             owner::Entity::find_by_id((tenant.to_owned(), owner_id.to_owned()))
-                .one(&self.db)
+                .one(&self.reader)
                 .await?,
         )
     }
@@ -313,13 +324,13 @@ impl Store {
         Ok(query
             .order_by_asc(owner::Column::OwnerId)
             .limit(limit)
-            .all(&self.db)
+            .all(&self.reader)
             .await?)
     }
 
     /// Open hand-offs per owner of the tenant.
     pub async fn open_counts(&self, tenant: &str) -> Result<OpenCounts, Error> {
-        open_counts(&self.db, tenant).await
+        open_counts(&self.reader, tenant).await
     }
 
     /// Deactivates an owner; with `reassign`, re-routes its open hand-offs now. Returns the
@@ -389,7 +400,7 @@ impl Store {
     /// The tenant's active rules: the latest published, or the default (version 0: no rules,
     /// everything to the fallback queue, the seeds' 24-hour sales SLA).
     pub async fn active_rules(&self, tenant: &str) -> Result<(RoutingRules, DateTime<Utc>), Error> {
-        active_rules(&self.db, tenant).await
+        active_rules(&self.reader, tenant).await
     }
 
     /// Rules `version` of the tenant (0: the default).
@@ -402,7 +413,7 @@ impl Store {
             return Ok(Some((RoutingRules::default(), epoch())));
         }
         rules::Entity::find_by_id((tenant.to_owned(), version))
-            .one(&self.db)
+            .one(&self.reader)
             .await?
             .map(|row| Ok((decode_rules(&row.body)?, row.created_at)))
             .transpose()
@@ -455,7 +466,7 @@ impl Store {
     /// sweeper or the CRM change them meanwhile.
     pub async fn read(&self) -> Result<Reader, Error> {
         Ok(Reader {
-            txn: leadflow_runtime::db::begin_snapshot(&self.db).await?,
+            txn: leadflow_runtime::db::begin_snapshot(&self.reader).await?,
         })
     }
 
@@ -472,13 +483,13 @@ impl Store {
             .filter(change::Column::Id.gt(after))
             .order_by_asc(change::Column::Id)
             .limit(limit)
-            .all(&self.db)
+            .all(&self.reader)
             .await?;
         let ids: Vec<String> = rows.iter().map(|r| r.handoff_id.clone()).collect();
         let handoffs: HashMap<String, handoff::Model> = handoff::Entity::find()
             .filter(handoff::Column::TenantId.eq(tenant))
             .filter(handoff::Column::HandoffId.is_in(ids))
-            .all(&self.db)
+            .all(&self.reader)
             .await?
             .into_iter()
             .map(|h| (h.handoff_id.clone(), h))
@@ -506,10 +517,10 @@ impl Store {
         if let Some(kind) = kind {
             query = query.filter(handoff::Column::Kind.eq(kind));
         }
-        let rows = query.all(&self.db).await?;
+        let rows = query.all(&self.reader).await?;
         let teams = owner::Entity::find()
             .filter(owner::Column::TenantId.eq(tenant))
-            .all(&self.db)
+            .all(&self.reader)
             .await?
             .into_iter()
             .map(|o| (o.owner_id, o.team_id))
@@ -598,7 +609,7 @@ impl Store {
                 .filter(handoff::Column::TenantId.eq(tenant))
                 .filter(handoff::Column::TransitionId.is_in(leadflow_runtime::db::in_list(chunk)))
                 .into_tuple()
-                .all(&self.db)
+                .all(&self.reader)
                 .await?;
             found.extend(ids);
         }
@@ -914,7 +925,7 @@ impl Store {
         query
             .order_by_asc(webhook::Column::WebhookId)
             .limit(limit)
-            .all(&self.db)
+            .all(&self.reader)
             .await?
             .into_iter()
             .map(|row| {
@@ -987,7 +998,7 @@ impl Store {
         Ok(query
             .order_by_desc(delivery::Column::Id)
             .limit(limit)
-            .all(&self.db)
+            .all(&self.reader)
             .await?)
     }
 
