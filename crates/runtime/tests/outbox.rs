@@ -853,7 +853,8 @@ impl OutboxSink for WaitForWriterSink {
 }
 
 /// The service's own writes carrying the relay's deletes: a transaction after another, each
-/// writing a row of its own; every third rolls back, its claimed deletes with it.
+/// writing a row of its own; the first that takes deletes on rolls back, and its claimed
+/// deletes with it.
 async fn writer_carrying_deletes(
     conn: DatabaseConnection,
     deletes: SharedDeletes,
@@ -862,6 +863,7 @@ async fn writer_carrying_deletes(
     stop: CancellationToken,
 ) {
     let mut number = 0;
+    let mut rolled_back_once = false;
     while !stop.is_cancelled() {
         let txn = conn.begin().await.expect("begin");
         let mut script = WriteScript::new(txn.get_database_backend());
@@ -879,7 +881,8 @@ async fn writer_carrying_deletes(
         )
         .expect("enqueue");
         script.run(&txn).await.expect("script");
-        let rolls_back = number % 3 == 2;
+        let rolls_back = claimed_any && !rolled_back_once;
+        rolled_back_once |= rolls_back;
         if rolls_back {
             txn.rollback().await.expect("rollback");
             drop(claimed);
@@ -978,6 +981,55 @@ on_both_backends! {
     write_script => a_write_script_runs_every_statement_with_its_own_values;
     failing_write_script => a_failing_write_script_stops_at_its_error;
     shared_deletes => deletes_ride_on_the_services_own_transactions;
+}
+
+/// A relay woken from idle lingers before its pass, so the commits that follow the one that
+/// woke it go in the same delivery: three commits of three messages, each waking the relay,
+/// arrive as one delivery of nine. (SQLite: its idle pass deletes what the pass before
+/// delivered, which tells the test the relay is idle; lingering is the same on both backends.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_woken_relay_lingers_to_deliver_the_commits_that_follow_together() {
+    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+    let conn = connect(&db).await;
+    enqueue_numbered(&conn, 0..3, 3).await;
+    let (sink, mut watcher) = RecordingSink::failing_first(0);
+    let wakeup = Wakeup::new();
+    let config = RelayConfig {
+        lanes: 1,
+        batch_size: 20,
+        poll_interval: Duration::from_secs(60),
+        linger: Duration::from_secs(1),
+        ..fast_config()
+    };
+    let shutdown = CancellationToken::new();
+    let relay = Relay::new(conn.clone(), sink.clone(), config, wakeup.clone());
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    wait_for(&mut watcher, 3).await;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while outbox::backlog(&conn, "receiver")
+            .await
+            .expect("backlog")
+            .count
+            > 0
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the idle pass deletes the first delivery");
+
+    for first in [3, 6, 9] {
+        enqueue_numbered(&conn, first..first + 3, 3).await;
+        wakeup.wake();
+    }
+    wait_for(&mut watcher, 12).await;
+    shutdown.cancel();
+    task.await.expect("relay stops");
+    assert_eq!(
+        sink.state.lock().expect("lock").batches,
+        [3, 9],
+        "the three commits after the wake-up went together"
+    );
 }
 
 /// Two relays (two replicas) on one PostgreSQL database: every message is delivered exactly

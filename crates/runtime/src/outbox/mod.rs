@@ -180,6 +180,11 @@ pub struct OutboxArgs {
     /// the receiver applies one, the next is on its way.
     #[arg(long, env = "LEADFLOW_OUTBOX_LANES", default_value_t = relay::DEFAULT_LANES)]
     pub outbox_lanes: usize,
+    /// How long an idle relay, woken by a commit, waits for more commits before it delivers,
+    /// in milliseconds (0: at once): under a trickle of writes, deliveries carry several
+    /// commits' messages instead of one, for that much latency per hop.
+    #[arg(long, env = "LEADFLOW_OUTBOX_LINGER_MS", default_value_t = relay::DEFAULT_LINGER_MS)]
+    pub outbox_linger_ms: u64,
     /// How long a receiver remembers the message ids it applied, in hours (at least one): a
     /// sender stopped for longer while holding a delivered message would have it applied twice.
     #[arg(long, env = "LEADFLOW_INBOX_RETENTION_HOURS", default_value_t = 168)]
@@ -194,6 +199,7 @@ impl Default for OutboxArgs {
             outbox_backoff_ms: 200,
             outbox_backoff_max_ms: 60_000,
             outbox_lanes: relay::DEFAULT_LANES,
+            outbox_linger_ms: relay::DEFAULT_LINGER_MS,
             inbox_retention_hours: 168,
         }
     }
@@ -221,6 +227,7 @@ impl OutboxArgs {
             backoff_base: std::time::Duration::from_millis(self.outbox_backoff_ms.max(1)),
             backoff_max: std::time::Duration::from_millis(self.outbox_backoff_max_ms.max(1)),
             lanes: self.outbox_lanes.max(1),
+            linger: std::time::Duration::from_millis(self.outbox_linger_ms),
         }
     }
 }

@@ -24,6 +24,12 @@
 //! pass of its own, kept apart like replicas are; on SQLite the lanes share the record of
 //! what is being delivered and what is delivered but not yet deleted.
 //!
+//! Linger: a lane woken from idle by a commit waits [`RelayConfig::linger`] before its pass, so
+//! under a trickle of small commits (unary `Track` calls, a group commit every few
+//! milliseconds) a delivery carries several commits' messages: each delivery costs the receiver
+//! a transaction, an inbox claim and a commit whatever its size. A lane with a backlog passes
+//! back to back and never lingers.
+//!
 //! Size: a delivery holds at most the relay's current limit, [`RelayConfig::batch_size`] at
 //! first. A failed delivery halves the limit and each success grows it back by a quarter, so a
 //! receiver that cannot apply a large delivery within its deadline (handoff building warm
@@ -93,6 +99,9 @@ pub struct RelayConfig {
     /// Deliveries in flight at once, on disjoint keys: while the receiver applies one, the
     /// next is read, sent and waiting, instead of the receiver idling through the relay's turn.
     pub lanes: usize,
+    /// How long a lane woken from idle by a commit waits for more before its pass, so a
+    /// trickle of small commits is delivered a few commits at a time.
+    pub linger: Duration,
 }
 
 impl RelayConfig {
@@ -108,6 +117,7 @@ impl RelayConfig {
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(60),
             lanes: DEFAULT_LANES,
+            linger: Duration::from_millis(DEFAULT_LINGER_MS),
         }
     }
 
@@ -135,6 +145,9 @@ pub struct RelayPass {
 
 /// Deliveries a relay has in flight by default.
 pub(crate) const DEFAULT_LANES: usize = 2;
+
+/// How long an idle relay waits for more commits once woken, by default, in milliseconds.
+pub(crate) const DEFAULT_LINGER_MS: u64 = 50;
 
 /// Payload bytes per delivery by default: half the services' message size limit, the rest left
 /// for each message's envelope (ids, key, trace context) and the call's framing.
@@ -291,9 +304,21 @@ impl<S: OutboxSink> Relay<S> {
             };
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = self.wakeup.woken() => {}
+                () = self.wakeup.woken() => self.linger(shutdown).await,
                 () = tokio::time::sleep(wait) => {}
             }
+        }
+    }
+
+    /// After a wake-up from idle: waits [`RelayConfig::linger`] (or until shutdown) for the
+    /// commits that follow the one that woke the lane.
+    async fn linger(&self, shutdown: &CancellationToken) {
+        if self.config.linger.is_zero() {
+            return;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = tokio::time::sleep(self.config.linger) => {}
         }
     }
 
