@@ -295,7 +295,7 @@ async fn deliveries_stay_under_their_byte_bound(db: TestDb) {
     // the first leaves, in smaller deliveries).
     let config = RelayConfig {
         max_batch_bytes: 7,
-        lanes: 1,
+        lanes: Some(1),
         ..fast_config()
     };
     let shutdown = CancellationToken::new();
@@ -673,7 +673,7 @@ async fn two_lanes_deliver_disjoint_keys_at_once(db: TestDb) {
     let config = RelayConfig {
         batch_size: 10,
         window: 20,
-        lanes: 2,
+        lanes: Some(2),
         ..fast_config()
     };
     let shutdown = CancellationToken::new();
@@ -995,7 +995,7 @@ async fn a_woken_relay_lingers_to_deliver_the_commits_that_follow_together() {
     let (sink, mut watcher) = RecordingSink::failing_first(0);
     let wakeup = Wakeup::new();
     let config = RelayConfig {
-        lanes: 1,
+        lanes: Some(1),
         batch_size: 20,
         poll_interval: Duration::from_secs(60),
         linger: Duration::from_secs(1),

@@ -27,7 +27,8 @@ pub use migration::{
     CreateOutboxAndInbox, InboxProcessedAtIndex, InboxWithoutRowid, KeyIndexOnlyOnPostgres,
 };
 pub use relay::{
-    Backlog, DeliveryError, OutboxSink, Relay, RelayConfig, RelayError, RelayPass, backlog,
+    Backlog, DEFAULT_SQLITE_LANES, DeliveryError, OutboxSink, Relay, RelayConfig, RelayError,
+    RelayPass, backlog,
 };
 
 /// A message to enqueue.
@@ -177,9 +178,10 @@ pub struct OutboxArgs {
     #[arg(long, env = "LEADFLOW_OUTBOX_BACKOFF_MAX_MS", default_value_t = 60_000)]
     pub outbox_backoff_max_ms: u64,
     /// Deliveries each relay keeps in flight at once, on disjoint leads (at least one): while
-    /// the receiver applies one, the next is on its way.
-    #[arg(long, env = "LEADFLOW_OUTBOX_LANES", default_value_t = relay::DEFAULT_LANES)]
-    pub outbox_lanes: usize,
+    /// the receiver applies one, the next is on its way. Unset: two on SQLite, one on
+    /// PostgreSQL.
+    #[arg(long, env = "LEADFLOW_OUTBOX_LANES")]
+    pub outbox_lanes: Option<usize>,
     /// How long an idle relay, woken by a commit, waits for more commits before it delivers,
     /// in milliseconds (0: at once): under a trickle of writes, deliveries carry several
     /// commits' messages instead of one, for that much latency per hop.
@@ -198,7 +200,7 @@ impl Default for OutboxArgs {
             outbox_batch_size: 500,
             outbox_backoff_ms: 200,
             outbox_backoff_max_ms: 60_000,
-            outbox_lanes: relay::DEFAULT_LANES,
+            outbox_lanes: None,
             outbox_linger_ms: relay::DEFAULT_LINGER_MS,
             inbox_retention_hours: 168,
         }
@@ -226,7 +228,7 @@ impl OutboxArgs {
             poll_interval: std::time::Duration::from_millis(self.outbox_poll_ms.max(1)),
             backoff_base: std::time::Duration::from_millis(self.outbox_backoff_ms.max(1)),
             backoff_max: std::time::Duration::from_millis(self.outbox_backoff_max_ms.max(1)),
-            lanes: self.outbox_lanes.max(1),
+            lanes: self.outbox_lanes.map(|lanes| lanes.max(1)),
             linger: std::time::Duration::from_millis(self.outbox_linger_ms),
         }
     }

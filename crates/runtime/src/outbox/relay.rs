@@ -22,7 +22,9 @@
 //! finishes applying one delivery finds the next already waiting instead of idling while the
 //! relay records the outcome, reads its next window and sends it. On PostgreSQL each lane is a
 //! pass of its own, kept apart like replicas are; on SQLite the lanes share the record of
-//! what is being delivered and what is delivered but not yet deleted.
+//! what is being delivered and what is delivered but not yet deleted. By default two lanes run
+//! on SQLite and one on PostgreSQL, where a second pass holding its window and a connection
+//! slowed ingestion without draining faster (BENCHMARKS.md).
 //!
 //! Linger: a lane woken from idle by a commit waits [`RelayConfig::linger`] before its pass, so
 //! under a trickle of small commits (unary `Track` calls, a group commit every few
@@ -98,7 +100,10 @@ pub struct RelayConfig {
     pub backoff_max: Duration,
     /// Deliveries in flight at once, on disjoint keys: while the receiver applies one, the
     /// next is read, sent and waiting, instead of the receiver idling through the relay's turn.
-    pub lanes: usize,
+    /// `None`: the backend's default, [`DEFAULT_SQLITE_LANES`] on SQLite and one on PostgreSQL
+    /// (where a second lane, a second `FOR UPDATE` pass with a connection of its own, slowed
+    /// ingestion by a fifth without draining any faster).
+    pub lanes: Option<usize>,
     /// How long a lane woken from idle by a commit waits for more before its pass, so a
     /// trickle of small commits is delivered a few commits at a time.
     pub linger: Duration,
@@ -106,7 +111,7 @@ pub struct RelayConfig {
 
 impl RelayConfig {
     /// Defaults for `destination`: batches of 100, a 1 s poll, backoff from 200 ms to 1 min,
-    /// two lanes.
+    /// the backend's lanes, a 50 ms linger.
     pub fn new(destination: &'static str) -> Self {
         Self {
             destination,
@@ -116,7 +121,7 @@ impl RelayConfig {
             poll_interval: Duration::from_secs(1),
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(60),
-            lanes: DEFAULT_LANES,
+            lanes: None,
             linger: Duration::from_millis(DEFAULT_LINGER_MS),
         }
     }
@@ -143,8 +148,8 @@ pub struct RelayPass {
     pub next_due: Option<DateTime<Utc>>,
 }
 
-/// Deliveries a relay has in flight by default.
-pub(crate) const DEFAULT_LANES: usize = 2;
+/// Deliveries a relay has in flight by default on SQLite.
+pub const DEFAULT_SQLITE_LANES: usize = 2;
 
 /// How long an idle relay waits for more commits once woken, by default, in milliseconds.
 pub(crate) const DEFAULT_LINGER_MS: u64 = 50;
@@ -168,6 +173,8 @@ pub struct Relay<S> {
     backlog_read_at: std::sync::Mutex<Option<std::time::Instant>>,
     /// The most messages the next delivery may hold.
     limit: AtomicUsize,
+    /// Deliveries in flight at once ([`RelayConfig::lanes`], resolved for the backend).
+    lanes: usize,
     /// On SQLite, the rows the lanes are delivering or have delivered and not yet deleted.
     in_flight: tokio::sync::Mutex<InFlight>,
     /// On SQLite, where deletes are offered to the service's write transactions first
@@ -231,7 +238,9 @@ impl<S: OutboxSink> Relay<S> {
     pub fn new(db: DatabaseConnection, sink: S, config: RelayConfig, wakeup: Wakeup) -> Self {
         let metrics = RelayMetrics::new(config.destination);
         let limit = AtomicUsize::new(config.batch_size.max(1));
+        let lanes = resolved_lanes(config.lanes, is_postgres(&db));
         Self {
+            lanes,
             reader: db.clone(),
             db,
             sink,
@@ -269,7 +278,7 @@ impl<S: OutboxSink> Relay<S> {
     /// a delivery under way when it fires is finished first.
     pub async fn run(self, shutdown: CancellationToken) {
         let destination = self.config.destination;
-        let lanes = self.config.lanes.max(1);
+        let lanes = self.lanes;
         tracing::info!(destination, lanes, "outbox relay started");
         futures::future::join_all((0..lanes).map(|_| self.lane(&shutdown))).await;
         let undeleted = std::mem::take(&mut self.in_flight.lock().await.to_delete);
@@ -509,7 +518,7 @@ impl<S: OutboxSink> Relay<S> {
     /// A delivery as full as the limit allows suggests more is waiting: another lane (if any
     /// is idle) looks for it.
     fn wake_another_lane_if_full(&self, ready: &[Pending]) {
-        if self.config.lanes > 1 && ready.len() >= self.limit.load(Ordering::Relaxed) {
+        if self.lanes > 1 && ready.len() >= self.limit.load(Ordering::Relaxed) {
             self.wakeup.wake();
         }
     }
@@ -665,6 +674,12 @@ impl<S: OutboxSink> Relay<S> {
         self.metrics.lag.record(lag, attributes);
         Ok(())
     }
+}
+
+/// The lanes a relay runs: `configured` (at least one), or the backend's default.
+fn resolved_lanes(configured: Option<usize>, postgres: bool) -> usize {
+    let default = if postgres { 1 } else { DEFAULT_SQLITE_LANES };
+    configured.unwrap_or(default).max(1)
 }
 
 /// Deletes the outbox rows `ids` (none: no statement).
@@ -848,6 +863,14 @@ fn truncate(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lanes_default_to_two_on_sqlite_and_one_on_postgres_unless_configured() {
+        assert_eq!(resolved_lanes(None, false), 2);
+        assert_eq!(resolved_lanes(None, true), 1);
+        assert_eq!(resolved_lanes(Some(3), true), 3);
+        assert_eq!(resolved_lanes(Some(0), false), 1, "at least one");
+    }
     use proptest::prelude::*;
 
     fn row(id: i64, key: &str, due_in_secs: i64, now: DateTime<Utc>) -> Pending {
