@@ -16,7 +16,7 @@ use leadflow_proto::handoff::v1::{self as pb, HandoffQueue, HandoffStatus};
 use leadflow_runtime::clock::{Clock, ManualClock};
 use leadflow_runtime::error::field_violations;
 use leadflow_runtime::pbtime::to_timestamp;
-use leadflow_test_support::{TestDb, on_both_backends};
+use leadflow_test_support::{TestDb, beside_a_held_writer, on_both_backends};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -1303,7 +1303,6 @@ async fn the_inbox_forgets_message_ids_past_their_retention(db: TestDb) {
 /// it; here a transaction the test keeps open).
 async fn reads_answer_while_the_writer_is_held(db: TestDb) {
     use leadflow_handoff::store::{Prepared, Store, migrations::Migrator};
-    use sea_orm::TransactionTrait;
 
     let writer = leadflow_runtime::db::open::<Migrator>(&db.url, 5)
         .await
@@ -1326,7 +1325,6 @@ async fn reads_answer_while_the_writer_is_held(db: TestDb) {
         .await
         .expect("apply");
 
-    let held = writer.begin().await.expect("hold the writer");
     let reads = async {
         let read = store.read().await.expect("snapshot");
         let listed = read
@@ -1341,14 +1339,10 @@ async fn reads_answer_while_the_writer_is_held(db: TestDb) {
         let (rules, _) = store.active_rules(&tenant).await.expect("rules");
         (listed, handed_off, rules)
     };
-    let (listed, handed_off, rules) =
-        tokio::time::timeout(std::time::Duration::from_secs(20), reads)
-            .await
-            .expect("reads do not wait for the writer connection");
+    let (listed, handed_off, rules) = beside_a_held_writer(&writer, reads).await;
     assert_eq!(listed.len(), 1, "the hand-off is listed");
     assert!(handed_off.contains("t-m-1"));
     assert_eq!(rules.version, 0, "the default rules are active");
-    held.rollback().await.expect("release");
 }
 
 on_both_backends! {

@@ -11,7 +11,7 @@ use harness::{Ingestion, Options, ScoringReceiver, activity, identify, track};
 use leadflow_proto::common::v1 as common;
 use leadflow_proto::ingestion::v1::{self as pb, batch_item_result::Result as ItemResult};
 use leadflow_runtime::error::field_violations;
-use leadflow_test_support::{TestDb, on_both_backends};
+use leadflow_test_support::{TestDb, beside_a_held_writer, on_both_backends};
 use tonic::Code;
 
 fn violated_fields(status: &tonic::Status) -> Vec<String> {
@@ -1163,7 +1163,6 @@ async fn reads_answer_while_the_writer_is_held(db: TestDb) {
     use leadflow_ingestion::convert::{self, Command};
     use leadflow_ingestion::store::{Store, TimelineQuery, migrations::Migrator};
     use leadflow_runtime::outbox::{SharedDeletes, Wakeup};
-    use sea_orm::TransactionTrait;
 
     let writer = leadflow_runtime::db::open::<Migrator>(&db.url, 5)
         .await
@@ -1192,7 +1191,6 @@ async fn reads_answer_while_the_writer_is_held(db: TestDb) {
     let accepted = store.apply("t", commands, now).await.expect("apply");
     let lead_id = accepted[0].lead_id.clone();
 
-    let held = writer.begin().await.expect("hold the writer");
     let reads = async {
         let lead = store
             .lead("t", &lead_id)
@@ -1216,12 +1214,9 @@ async fn reads_answer_while_the_writer_is_held(db: TestDb) {
             .expect("known");
         (lead, page)
     };
-    let (lead, page) = tokio::time::timeout(Duration::from_secs(20), reads)
-        .await
-        .expect("reads do not wait for the writer connection");
+    let (lead, page) = beside_a_held_writer(&writer, reads).await;
     assert_eq!(lead.user_ids, vec!["ada@acme.io".to_owned()]);
     assert_eq!(page.entries.len(), 1);
-    held.rollback().await.expect("release");
 }
 
 on_both_backends! {

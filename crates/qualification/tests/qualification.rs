@@ -19,7 +19,7 @@ use leadflow_qualification::domain::Definition;
 use leadflow_runtime::clock::{Clock, ManualClock};
 use leadflow_runtime::error::field_violations;
 use leadflow_runtime::pbtime::to_timestamp;
-use leadflow_test_support::{TestDb, on_both_backends};
+use leadflow_test_support::{TestDb, beside_a_held_writer, on_both_backends};
 use tonic::Code;
 
 fn fields(status: &tonic::Status) -> Vec<String> {
@@ -882,7 +882,6 @@ async fn the_inbox_forgets_message_ids_past_their_retention(db: TestDb) {
 async fn reads_answer_while_the_writer_is_held(db: TestDb) {
     use leadflow_qualification::store::{Store, migrations::Migrator};
     use leadflow_runtime::outbox::Wakeup;
-    use sea_orm::TransactionTrait;
 
     let writer = leadflow_runtime::db::open::<Migrator>(&db.url, 5)
         .await
@@ -906,7 +905,6 @@ async fn reads_answer_while_the_writer_is_held(db: TestDb) {
         .await
         .expect("apply");
 
-    let held = writer.begin().await.expect("hold the writer");
     let reads = async {
         let lead = store.lead(&tenant, "lead-1").await.expect("lead");
         let listed = store
@@ -920,15 +918,11 @@ async fn reads_answer_while_the_writer_is_held(db: TestDb) {
         let (definition, _) = store.active_definition(&tenant).await.expect("definition");
         (lead, listed, history, definition)
     };
-    let (lead, listed, history, definition) =
-        tokio::time::timeout(std::time::Duration::from_secs(20), reads)
-            .await
-            .expect("reads do not wait for the writer connection");
+    let (lead, listed, history, definition) = beside_a_held_writer(&writer, reads).await;
     assert!(lead.is_some(), "the lead is read back");
     assert_eq!(listed.len(), 1);
     assert!(!history.is_empty(), "the lead moved at least once");
     assert_eq!(definition.version, 0, "the default definition is active");
-    held.rollback().await.expect("release");
 }
 
 on_both_backends! {

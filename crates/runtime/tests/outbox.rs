@@ -74,6 +74,21 @@ impl RecordingSink {
     }
 }
 
+impl RecordingSink {
+    /// Asserts every message of `expected` (message ids per key, in order) reached the sink
+    /// once, in that order per key, and nothing else did.
+    fn assert_once_in_order(&self, expected: &HashMap<String, Vec<String>>) {
+        let state = self.state.lock().expect("sink lock");
+        assert_eq!(
+            per_key(&state.applied_in_order),
+            *expected,
+            "per-key order kept"
+        );
+        let total: usize = expected.values().map(Vec::len).sum();
+        assert_eq!(state.raw_deliveries.len(), total, "nothing delivered twice");
+    }
+}
+
 impl OutboxSink for RecordingSink {
     async fn deliver(&self, messages: &[OutboxMessage]) -> Result<(), DeliveryError> {
         let mut state = self.state.lock().expect("sink lock");
@@ -222,13 +237,7 @@ async fn a_receiver_that_times_out_on_large_deliveries_gets_smaller_ones(db: Tes
     wait_for(&mut watcher, 40).await;
     shutdown.cancel();
     task.await.expect("relay stops");
-    let state = sink.state.lock().expect("lock");
-    assert_eq!(
-        per_key(&state.applied_in_order),
-        expected,
-        "per-key order kept"
-    );
-    assert_eq!(state.raw_deliveries.len(), 40, "nothing delivered twice");
+    sink.assert_once_in_order(&expected);
 }
 
 /// A relay reading its window through read-only connections (SQLite; the writer's pool on
@@ -254,15 +263,7 @@ async fn a_relay_reading_through_readers_delivers_each_row_once(db: TestDb) {
     wait_for(&mut watcher, 60).await;
     shutdown.cancel();
     task.await.expect("relay stops");
-    {
-        let state = sink.state.lock().expect("lock");
-        assert_eq!(state.raw_deliveries.len(), 60, "nothing delivered twice");
-        assert_eq!(
-            per_key(&state.applied_in_order),
-            expected,
-            "per-key order kept"
-        );
-    }
+    sink.assert_once_in_order(&expected);
     let left = outbox::backlog(&conn, "receiver").await.expect("backlog");
     assert_eq!(left.count, 0, "every delivered row is deleted");
 }
@@ -323,9 +324,7 @@ async fn undelivered_rows_survive_a_restart(db: TestDb) {
     wait_for(&mut watcher, 10).await;
     shutdown.cancel();
     task.await.expect("relay stops");
-    let state = sink.state.lock().expect("lock");
-    assert_eq!(per_key(&state.applied_in_order), expected);
-    assert_eq!(state.raw_deliveries.len(), 10, "nothing delivered twice");
+    sink.assert_once_in_order(&expected);
 }
 
 async fn the_backlog_counts_one_destination_and_dates_its_oldest_row(db: TestDb) {
@@ -939,15 +938,7 @@ async fn deletes_ride_on_the_services_own_transactions(db: TestDb) {
     task.await.expect("relay stops");
     stop_writer.cancel();
     writer.await.expect("writer stops");
-    {
-        let state = recording.state.lock().expect("lock");
-        assert_eq!(state.raw_deliveries.len(), 40, "nothing delivered twice");
-        assert_eq!(
-            per_key(&state.applied_in_order),
-            expected,
-            "per-key order kept"
-        );
-    }
+    recording.assert_once_in_order(&expected);
     let left = outbox::backlog(&conn, "receiver").await.expect("backlog");
     assert_eq!(left.count, 0, "every delivered row is deleted");
     let (committed, rolled_back) = *carried.lock().expect("lock");

@@ -127,6 +127,26 @@ pub async fn sqlite_schema_sql(conn: &impl ConnectionTrait, name: &str) -> Strin
     row.try_get_by_index(0).expect("its sql")
 }
 
+/// Runs `reads` while a transaction the test keeps open holds one of `writer`'s connections
+/// (on SQLite its only one), and returns what they read: reads served beside the writer answer
+/// at once, reads that queue for it never would.
+///
+/// # Panics
+/// When the transaction cannot begin or end, or `reads` have not answered within 20 s.
+pub async fn beside_a_held_writer<T>(
+    writer: &sea_orm::DatabaseConnection,
+    reads: impl std::future::Future<Output = T>,
+) -> T {
+    use sea_orm::TransactionTrait;
+
+    let held = writer.begin().await.expect("hold the writer");
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), reads)
+        .await
+        .expect("reads do not wait for the writer connection");
+    held.rollback().await.expect("release the writer");
+    read
+}
+
 /// How many applied message ids the service store at `url` remembers: its `inbox` rows.
 ///
 /// # Panics

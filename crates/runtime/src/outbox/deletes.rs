@@ -11,10 +11,9 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use tokio::sync::oneshot;
 
-use super::outbox_message;
+use super::relay::delete_statement;
 use crate::script::WriteScript;
 
 /// The deletes a service's relays offer to its write transactions (cheap to clone: every clone
@@ -93,10 +92,7 @@ impl SharedDeletes {
             .iter()
             .flat_map(|offer| offer.ids.iter().copied())
             .collect();
-        script.push(
-            &outbox_message::Entity::delete_many()
-                .filter(outbox_message::Column::Id.is_in(crate::db::in_list(&ids))),
-        );
+        script.push(&delete_statement(&ids));
         ClaimedDeletes(offers.into_iter().map(|offer| offer.committed).collect())
     }
 

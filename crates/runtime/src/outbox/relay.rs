@@ -48,7 +48,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Gauge};
 use sea_orm::sea_query::{Expr, LockBehavior, LockType};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, ExprTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, DeleteMany, EntityTrait, ExprTrait,
     FromQueryResult, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 use tokio_util::sync::CancellationToken;
@@ -687,11 +687,15 @@ async fn delete_rows<C: ConnectionTrait>(conn: &C, ids: &[i64]) -> Result<(), Db
     if ids.is_empty() {
         return Ok(());
     }
+    delete_statement(ids).exec(conn).await?;
+    Ok(())
+}
+
+/// The delete of the outbox rows `ids`, wherever it runs (here, or in a service's own
+/// transaction through [`SharedDeletes`]).
+pub(super) fn delete_statement(ids: &[i64]) -> DeleteMany<outbox_message::Entity> {
     outbox_message::Entity::delete_many()
         .filter(outbox_message::Column::Id.is_in(crate::db::in_list(ids)))
-        .exec(conn)
-        .await?;
-    Ok(())
 }
 
 /// The full rows `ids`, in id order.
