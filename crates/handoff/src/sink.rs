@@ -19,10 +19,8 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 type Intercepted = InterceptedService<Channel, ServiceInterceptor>;
 
 fn decode(messages: &[OutboxMessage]) -> Result<Vec<HandoffDecision>, DeliveryError> {
-    decode_batch(messages, |event: &mut HandoffDecision, trace_context| {
-        if let Some(header) = event.header.as_mut() {
-            header.trace_context = trace_context;
-        }
+    decode_batch(messages, |event: &mut HandoffDecision| {
+        event.header.as_mut()
     })
 }
 

@@ -32,10 +32,8 @@ impl HandoffSink {
 
 impl OutboxSink for HandoffSink {
     async fn deliver(&self, messages: &[OutboxMessage]) -> Result<(), DeliveryError> {
-        let events = decode_batch(messages, |event: &mut QualificationEvent, trace_context| {
-            if let Some(header) = event.header.as_mut() {
-                header.trace_context = trace_context;
-            }
+        let events = decode_batch(messages, |event: &mut QualificationEvent| {
+            event.header.as_mut()
         })?;
         let mut request = tonic::Request::new(ApplyQualificationEventsRequest { events });
         request.set_timeout(DELIVERY_TIMEOUT);

@@ -7,14 +7,16 @@ use std::time::Duration;
 
 use chrono::Utc;
 use leadflow_proto::common::v1::MessageHeader;
+use leadflow_proto::ingestion::v1::{ActivityRecorded, LeadEvent, lead_event};
 use leadflow_runtime::lease::{CreateLeases, Lease};
 use leadflow_runtime::outbox::{
     self, CreateOutboxAndInbox, DeliveryError, InboxProcessedAtIndex, InboxWithoutRowid,
-    KeyIndexOnlyOnPostgres, NewMessage, OutboxMessage, OutboxSink, Relay, RelayConfig,
-    SharedDeletes, Wakeup, inbox, inbox_message, outbox_message,
+    KeyIndexOnlyOnPostgres, NewMessage, OutboxBundles, OutboxMessage, OutboxSink, Packing, Relay,
+    RelayConfig, SharedDeletes, Wakeup, inbox, inbox_message, outbox_message,
 };
 use leadflow_runtime::script::WriteScript;
 use leadflow_test_support::{Backend, TestDb, on_both_backends};
+use prost::Message;
 use sea_orm::{
     ActiveValue::Set, ConnectionTrait, DatabaseConnection, EntityTrait, QueryOrder, Statement,
     TransactionTrait,
@@ -33,6 +35,9 @@ impl MigratorTrait for Migrator {
             Box::new(CreateLeases),
             Box::new(InboxWithoutRowid),
             Box::new(InboxProcessedAtIndex),
+            Box::new(OutboxBundles {
+                destinations: &["receiver"],
+            }),
         ]
     }
 }
@@ -171,7 +176,9 @@ async fn enqueue_numbered(
             });
             produced += 1;
         }
-        outbox::enqueue(&txn, messages).await.expect("enqueue");
+        outbox::enqueue(&txn, messages, Packing::PerMessage)
+            .await
+            .expect("enqueue");
         txn.commit().await.expect("commit");
     }
     expected
@@ -194,7 +201,11 @@ async fn claim_many(
     let mut script = WriteScript::new(txn.get_database_backend());
     let claimed = inbox::claim_many_into(txn, &mut script, headers, now).await?;
     script.run(txn).await?;
-    Ok(claimed)
+    Ok(headers
+        .iter()
+        .filter(|h| claimed.contains(&h.message_id))
+        .map(|h| h.message_id.clone())
+        .collect())
 }
 
 fn per_key(applied: &[(String, String)]) -> HashMap<String, Vec<String>> {
@@ -349,6 +360,7 @@ async fn the_backlog_counts_one_destination_and_dates_its_oldest_row(db: TestDb)
             partition_key: "lead-9".into(),
             payload: vec![],
         }],
+        Packing::PerMessage,
     )
     .await
     .expect("enqueue");
@@ -747,7 +759,7 @@ async fn a_write_script_runs_every_statement_with_its_own_values(db: TestDb) {
             .collect();
         groups.push((format!("trace-{round}"), messages));
     }
-    outbox::enqueue_traced_into(&mut script, groups);
+    outbox::enqueue_traced_into(&mut script, groups, Packing::PerMessage);
     script.run(&txn).await.expect("the script runs");
     txn.commit().await.expect("commit");
 
@@ -877,6 +889,7 @@ async fn writer_carrying_deletes(
                 partition_key: "w".into(),
                 payload: vec![0],
             }],
+            Packing::PerMessage,
         )
         .expect("enqueue");
         script.run(&txn).await.expect("script");
@@ -954,6 +967,243 @@ async fn deletes_ride_on_the_services_own_transactions(db: TestDb) {
     }
 }
 
+/// A receiver of bundles, as scoring and qualification are: each delivery decoded with
+/// [`outbox::decode_batch`] and applied in one transaction that claims its message ids in the
+/// real inbox, applying the consecutive events of a claimed id together.
+#[derive(Clone)]
+struct BundleReceiver {
+    conn: DatabaseConnection,
+    failures_left: Arc<Mutex<usize>>,
+    /// `(lead, activity id, message id, traceparent)` of each event applied, in order.
+    applied: Arc<Mutex<Vec<(String, String, String, String)>>>,
+    count: watch::Sender<usize>,
+}
+
+impl OutboxSink for BundleReceiver {
+    async fn deliver(&self, messages: &[OutboxMessage]) -> Result<(), DeliveryError> {
+        let events = outbox::decode_batch(messages, |e: &mut LeadEvent| e.header.as_mut())?;
+        {
+            let mut failures = self.failures_left.lock().expect("lock");
+            if *failures > 0 {
+                *failures -= 1;
+                return Err(DeliveryError("receiver unavailable".into()));
+            }
+        }
+        let fail = |err: sea_orm::DbErr| DeliveryError(err.to_string());
+        let headers: Vec<MessageHeader> = events
+            .iter()
+            .map(|e| e.header.clone().unwrap_or_default())
+            .collect();
+        let txn = self.conn.begin().await.map_err(fail)?;
+        let mut script = WriteScript::new(txn.get_database_backend());
+        let mut claimed = inbox::claim_many_into(&txn, &mut script, &headers, Utc::now())
+            .await
+            .map_err(fail)?;
+        let mut applied = Vec::new();
+        for (event, header) in events.iter().zip(&headers) {
+            if !claimed.admits(&header.message_id) {
+                continue;
+            }
+            let Some(lead_event::Event::ActivityRecorded(recorded)) = &event.event else {
+                return Err(DeliveryError("not an activity".into()));
+            };
+            let traceparent = header.trace_context.get("traceparent").cloned();
+            applied.push((
+                header.lead_id.clone(),
+                recorded.activity_id.clone(),
+                header.message_id.clone(),
+                traceparent.unwrap_or_default(),
+            ));
+        }
+        script.run(&txn).await.map_err(fail)?;
+        txn.commit().await.map_err(fail)?;
+        let mut all = self.applied.lock().expect("lock");
+        all.extend(applied);
+        self.count.send_replace(all.len());
+        Ok(())
+    }
+}
+
+/// Enqueues `per_txn` activities in each of `txns` transactions, bundled, over `leads` leads,
+/// each transaction's messages split over two callers' trace contexts; returns the expected
+/// activity ids per lead, in order.
+async fn enqueue_bundled(
+    conn: &DatabaseConnection,
+    txns: usize,
+    per_txn: usize,
+    leads: usize,
+) -> HashMap<String, Vec<String>> {
+    let mut expected: HashMap<String, Vec<String>> = HashMap::new();
+    for t in 0..txns {
+        let mut groups: Vec<(String, Vec<NewMessage>)> = Vec::new();
+        for n in t * per_txn..(t + 1) * per_txn {
+            let lead = format!("lead-{}", n % leads);
+            let activity_id = format!("a-{n:04}");
+            expected
+                .entry(lead.clone())
+                .or_default()
+                .push(activity_id.clone());
+            let event = LeadEvent {
+                header: Some(MessageHeader {
+                    message_id: format!("own-{n}"),
+                    tenant_id: "t".into(),
+                    lead_id: lead.clone(),
+                    ..MessageHeader::default()
+                }),
+                event: Some(lead_event::Event::ActivityRecorded(ActivityRecorded {
+                    activity_id,
+                    activity: None,
+                })),
+            };
+            let trace = format!("{{\"traceparent\":\"caller-{}\"}}", n % 2);
+            if groups.last().is_none_or(|(t, _)| *t != trace) {
+                groups.push((trace, Vec::new()));
+            }
+            if let Some((_, messages)) = groups.last_mut() {
+                messages.push(NewMessage {
+                    destination: "receiver",
+                    message_id: format!("own-{n}"),
+                    tenant_id: "t".into(),
+                    partition_key: lead,
+                    payload: event.encode_to_vec(),
+                });
+            }
+        }
+        let txn = conn.begin().await.expect("begin");
+        let mut script = WriteScript::new(txn.get_database_backend());
+        outbox::enqueue_traced_into(&mut script, groups, Packing::Bundled);
+        script.run(&txn).await.expect("enqueue");
+        txn.commit().await.expect("commit");
+    }
+    expected
+}
+
+/// Bundled messages reach a receiver that fails at first once each, in order per lead, each
+/// with the trace context of the caller that produced it, in fewer rows than messages; every
+/// event of a row carries the row's id, which the receiver claims once.
+async fn bundles_reach_a_failing_receiver_once_in_order_per_lead(db: TestDb) {
+    let conn = connect(&db).await;
+    let expected = enqueue_bundled(&conn, 6, 40, 9).await;
+    let rows = outbox_message::Entity::find()
+        .all(&conn)
+        .await
+        .expect("rows");
+    let partitions: HashSet<String> = (0..9)
+        .map(|i| outbox::partition_of(&format!("lead-{i}")))
+        .collect();
+    assert_eq!(
+        rows.len(),
+        6 * partitions.len(),
+        "a row per transaction and partition"
+    );
+    assert!(rows.iter().all(|r| partitions.contains(&r.partition_key)));
+    assert_eq!(
+        rows.iter().map(|r| r.bundled.unwrap_or(0)).sum::<i32>(),
+        240
+    );
+    let (count, mut watcher) = watch::channel(0);
+    let receiver = BundleReceiver {
+        conn: conn.clone(),
+        failures_left: Arc::new(Mutex::new(2)),
+        applied: Arc::default(),
+        count,
+    };
+    let shutdown = CancellationToken::new();
+    let relay = Relay::new(conn.clone(), receiver.clone(), fast_config(), Wakeup::new());
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    wait_for(&mut watcher, 240).await;
+    shutdown.cancel();
+    task.await.expect("relay stops");
+    let applied = receiver.applied.lock().expect("lock").clone();
+    let mut per_lead: HashMap<String, Vec<String>> = HashMap::new();
+    for (lead, activity, _, _) in &applied {
+        per_lead
+            .entry(lead.clone())
+            .or_default()
+            .push(activity.clone());
+    }
+    assert_eq!(per_lead, expected, "each once, in order per lead");
+    let row_ids: HashSet<&str> = rows.iter().map(|r| r.message_id.as_str()).collect();
+    assert!(
+        applied
+            .iter()
+            .all(|(_, _, id, _)| row_ids.contains(id.as_str()))
+    );
+    for (_, activity, _, trace) in &applied {
+        let n: usize = activity[2..].parse().expect("number");
+        assert_eq!(
+            *trace,
+            format!("caller-{}", n % 2),
+            "{activity}'s own trace"
+        );
+    }
+    let claims = inbox_message::Entity::find()
+        .all(&conn)
+        .await
+        .expect("inbox");
+    assert_eq!(claims.len(), rows.len(), "one inbox claim per row");
+}
+
+/// The bundling migration moves the rows pending for a bundled destination to their lead's
+/// partition, so older unbundled rows and newer bundles of a lead share a key; other
+/// destinations keep their keys.
+async fn pending_rows_move_to_their_partition_when_bundling_starts(db: TestDb) {
+    struct Before;
+    impl MigratorTrait for Before {
+        fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+            Migrator::migrations()
+                .into_iter()
+                .filter(|m| !m.name().contains("outbox_bundles"))
+                .collect()
+        }
+    }
+    let conn = leadflow_runtime::db::connect(&db.url, 5)
+        .await
+        .expect("connect");
+    leadflow_runtime::db::migrate::<Before>(&conn)
+        .await
+        .expect("migrate before bundles");
+    for (n, (destination, key)) in [
+        ("receiver", "lead-1"),
+        ("receiver", "lead-2"),
+        ("elsewhere", "lead-1"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let sql = format!(
+            "INSERT INTO outbox (destination, message_id, tenant_id, partition_key, payload, \
+             trace_context, created_at, attempts, next_attempt_at) \
+             VALUES ('{destination}', 'm-{n}', 't', '{key}', {payload}, '{{}}', \
+             CURRENT_TIMESTAMP, 0, CURRENT_TIMESTAMP)",
+            payload = match db.backend {
+                Backend::Sqlite => "x'00'",
+                Backend::Postgres => "'\\x00'::bytea",
+            }
+        );
+        conn.execute_unprepared(&sql).await.expect("legacy row");
+    }
+    leadflow_runtime::db::migrate::<Migrator>(&conn)
+        .await
+        .expect("migrate");
+    let keys: Vec<(String, String, Option<i32>)> = outbox_message::Entity::find()
+        .order_by_asc(outbox_message::Column::Id)
+        .all(&conn)
+        .await
+        .expect("rows")
+        .into_iter()
+        .map(|r| (r.destination, r.partition_key, r.bundled))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("receiver".into(), outbox::partition_of("lead-1"), None),
+            ("receiver".into(), outbox::partition_of("lead-2"), None),
+            ("elsewhere".into(), "lead-1".into(), None),
+        ]
+    );
+}
+
 on_both_backends! {
     inbox_retention => inbox_forgets_ids_applied_longer_ago_than_its_retention;
     lease => a_lease_has_one_holder_until_it_expires;
@@ -972,6 +1222,8 @@ on_both_backends! {
     write_script => a_write_script_runs_every_statement_with_its_own_values;
     failing_write_script => a_failing_write_script_stops_at_its_error;
     shared_deletes => deletes_ride_on_the_services_own_transactions;
+    bundles => bundles_reach_a_failing_receiver_once_in_order_per_lead;
+    bundling_migration => pending_rows_move_to_their_partition_when_bundling_starts;
 }
 
 /// A relay woken from idle lingers before its pass, so the commits that follow the one that

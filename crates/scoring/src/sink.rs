@@ -32,11 +32,7 @@ impl QualificationSink {
 
 impl OutboxSink for QualificationSink {
     async fn deliver(&self, messages: &[OutboxMessage]) -> Result<(), DeliveryError> {
-        let events = decode_batch(messages, |event: &mut ScoreChanged, trace_context| {
-            if let Some(header) = event.header.as_mut() {
-                header.trace_context = trace_context;
-            }
-        })?;
+        let events = decode_batch(messages, |event: &mut ScoreChanged| event.header.as_mut())?;
         let mut request = tonic::Request::new(ApplyScoreChangesRequest { events });
         request.set_timeout(DELIVERY_TIMEOUT);
         self.client

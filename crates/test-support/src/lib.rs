@@ -194,3 +194,25 @@ macro_rules! on_both_backends {
         )+
     };
 }
+
+/// The message ids a fake receiver of outbox deliveries has applied, deduplicating as the
+/// services' inboxes do: each id once, the consecutive events of one delivery sharing an id (a
+/// bundle) together.
+#[derive(Debug, Default)]
+pub struct FakeInbox {
+    seen: std::collections::HashSet<String>,
+}
+
+impl FakeInbox {
+    /// Which events of one delivery, given their message ids in order, to apply.
+    pub fn admit<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>) -> Vec<bool> {
+        let mut open: Option<&str> = None;
+        ids.into_iter()
+            .map(|id| {
+                let admitted = open == Some(id) || self.seen.insert(id.to_owned());
+                open = admitted.then_some(id);
+                admitted
+            })
+            .collect()
+    }
+}

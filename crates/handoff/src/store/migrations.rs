@@ -20,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(AddContactDue),
             Box::new(leadflow_runtime::outbox::InboxWithoutRowid),
             Box::new(leadflow_runtime::outbox::InboxProcessedAtIndex),
+            Box::new(leadflow_runtime::outbox::OutboxBundles { destinations: &[] }),
         ]
     }
 }

@@ -15,7 +15,7 @@ use leadflow_proto::handoff::events::v1::{self as events, handoff_decision::Deci
 use leadflow_proto::handoff::v1 as pb;
 use leadflow_proto::qualification::v1::{QualificationEvent, qualification_event::Event};
 use leadflow_runtime::db::{MAX_ROWS_PER_STATEMENT, in_list};
-use leadflow_runtime::outbox::{self, NewMessage, Wakeup, inbox};
+use leadflow_runtime::outbox::{self, NewMessage, Packing, Wakeup, inbox};
 use leadflow_runtime::pbtime::to_timestamp;
 use prost::Message;
 use sea_orm::sea_query::Expr;
@@ -708,7 +708,12 @@ impl Store {
                 note: act.note.clone(),
                 decision: Some(decision),
             };
-            outbox::enqueue(&txn, decision_messages(&updated, message, act.at)).await?;
+            outbox::enqueue(
+                &txn,
+                decision_messages(&updated, message, act.at),
+                Packing::PerMessage,
+            )
+            .await?;
         }
         let answer = respond(&updated);
         save_request(

@@ -18,6 +18,9 @@ impl MigratorTrait for Migrator {
             Box::new(leadflow_runtime::outbox::InboxWithoutRowid),
             Box::new(RequestsWithoutRowid),
             Box::new(leadflow_runtime::outbox::InboxProcessedAtIndex),
+            Box::new(leadflow_runtime::outbox::OutboxBundles {
+                destinations: &[super::SCORING],
+            }),
         ]
     }
 }

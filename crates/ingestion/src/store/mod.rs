@@ -9,7 +9,7 @@ mod timeline;
 mod writer;
 
 use chrono::{DateTime, Utc};
-use leadflow_runtime::outbox::{self, NewMessage, SharedDeletes, Wakeup};
+use leadflow_runtime::outbox::{self, NewMessage, Packing, SharedDeletes, Wakeup};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DatabaseTransaction,
     EntityTrait, ExprTrait, QueryFilter, TransactionTrait, sea_query::Expr,
@@ -136,7 +136,7 @@ impl Store {
             duplicate: false,
         };
         save_request(&txn, tenant, message_id, &accepted, now).await?;
-        outbox::enqueue(&txn, events).await?;
+        outbox::enqueue(&txn, events, Packing::Bundled).await?;
         txn.commit().await?;
         self.wakeup.wake();
         Ok(accepted)

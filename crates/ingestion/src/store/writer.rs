@@ -6,7 +6,7 @@
 //! its own transaction, so one job's error is never another's.
 
 use chrono::{DateTime, Utc};
-use leadflow_runtime::outbox::{self, SharedDeletes, Wakeup};
+use leadflow_runtime::outbox::{self, Packing, SharedDeletes, Wakeup};
 use leadflow_runtime::queue::take_waiting;
 use leadflow_runtime::script::WriteScript;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait};
@@ -154,7 +154,7 @@ async fn commit_group(
             answers.push(mine);
         }
     }
-    outbox::enqueue_traced_into(&mut script, traced);
+    outbox::enqueue_traced_into(&mut script, traced, Packing::Bundled);
     script.run(&txn).await?;
     txn.commit().await?;
     carried.committed();
@@ -189,7 +189,11 @@ async fn apply_alone(db: &DatabaseConnection, job: &Job) -> Result<Vec<Accepted>
         Some(answers) => answers,
         None => one_by_one(&txn, &job.tenant, &job.commands, job.now, &mut events).await?,
     };
-    outbox::enqueue_traced_into(&mut script, vec![(job.trace_context.clone(), events)]);
+    outbox::enqueue_traced_into(
+        &mut script,
+        vec![(job.trace_context.clone(), events)],
+        Packing::Bundled,
+    );
     script.run(&txn).await?;
     txn.commit().await?;
     Ok(answers)

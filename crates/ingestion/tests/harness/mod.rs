@@ -1,7 +1,6 @@
 //! Test harness: ingestion on a port-0 listener, typed clients, and a stand-in for scoring's
 //! internal API that can fail its first calls.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
@@ -20,7 +19,7 @@ use leadflow_proto::scoring::v1::{
 use leadflow_runtime::auth::{AuthArgs, BearerInterceptor};
 use leadflow_runtime::clock::SystemClock;
 use leadflow_runtime::outbox::OutboxArgs;
-use leadflow_test_support::TestDb;
+use leadflow_test_support::{FakeInbox, TestDb};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -205,7 +204,7 @@ pub(crate) struct ScoringReceiver {
 struct ReceiverState {
     failures_left: usize,
     failed_calls: usize,
-    seen: HashSet<String>,
+    inbox: FakeInbox,
     events: Vec<pb::LeadEvent>,
     traceparents: Vec<String>,
 }
@@ -234,13 +233,13 @@ impl ScoringInternalService for ReceiverService {
         }
         state.traceparents.extend(traceparent);
         let mut response = ApplyLeadEventsResponse::default();
-        for event in request.into_inner().events {
-            let id = event
-                .header
-                .as_ref()
-                .map(|h| h.message_id.clone())
-                .unwrap_or_default();
-            if state.seen.insert(id) {
+        let events = request.into_inner().events;
+        let ids = events
+            .iter()
+            .map(|e| e.header.as_ref().map_or("", |h| h.message_id.as_str()));
+        let admitted = state.inbox.admit(ids);
+        for (event, admitted) in events.into_iter().zip(admitted) {
+            if admitted {
                 state.events.push(event);
                 response.applied_count += 1;
             } else {

@@ -18,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(leadflow_runtime::lease::CreateLeases),
             Box::new(leadflow_runtime::outbox::InboxWithoutRowid),
             Box::new(leadflow_runtime::outbox::InboxProcessedAtIndex),
+            Box::new(leadflow_runtime::outbox::OutboxBundles { destinations: &[] }),
         ]
     }
 }

@@ -15,7 +15,7 @@ use leadflow_proto::common::v1 as common;
 use leadflow_proto::handoff::events::v1::{HandoffDecision, handoff_decision};
 use leadflow_proto::qualification::v1 as pb;
 use leadflow_proto::scoring::v1::{self as scoring_pb, ScoreChangeReason, ScoreChanged};
-use leadflow_runtime::outbox::{self, NewMessage, SharedDeletes, Wakeup, inbox};
+use leadflow_runtime::outbox::{self, NewMessage, Packing, SharedDeletes, Wakeup, inbox};
 use leadflow_runtime::script::WriteScript;
 use leadflow_runtime::telemetry::current_trace_id;
 use prost::Message;
@@ -397,7 +397,7 @@ impl Store {
         )
         .await?;
         let announced = !messages.is_empty();
-        outbox::enqueue(&txn, messages).await?;
+        outbox::enqueue(&txn, messages, Packing::PerMessage).await?;
         txn.commit().await?;
         if announced {
             self.wakeup.wake();
@@ -442,7 +442,7 @@ impl Store {
         let mut out = Vec::new();
         let mut definitions = ActiveDefinitions::default();
         for (event, header) in events.into_iter().zip(headers) {
-            if !claimed.remove(&header.message_id) {
+            if !claimed.admits(&header.message_id) {
                 applied.duplicates += 1;
                 continue;
             }
@@ -478,7 +478,7 @@ impl Store {
         }
         leads.flush(&mut script, now)?;
         let announced = !out.is_empty();
-        outbox::enqueue_into(&mut script, out)?;
+        outbox::enqueue_into(&mut script, out, Packing::PerMessage)?;
         script.run(&txn).await?;
         txn.commit().await?;
         carried.committed();
@@ -549,7 +549,7 @@ impl Store {
             }
         }
         let announced = !out.is_empty();
-        outbox::enqueue(&txn, out).await?;
+        outbox::enqueue(&txn, out, Packing::PerMessage).await?;
         txn.commit().await?;
         if announced {
             self.wakeup.wake();
@@ -609,7 +609,7 @@ impl Store {
                 }
             }
             let announced = !out.is_empty();
-            outbox::enqueue(&txn, out).await?;
+            outbox::enqueue(&txn, out, Packing::PerMessage).await?;
             txn.commit().await?;
             if announced {
                 self.wakeup.wake();

@@ -18,7 +18,8 @@ pub mod outbox_message {
         pub message_id: String,
         /// The tenant the message belongs to.
         pub tenant_id: String,
-        /// Messages with the same key (a lead id) are delivered in order.
+        /// Messages with the same key (a lead id, or a lead partition for bundles) are
+        /// delivered in order.
         pub partition_key: String,
         /// The encoded protobuf message.
         pub payload: Vec<u8>,
@@ -32,6 +33,9 @@ pub mod outbox_message {
         pub next_attempt_at: DateTimeUtc,
         /// The last delivery error, for operators.
         pub last_error: Option<String>,
+        /// How many messages the row bundles ([`crate::outbox::Packing::Bundled`]); `None`
+        /// for a row whose payload is one message.
+        pub bundled: Option<i32>,
     }
 
     /// No relations.

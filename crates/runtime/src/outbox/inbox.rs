@@ -39,15 +39,15 @@ pub async fn claim<C: ConnectionTrait>(
 /// Records the message id of every header of a delivered batch as applied: the ids are read
 /// inside `txn` now, with one query per thousand ids instead of a statement per message, and
 /// the claims added to `script`, which the caller runs in `txn` with the rest of its writes.
-/// Returns the ids claimed now, which the caller applies; the others (applied before, or
-/// repeated within the batch) it skips. A concurrent receiver claiming the same id makes the
-/// script fail, and the whole transaction with it, so nothing is applied twice.
+/// Returns the ids claimed now, which the caller applies ([`Claimed::admits`]); the others
+/// (applied before) it skips. A concurrent receiver claiming the same id makes the script
+/// fail, and the whole transaction with it, so nothing is applied twice.
 pub async fn claim_many_into<C: ConnectionTrait>(
     txn: &C,
     script: &mut WriteScript,
     headers: &[MessageHeader],
     now: DateTime<Utc>,
-) -> Result<HashSet<String>, DbErr> {
+) -> Result<Claimed, DbErr> {
     let mut seen = HashSet::with_capacity(headers.len());
     for chunk in headers.chunks(crate::db::MAX_ROWS_PER_STATEMENT) {
         let ids: Vec<&str> = chunk.iter().map(|h| h.message_id.as_str()).collect();
@@ -70,7 +70,42 @@ pub async fn claim_many_into<C: ConnectionTrait>(
         });
     }
     script.insert_many(rows, None);
-    Ok(claimed)
+    Ok(Claimed {
+        ids: claimed,
+        open: None,
+    })
+}
+
+/// The message ids a delivered batch claimed ([`claim_many_into`]). A bundle's messages
+/// ([`super::Packing::Bundled`]) arrive one after another under one id: all of them are the
+/// message that id names.
+#[derive(Debug)]
+pub struct Claimed {
+    ids: HashSet<String>,
+    /// The id of the run of messages being admitted.
+    open: Option<String>,
+}
+
+impl Claimed {
+    /// Whether `message_id` was claimed by this batch (it is applied now, not before).
+    pub fn contains(&self, message_id: &str) -> bool {
+        self.ids.contains(message_id) || self.open.as_deref() == Some(message_id)
+    }
+
+    /// Whether to apply the batch's next message, `message_id`, walking the batch in order: yes
+    /// for every message of the first run of consecutive messages with a claimed id, no for
+    /// ids applied before and for an id repeated after its run ended.
+    pub fn admits(&mut self, message_id: &str) -> bool {
+        if self.open.as_deref() == Some(message_id) {
+            return true;
+        }
+        if self.ids.remove(message_id) {
+            self.open = Some(message_id.to_owned());
+            return true;
+        }
+        self.open = None;
+        false
+    }
 }
 
 /// How long a receiver remembers a message id it applied, unless configured otherwise
@@ -174,5 +209,20 @@ mod tests {
         let err = check_headers([Some(&full), None, Some(&no_lead)]).expect_err("incomplete");
         let fields: Vec<&str> = err.violations().iter().map(|v| v.field.as_str()).collect();
         assert_eq!(fields, ["events[1].header", "events[2].header"]);
+    }
+
+    #[test]
+    fn a_claimed_run_is_admitted_whole_and_a_repeat_after_it_is_not() {
+        let mut claimed = Claimed {
+            ids: ["b".to_owned(), "c".to_owned()].into(),
+            open: None,
+        };
+        let batch = ["a", "b", "b", "b", "c", "b", "c", "c"];
+        let admitted: Vec<bool> = batch.iter().map(|id| claimed.admits(id)).collect();
+        assert_eq!(
+            admitted,
+            [false, true, true, true, true, false, false, false],
+            "a applied before, b's run, c's run, b repeated, c repeated after b"
+        );
     }
 }

@@ -1,9 +1,15 @@
 //! The migration every service adds to its migrator to get the `outbox` and `inbox` tables.
 
 use sea_orm_migration::prelude::*;
+use std::collections::HashMap;
+
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
 use sea_orm_migration::schema::{
-    big_pk_auto, blob, integer, string, string_uniq, text, text_null, timestamp_with_time_zone,
+    big_pk_auto, blob, integer, integer_null, string, string_uniq, text, text_null,
+    timestamp_with_time_zone,
 };
+
+use super::outbox_message;
 
 /// The index PostgreSQL's relays find the oldest pending row of a key by.
 const KEY_INDEX: &str = "outbox_destination_partition";
@@ -32,6 +38,7 @@ enum Outbox {
     Attempts,
     NextAttemptAt,
     LastError,
+    Bundled,
 }
 
 #[derive(DeriveIden)]
@@ -185,5 +192,71 @@ impl MigrationTrait for InboxProcessedAtIndex {
                     .to_owned(),
             )
             .await
+    }
+}
+
+/// Adds `bundled` to `outbox` ([`crate::outbox::Packing::Bundled`]) and moves the rows pending
+/// for `destinations`, the destinations the service now bundles for, from their lead's key to
+/// the lead's partition, the key its new bundles get: otherwise a lead's older unbundled row
+/// and newer bundle would be ordered by different keys, and could be delivered out of order.
+#[derive(Debug)]
+pub struct OutboxBundles {
+    /// The destinations the service enqueues bundles for.
+    pub destinations: &'static [&'static str],
+}
+
+impl MigrationName for OutboxBundles {
+    fn name(&self) -> &str {
+        "m20261204_000001_outbox_bundles"
+    }
+}
+
+#[async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait signature of sea-orm-migration elides it
+impl MigrationTrait for OutboxBundles {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Outbox::Table)
+                    .add_column(integer_null(Outbox::Bundled))
+                    .to_owned(),
+            )
+            .await?;
+        let db = manager.get_connection();
+        for destination in self.destinations {
+            let pending: Vec<(i64, String)> = outbox_message::Entity::find()
+                .select_only()
+                .column(outbox_message::Column::Id)
+                .column(outbox_message::Column::PartitionKey)
+                .filter(outbox_message::Column::Destination.eq(*destination))
+                .into_tuple()
+                .all(db)
+                .await?;
+            let mut by_partition: HashMap<String, Vec<i64>> = HashMap::new();
+            for (id, key) in pending {
+                by_partition
+                    .entry(super::partition_of(&key))
+                    .or_default()
+                    .push(id);
+            }
+            for (partition, ids) in by_partition {
+                for chunk in ids.chunks(crate::db::MAX_ROWS_PER_STATEMENT) {
+                    outbox_message::Entity::update_many()
+                        .col_expr(
+                            outbox_message::Column::PartitionKey,
+                            sea_orm::sea_query::Expr::value(partition.clone()),
+                        )
+                        .filter(outbox_message::Column::Id.is_in(crate::db::in_list(chunk)))
+                        .exec(db)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
     }
 }

@@ -6,6 +6,7 @@
 //! at least once, in order per partition key (a lead), with exponential backoff on failure and
 //! across restarts; the receiver applies each message id at most once ([`inbox::claim`]).
 
+mod bundle;
 mod deletes;
 mod entity;
 pub mod inbox;
@@ -16,15 +17,18 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use leadflow_proto::common::v1::MessageHeader;
 use sea_orm::{ActiveValue::Set, ConnectionTrait, DbErr};
 use tokio::sync::Notify;
 
 use crate::script::WriteScript;
 
+pub use bundle::{PARTITIONS, partition_of};
 pub use deletes::{ClaimedDeletes, SharedDeletes};
 pub use entity::{inbox_message, outbox_message};
 pub use migration::{
     CreateOutboxAndInbox, InboxProcessedAtIndex, InboxWithoutRowid, KeyIndexOnlyOnPostgres,
+    OutboxBundles,
 };
 pub use relay::{
     Backlog, DEFAULT_SQLITE_LANES, DeliveryError, OutboxSink, Relay, RelayConfig, RelayError,
@@ -36,7 +40,7 @@ pub use relay::{
 pub struct NewMessage {
     /// Where it goes, e.g. `scoring`.
     pub destination: &'static str,
-    /// Unique id the receiver deduplicates by.
+    /// Unique id the receiver deduplicates by (a bundle gets an id of its own instead).
     pub message_id: String,
     /// The tenant it belongs to.
     pub tenant_id: String,
@@ -65,34 +69,72 @@ pub struct OutboxMessage {
     pub created_at: DateTime<Utc>,
     /// Failed attempts before this one.
     pub attempts: i32,
+    /// How many messages the row bundles; `None` when its payload is one message.
+    /// [`decode_batch`] reads either.
+    pub bundled: Option<i32>,
 }
 
-/// Decodes each message's payload as `M` and gives it, through `attach`, the trace context it
-/// was produced under, so the receiver continues the producer's trace: what every sink does
-/// before its delivery call.
+impl OutboxMessage {
+    /// How many messages the row carries.
+    pub fn count(&self) -> usize {
+        message_count(self.bundled)
+    }
+}
+
+/// How many messages a row carries, given its `bundled` column.
+pub(crate) fn message_count(bundled: Option<i32>) -> usize {
+    bundled.map_or(1, |n| usize::try_from(n).unwrap_or(0).max(1))
+}
+
+/// How a transaction's messages become outbox rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packing {
+    /// A row per message, keyed by the message's own partition key: for receivers that claim
+    /// every message id on its own.
+    PerMessage,
+    /// A row per destination, tenant and key partition ([`partition_of`]), its messages sharing
+    /// the row's id: the receiver claims the id once and applies the consecutive messages
+    /// carrying it together. Every producer to a destination must bundle, or a lead's bundled
+    /// and unbundled messages would be ordered by different keys.
+    Bundled,
+}
+
+/// Decodes the messages of each row (one, or a bundle's) as `M` and stamps each message's
+/// header (`header_of`) with the row's message id, the id the receiver claims, and the trace
+/// context the message was produced under, so the receiver continues the producer's trace:
+/// what every sink does before its delivery call.
 pub fn decode_batch<M: prost::Message + Default>(
     messages: &[OutboxMessage],
-    attach: impl Fn(&mut M, HashMap<String, String>),
+    header_of: impl Fn(&mut M) -> Option<&mut MessageHeader>,
 ) -> Result<Vec<M>, DeliveryError> {
-    messages
-        .iter()
-        .map(|message| {
-            let mut decoded = M::decode(message.payload.as_slice())
+    let mut decoded = Vec::with_capacity(messages.iter().map(OutboxMessage::count).sum());
+    for row in messages {
+        for (payload, trace_context) in bundle::unbundle(row)? {
+            let mut message = M::decode(payload.as_slice())
                 .map_err(|err| DeliveryError(format!("outbox payload does not decode: {err}")))?;
-            attach(&mut decoded, message.trace_context.clone());
-            Ok(decoded)
-        })
-        .collect()
+            if let Some(header) = header_of(&mut message) {
+                header.message_id.clone_from(&row.message_id);
+                header.trace_context = trace_context;
+            }
+            decoded.push(message);
+        }
+    }
+    Ok(decoded)
 }
 
 /// Writes `messages` inside the caller's transaction `txn`, each with the current trace context,
-/// so they exist if and only if the state change they announce is committed.
+/// packed as `packing` says, so they exist if and only if the state change they announce is
+/// committed.
 ///
 /// Delivery times are wall-clock times (the relay runs on the wall clock), never a service's
 /// domain clock: a test or a replay moving domain time must not delay delivery.
-pub async fn enqueue<C: ConnectionTrait>(txn: &C, messages: Vec<NewMessage>) -> Result<(), DbErr> {
+pub async fn enqueue<C: ConnectionTrait>(
+    txn: &C,
+    messages: Vec<NewMessage>,
+    packing: Packing,
+) -> Result<(), DbErr> {
     let mut script = WriteScript::new(txn.get_database_backend());
-    enqueue_into(&mut script, messages)?;
+    enqueue_into(&mut script, messages, packing)?;
     script.run(txn).await
 }
 
@@ -105,35 +147,52 @@ pub fn current_trace_context() -> Result<String, DbErr> {
 
 /// [`enqueue`] added to `script`, which the caller runs in its transaction with the rest of its
 /// writes.
-pub fn enqueue_into(script: &mut WriteScript, messages: Vec<NewMessage>) -> Result<(), DbErr> {
+pub fn enqueue_into(
+    script: &mut WriteScript,
+    messages: Vec<NewMessage>,
+    packing: Packing,
+) -> Result<(), DbErr> {
     if !messages.is_empty() {
-        enqueue_traced_into(script, vec![(current_trace_context()?, messages)]);
+        enqueue_traced_into(script, vec![(current_trace_context()?, messages)], packing);
     }
     Ok(())
 }
 
 /// Adds the inserts of groups of messages to `script`, each group under its own trace context
 /// (from [`current_trace_context`]): for a writer that enqueues for several callers at once.
-pub fn enqueue_traced_into(script: &mut WriteScript, groups: Vec<(String, Vec<NewMessage>)>) {
+/// Bundles keep each message's own trace context.
+pub fn enqueue_traced_into(
+    script: &mut WriteScript,
+    groups: Vec<(String, Vec<NewMessage>)>,
+    packing: Packing,
+) {
     let now = Utc::now();
-    let rows: Vec<outbox_message::ActiveModel> = groups
+    let rows = match packing {
+        Packing::PerMessage => groups
+            .into_iter()
+            .flat_map(|(trace_context, messages)| {
+                messages
+                    .into_iter()
+                    .map(move |m| bundle::RowToWrite::single(m, trace_context.clone()))
+            })
+            .collect(),
+        Packing::Bundled => bundle::bundle(groups),
+    };
+    let rows: Vec<outbox_message::ActiveModel> = rows
         .into_iter()
-        .flat_map(|(trace_context, messages)| {
-            messages
-                .into_iter()
-                .map(move |m| outbox_message::ActiveModel {
-                    destination: Set(m.destination.to_owned()),
-                    message_id: Set(m.message_id),
-                    tenant_id: Set(m.tenant_id),
-                    partition_key: Set(m.partition_key),
-                    payload: Set(m.payload),
-                    trace_context: Set(trace_context.clone()),
-                    created_at: Set(now),
-                    attempts: Set(0),
-                    next_attempt_at: Set(now),
-                    last_error: Set(None),
-                    ..Default::default()
-                })
+        .map(|row| outbox_message::ActiveModel {
+            destination: Set(row.destination.to_owned()),
+            message_id: Set(row.message_id),
+            tenant_id: Set(row.tenant_id),
+            partition_key: Set(row.partition_key),
+            payload: Set(row.payload),
+            trace_context: Set(row.trace_context),
+            created_at: Set(now),
+            attempts: Set(0),
+            next_attempt_at: Set(now),
+            last_error: Set(None),
+            bundled: Set(row.bundled),
+            ..Default::default()
         })
         .collect();
     script.insert_many(rows, None);

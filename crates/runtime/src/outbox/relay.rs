@@ -369,7 +369,7 @@ impl<S: OutboxSink> Relay<S> {
         let pass = match self.deliver(&messages).await {
             Ok(()) => {
                 delete_rows(&txn, &ids).await?;
-                self.delivered(messages.len(), next_due)
+                self.delivered(count(&messages), next_due)
             }
             Err(err) => {
                 self.failed(&txn, &messages, &ids, &err, now, next_due)
@@ -439,7 +439,7 @@ impl<S: OutboxSink> Relay<S> {
         match outcome {
             Ok(()) => {
                 self.settle_deliveries(&ids, true).await;
-                Ok(self.delivered(messages.len(), next_due))
+                Ok(self.delivered(count(&messages), next_due))
             }
             Err(err) => {
                 let failed = self
@@ -518,7 +518,8 @@ impl<S: OutboxSink> Relay<S> {
     /// A delivery as full as the limit allows suggests more is waiting: another lane (if any
     /// is idle) looks for it.
     fn wake_another_lane_if_full(&self, ready: &[Pending]) {
-        if self.lanes > 1 && ready.len() >= self.limit.load(Ordering::Relaxed) {
+        let messages: usize = ready.iter().map(|r| super::message_count(r.bundled)).sum();
+        if self.lanes > 1 && messages >= self.limit.load(Ordering::Relaxed) {
             self.wakeup.wake();
         }
     }
@@ -536,6 +537,7 @@ impl<S: OutboxSink> Relay<S> {
                 outbox_message::Column::Id,
                 outbox_message::Column::PartitionKey,
                 outbox_message::Column::NextAttemptAt,
+                outbox_message::Column::Bundled,
             ])
             .column_as(
                 Expr::cust("CAST(length(payload) AS BIGINT)"),
@@ -555,7 +557,7 @@ impl<S: OutboxSink> Relay<S> {
         let span = tracing::info_span!(
             "outbox.deliver",
             destination = self.config.destination,
-            messages = messages.len()
+            messages = count(messages)
         );
         if let Some(first) = messages.first() {
             crate::telemetry::set_parent_from(&span, &first.trace_context);
@@ -588,14 +590,15 @@ impl<S: OutboxSink> Relay<S> {
         now: DateTime<Utc>,
         next_due: Option<DateTime<Utc>>,
     ) -> Result<RelayPass, DbErr> {
-        self.limit.store(shrunk(messages.len()), Ordering::Relaxed);
+        let size = count(messages);
+        self.limit.store(shrunk(size), Ordering::Relaxed);
         let attempts = messages.iter().map(|m| m.attempts).max().unwrap_or(0) + 1;
         let retry_at = now
             + chrono::Duration::from_std(self.config.backoff(attempts))
                 .unwrap_or(chrono::Duration::MAX);
         tracing::warn!(
             destination = self.config.destination,
-            messages = messages.len(),
+            messages = size,
             attempts,
             error = %err,
             "outbox delivery failed"
@@ -615,10 +618,10 @@ impl<S: OutboxSink> Relay<S> {
             .await?;
         self.metrics
             .failures
-            .add(messages.len() as u64, &self.metrics.attributes);
+            .add(size as u64, &self.metrics.attributes);
         Ok(RelayPass {
             delivered: 0,
-            failed: messages.len(),
+            failed: size,
             next_due: Some(next_due.map_or(retry_at, |due| Ord::min(due, retry_at))),
         })
     }
@@ -680,6 +683,11 @@ impl<S: OutboxSink> Relay<S> {
 fn resolved_lanes(configured: Option<usize>, postgres: bool) -> usize {
     let default = if postgres { 1 } else { DEFAULT_SQLITE_LANES };
     configured.unwrap_or(default).max(1)
+}
+
+/// How many messages `rows` carry (a bundle counts each of its messages).
+fn count(rows: &[OutboxMessage]) -> usize {
+    rows.iter().map(OutboxMessage::count).sum()
 }
 
 /// Deletes the outbox rows `ids` (none: no statement).
@@ -770,6 +778,8 @@ struct Pending {
     next_attempt_at: DateTime<Utc>,
     /// The payload's length in bytes.
     payload_bytes: i64,
+    /// How many messages the row bundles (`None`: one).
+    bundled: Option<i32>,
 }
 
 /// How much one delivery may carry.
@@ -793,6 +803,7 @@ fn select_ready(
 ) -> (Vec<Pending>, Option<DateTime<Utc>>) {
     let mut held: HashSet<&str> = busy.iter().map(String::as_str).collect();
     let mut ready = Vec::new();
+    let mut messages = 0usize;
     let mut bytes = 0usize;
     let mut next_due: Option<DateTime<Utc>> = None;
     for row in window {
@@ -801,8 +812,10 @@ fn select_ready(
             continue;
         }
         let row_bytes = usize::try_from(row.payload_bytes).unwrap_or(0);
-        let full = ready.len() >= bounds.messages
-            || (!ready.is_empty() && bytes.saturating_add(row_bytes) > bounds.bytes);
+        let row_messages = super::message_count(row.bundled);
+        let full = !ready.is_empty()
+            && (messages.saturating_add(row_messages) > bounds.messages
+                || bytes.saturating_add(row_bytes) > bounds.bytes);
         if row.next_attempt_at > now || full {
             held.insert(key);
             if row.next_attempt_at > now {
@@ -813,6 +826,7 @@ fn select_ready(
             continue;
         }
         bytes = bytes.saturating_add(row_bytes);
+        messages = messages.saturating_add(row_messages);
         ready.push(row.clone());
     }
     (ready, next_due)
@@ -854,6 +868,7 @@ fn to_message(row: outbox_message::Model) -> OutboxMessage {
         trace_context: serde_json::from_str(&row.trace_context).unwrap_or_default(),
         created_at: row.created_at,
         attempts: row.attempts,
+        bundled: row.bundled,
     }
 }
 
@@ -887,6 +902,7 @@ mod tests {
             partition_key: key.into(),
             next_attempt_at: now + chrono::Duration::seconds(due_in_secs),
             payload_bytes: bytes,
+            bundled: None,
         }
     }
 

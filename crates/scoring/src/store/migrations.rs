@@ -21,6 +21,9 @@ impl MigratorTrait for Migrator {
             Box::new(StoreStatesAsBytes),
             Box::new(leadflow_runtime::outbox::InboxWithoutRowid),
             Box::new(leadflow_runtime::outbox::InboxProcessedAtIndex),
+            Box::new(leadflow_runtime::outbox::OutboxBundles {
+                destinations: &[super::QUALIFICATION],
+            }),
         ]
     }
 }

@@ -18,7 +18,7 @@ use leadflow_proto::common::v1 as common;
 use leadflow_proto::ingestion::v1::{LeadEvent, lead_event::Event};
 use leadflow_proto::scoring::v1::ScoreChangeReason;
 use leadflow_runtime::db::{self, MAX_ROWS_PER_STATEMENT};
-use leadflow_runtime::outbox::{self, NewMessage, SharedDeletes, Wakeup, inbox};
+use leadflow_runtime::outbox::{self, NewMessage, Packing, SharedDeletes, Wakeup, inbox};
 use leadflow_runtime::script::WriteScript;
 use prost::Message;
 use sea_orm::sea_query::Expr;
@@ -337,7 +337,7 @@ impl Store {
         let mut out = Vec::new();
         let mut models = ActiveModels::default();
         for (event, header) in events.into_iter().zip(headers) {
-            if !claimed.remove(&header.message_id) {
+            if !claimed.admits(&header.message_id) {
                 applied.duplicates += 1;
                 continue;
             }
@@ -419,7 +419,7 @@ impl Store {
         }
         leads.flush(&mut script, now)?;
         let enqueued = !out.is_empty();
-        outbox::enqueue_into(&mut script, out)?;
+        outbox::enqueue_into(&mut script, out, Packing::Bundled)?;
         script.run(&txn).await?;
         txn.commit().await?;
         carried.committed();
@@ -577,7 +577,7 @@ impl Store {
                 save_lead(&txn, &mut lead, model, now).await?;
             }
             let enqueued = !out.is_empty();
-            outbox::enqueue(&txn, out).await?;
+            outbox::enqueue(&txn, out, Packing::Bundled).await?;
             txn.commit().await?;
             if enqueued {
                 self.wakeup.wake();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use leadflow_proto::scoring::v1::ScoreChangeReason;
 use leadflow_runtime::db::{self, MAX_ROWS_PER_STATEMENT};
-use leadflow_runtime::outbox::{self, NewMessage};
+use leadflow_runtime::outbox::{self, NewMessage, Packing};
 use leadflow_runtime::script::WriteScript;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
@@ -279,7 +279,7 @@ async fn write_step(
     let announced = !replayed.messages.is_empty();
     let mut script = WriteScript::new(txn.get_database_backend());
     cache::save_rows(&mut script, replayed.rows);
-    outbox::enqueue_into(&mut script, replayed.messages)?;
+    outbox::enqueue_into(&mut script, replayed.messages, Packing::Bundled)?;
     script.run(txn).await?;
     done.processed += replayed.processed;
     done.changed += replayed.changed;

@@ -23,7 +23,7 @@ use leadflow_runtime::auth::AuthArgs;
 use leadflow_runtime::clock::ManualClock;
 use leadflow_runtime::outbox::OutboxArgs;
 use leadflow_scoring::Config;
-use leadflow_test_support::TestDb;
+use leadflow_test_support::{FakeInbox, TestDb};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -122,6 +122,7 @@ pub(crate) struct QualificationReceiver {
 
 struct ReceiverService {
     changes: Arc<Mutex<Vec<ScoreChanged>>>,
+    inbox: Mutex<FakeInbox>,
     count: watch::Sender<usize>,
 }
 
@@ -132,21 +133,19 @@ impl QualificationInternalService for ReceiverService {
         request: Request<ApplyScoreChangesRequest>,
     ) -> Result<Response<ApplyScoreChangesResponse>, Status> {
         let mut changes = self.changes.lock().expect("lock");
+        let mut inbox = self.inbox.lock().expect("lock");
         let mut response = ApplyScoreChangesResponse::default();
-        for event in request.into_inner().events {
-            let id = event
-                .header
-                .as_ref()
-                .map(|h| h.message_id.clone())
-                .unwrap_or_default();
-            if changes
-                .iter()
-                .any(|c| c.header.as_ref().is_some_and(|h| h.message_id == id))
-            {
-                response.duplicate_count += 1;
-            } else {
+        let events = request.into_inner().events;
+        let ids = events
+            .iter()
+            .map(|e| e.header.as_ref().map_or("", |h| h.message_id.as_str()));
+        let admitted = inbox.admit(ids);
+        for (event, admitted) in events.into_iter().zip(admitted) {
+            if admitted {
                 changes.push(event);
                 response.applied_count += 1;
+            } else {
+                response.duplicate_count += 1;
             }
         }
         self.count.send_replace(changes.len());
@@ -172,6 +171,7 @@ impl QualificationReceiver {
         let (sender, count) = watch::channel(0);
         let service = ReceiverService {
             changes: changes.clone(),
+            inbox: Mutex::default(),
             count: sender,
         };
         tokio::spawn(
