@@ -967,6 +967,15 @@ async fn deletes_ride_on_the_services_own_transactions(db: TestDb) {
     }
 }
 
+/// One event a [`BundleReceiver`] applied.
+#[derive(Clone)]
+struct AppliedEvent {
+    lead: String,
+    activity: String,
+    message_id: String,
+    traceparent: String,
+}
+
 /// A receiver of bundles, as scoring and qualification are: each delivery decoded with
 /// [`outbox::decode_batch`] and applied in one transaction that claims its message ids in the
 /// real inbox, applying the consecutive events of a claimed id together.
@@ -974,8 +983,8 @@ async fn deletes_ride_on_the_services_own_transactions(db: TestDb) {
 struct BundleReceiver {
     conn: DatabaseConnection,
     failures_left: Arc<Mutex<usize>>,
-    /// `(lead, activity id, message id, traceparent)` of each event applied, in order.
-    applied: Arc<Mutex<Vec<(String, String, String, String)>>>,
+    /// Each event applied, in order.
+    applied: Arc<Mutex<Vec<AppliedEvent>>>,
     count: watch::Sender<usize>,
 }
 
@@ -1008,12 +1017,12 @@ impl OutboxSink for BundleReceiver {
                 return Err(DeliveryError("not an activity".into()));
             };
             let traceparent = header.trace_context.get("traceparent").cloned();
-            applied.push((
-                header.lead_id.clone(),
-                recorded.activity_id.clone(),
-                header.message_id.clone(),
-                traceparent.unwrap_or_default(),
-            ));
+            applied.push(AppliedEvent {
+                lead: header.lead_id.clone(),
+                activity: recorded.activity_id.clone(),
+                message_id: header.message_id.clone(),
+                traceparent: traceparent.unwrap_or_default(),
+            });
         }
         script.run(&txn).await.map_err(fail)?;
         txn.commit().await.map_err(fail)?;
@@ -1116,25 +1125,26 @@ async fn bundles_reach_a_failing_receiver_once_in_order_per_lead(db: TestDb) {
     task.await.expect("relay stops");
     let applied = receiver.applied.lock().expect("lock").clone();
     let mut per_lead: HashMap<String, Vec<String>> = HashMap::new();
-    for (lead, activity, _, _) in &applied {
+    for event in &applied {
         per_lead
-            .entry(lead.clone())
+            .entry(event.lead.clone())
             .or_default()
-            .push(activity.clone());
+            .push(event.activity.clone());
     }
     assert_eq!(per_lead, expected, "each once, in order per lead");
     let row_ids: HashSet<&str> = rows.iter().map(|r| r.message_id.as_str()).collect();
     assert!(
         applied
             .iter()
-            .all(|(_, _, id, _)| row_ids.contains(id.as_str()))
+            .all(|e| row_ids.contains(e.message_id.as_str()))
     );
-    for (_, activity, _, trace) in &applied {
-        let n: usize = activity[2..].parse().expect("number");
+    for event in &applied {
+        let n: usize = event.activity[2..].parse().expect("number");
+        let expected_trace = format!("caller-{}", n % 2);
         assert_eq!(
-            *trace,
-            format!("caller-{}", n % 2),
-            "{activity}'s own trace"
+            event.traceparent, expected_trace,
+            "{}'s own trace",
+            event.activity
         );
     }
     let claims = inbox_message::Entity::find()
