@@ -179,11 +179,11 @@ mod tests {
         let other = (0..)
             .map(|i| format!("k{i}"))
             .find(|k| partition_of(k) != same)
-            .unwrap();
+            .expect("a key in another partition");
         let twin = (0..)
             .map(|i| format!("t{i}"))
             .find(|k| partition_of(k) == same)
-            .unwrap();
+            .expect("another key in the same partition");
         let rows = bundle(vec![
             (
                 "{\"traceparent\":\"1\"}".into(),
@@ -215,7 +215,7 @@ mod tests {
             ]
         );
         assert_eq!(rows[0].partition_key, same);
-        let first = unbundle(&as_row(&rows[0])).unwrap();
+        let first = unbundle(&as_row(&rows[0])).expect("the bundle decodes");
         let payloads: Vec<&[u8]> = first.iter().map(|(p, _)| p.as_slice()).collect();
         assert_eq!(payloads, [b"1".as_slice(), b"3"]);
         let traces: Vec<&str> = first
@@ -232,6 +232,7 @@ mod tests {
         row.payload = vec![0xff, 0xff, 0xff];
         assert!(unbundle(&row).is_err());
         row.bundled = None;
-        assert_eq!(unbundle(&row).unwrap()[0].0, vec![0xff, 0xff, 0xff]);
+        let plain = unbundle(&row).expect("a plain row is its payload");
+        assert_eq!(plain[0].0, vec![0xff, 0xff, 0xff]);
     }
 }
