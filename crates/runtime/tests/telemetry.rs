@@ -220,6 +220,10 @@ fn a_traceparent_is_continued_by_the_server() {
             attribute(server, "rpc.grpc.status_code"),
             Some(&Value::I64(0))
         );
+        // Costs on every call that nothing reads: left out.
+        for unrecorded in ["busy_ns", "idle_ns", "thread.id", "thread.name"] {
+            assert_eq!(attribute(server, unrecorded), None, "{unrecorded} recorded");
+        }
     });
 }
 
