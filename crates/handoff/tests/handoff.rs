@@ -1304,12 +1304,10 @@ async fn the_inbox_forgets_message_ids_past_their_retention(db: TestDb) {
 async fn reads_answer_while_the_writer_is_held(db: TestDb) {
     use leadflow_handoff::store::{Prepared, Store, migrations::Migrator};
 
-    let writer = leadflow_runtime::db::open::<Migrator>(&db.url, 5)
-        .await
-        .expect("open");
-    let reader = leadflow_runtime::db::reader(&db.url, &writer)
-        .await
-        .expect("reader");
+    let leadflow_runtime::db::Pools { writer, reader } =
+        leadflow_runtime::db::open_with_reader::<Migrator>(&db.url, 5)
+            .await
+            .expect("open");
     let store = Store::new(writer.clone(), Vec::new()).with_reader(reader);
     let now = Utc::now();
     let event = requested("m-1", "lead-1", HandoffKind::Sales, "US", now);

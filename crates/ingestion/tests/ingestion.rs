@@ -1164,12 +1164,10 @@ async fn reads_answer_while_the_writer_is_held(db: TestDb) {
     use leadflow_ingestion::store::{Store, TimelineQuery, migrations::Migrator};
     use leadflow_runtime::outbox::{SharedDeletes, Wakeup};
 
-    let writer = leadflow_runtime::db::open::<Migrator>(&db.url, 5)
-        .await
-        .expect("open");
-    let reader = leadflow_runtime::db::reader(&db.url, &writer)
-        .await
-        .expect("reader");
+    let leadflow_runtime::db::Pools { writer, reader } =
+        leadflow_runtime::db::open_with_reader::<Migrator>(&db.url, 5)
+            .await
+            .expect("open");
     let store = Store::new(writer.clone(), Wakeup::new(), SharedDeletes::new()).with_reader(reader);
     let now = chrono::Utc::now();
     let commands = vec![

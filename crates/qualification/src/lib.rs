@@ -103,16 +103,13 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let keys = Keys::from_args(&config.auth).context("api keys")?;
     keys.log_mode(SERVICE);
-    let db = leadflow_runtime::db::open::<store::migrations::Migrator>(
-        &config.database_url(),
-        config.database_max_connections,
-    )
-    .await
-    .context("open the qualification database")?;
-
-    let reader = leadflow_runtime::db::reader(&config.database_url(), &db)
+    let leadflow_runtime::db::Pools { writer: db, reader } =
+        leadflow_runtime::db::open_with_reader::<store::migrations::Migrator>(
+            &config.database_url(),
+            config.database_max_connections,
+        )
         .await
-        .context("open the qualification database for reads")?;
+        .context("open the qualification database")?;
     let wakeup = Wakeup::new();
     let deletes = SharedDeletes::new();
     let store = Store::new(db.clone(), wakeup.clone())

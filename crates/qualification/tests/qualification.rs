@@ -883,12 +883,10 @@ async fn reads_answer_while_the_writer_is_held(db: TestDb) {
     use leadflow_qualification::store::{Store, migrations::Migrator};
     use leadflow_runtime::outbox::Wakeup;
 
-    let writer = leadflow_runtime::db::open::<Migrator>(&db.url, 5)
-        .await
-        .expect("open");
-    let reader = leadflow_runtime::db::reader(&db.url, &writer)
-        .await
-        .expect("reader");
+    let leadflow_runtime::db::Pools { writer, reader } =
+        leadflow_runtime::db::open_with_reader::<Migrator>(&db.url, 5)
+            .await
+            .expect("open");
     let store = Store::new(writer.clone(), Wakeup::new()).with_reader(reader);
     let now = Utc::now();
     let event = score_changed(

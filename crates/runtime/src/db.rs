@@ -192,7 +192,7 @@ pub async fn migrate<M: MigratorTrait>(db: &DatabaseConnection) -> Result<(), Db
     Ok(())
 }
 
-/// Connects to `url` and runs the migrations of `M`: how every service opens its store.
+/// Connects to `url` and runs the migrations of `M`.
 pub async fn open<M: MigratorTrait>(
     url: &str,
     max_connections: u32,
@@ -200,6 +200,25 @@ pub async fn open<M: MigratorTrait>(
     let db = connect(url, max_connections).await?;
     migrate::<M>(&db).await?;
     Ok(db)
+}
+
+/// A service's store: the writer pool and the reader pool beside it ([`reader`]).
+#[derive(Debug, Clone)]
+pub struct Pools {
+    /// Every write, and the reads that must see the caller's own transaction.
+    pub writer: DatabaseConnection,
+    /// The reads that need not.
+    pub reader: DatabaseConnection,
+}
+
+/// [`open`], then the [`reader`] beside it: how every service opens its store.
+pub async fn open_with_reader<M: MigratorTrait>(
+    url: &str,
+    max_connections: u32,
+) -> Result<Pools, DbError> {
+    let writer = open::<M>(url, max_connections).await?;
+    let reader = reader(url, &writer).await?;
+    Ok(Pools { writer, reader })
 }
 
 /// Rebuilds the SQLite table `table` as a `WITHOUT ROWID` table, keeping its rows, columns and

@@ -22,9 +22,19 @@ pub const PARTITIONS: u64 = 64;
 /// The partition key of the bundles carrying messages about `key`: FNV-1a of its bytes, a hash
 /// fixed by its definition, so every replica and every version agree on it.
 pub fn partition_of(key: &str) -> String {
+    partition_key(partition_number(key))
+}
+
+/// The partition `key` falls in.
+fn partition_number(key: &str) -> u64 {
     let mut hasher = fnv::FnvHasher::default();
     hasher.write(key.as_bytes());
-    format!("partition-{:02}", hasher.finish() % PARTITIONS)
+    hasher.finish() % PARTITIONS
+}
+
+/// The partition key of partition `number`.
+fn partition_key(number: u64) -> String {
+    format!("partition-{number:02}")
 }
 
 /// A bundled row's payload.
@@ -77,23 +87,29 @@ impl RowToWrite {
 /// Groups `groups` (messages under their trace context, in enqueue order) into one row per
 /// destination, tenant and partition, each with an id of its own and its messages in order.
 pub(super) fn bundle(groups: Vec<(String, Vec<NewMessage>)>) -> Vec<RowToWrite> {
-    let mut index: HashMap<(&'static str, String, String), usize> = HashMap::new();
+    // The bundles of each destination and partition, one per tenant (usually one in all).
+    let mut index: HashMap<(&'static str, u64), Vec<usize>> = HashMap::new();
     let mut bundles: Vec<(RowToWrite, Bundle)> = Vec::new();
     for (trace_context, messages) in groups {
         for message in messages {
-            let partition = partition_of(&message.partition_key);
-            let key = (message.destination, message.tenant_id, partition);
-            let at = *index.entry(key.clone()).or_insert_with(|| {
+            let partition = partition_number(&message.partition_key);
+            let slots = index.entry((message.destination, partition)).or_default();
+            let same_tenant = slots
+                .iter()
+                .copied()
+                .find(|&at| bundles[at].0.tenant_id == message.tenant_id);
+            let at = same_tenant.unwrap_or_else(|| {
                 let row = RowToWrite {
-                    destination: key.0,
+                    destination: message.destination,
                     message_id: uuid::Uuid::now_v7().to_string(),
-                    tenant_id: key.1,
-                    partition_key: key.2,
+                    tenant_id: message.tenant_id,
+                    partition_key: partition_key(partition),
                     payload: Vec::new(),
                     trace_context: trace_context.clone(),
                     bundled: None,
                 };
                 bundles.push((row, Bundle::default()));
+                slots.push(bundles.len() - 1);
                 bundles.len() - 1
             });
             bundles[at].1.messages.push(Bundled {
@@ -112,25 +128,22 @@ pub(super) fn bundle(groups: Vec<(String, Vec<NewMessage>)>) -> Vec<RowToWrite> 
         .collect()
 }
 
-/// One message of a row: its encoded payload and the trace context it was produced under.
-pub(super) type Carried = (Vec<u8>, HashMap<String, String>);
-
-/// The messages `row` carries: its bundle's, or the row's own payload for a row holding one
-/// message.
-pub(super) fn unbundle(row: &OutboxMessage) -> Result<Vec<Carried>, DeliveryError> {
+/// Calls `each` with every message `row` carries, in order, and the trace context it was
+/// produced under: its bundle's messages, or the row's own payload for a row holding one.
+pub(super) fn for_each_message(
+    row: &OutboxMessage,
+    mut each: impl FnMut(&[u8], HashMap<String, String>) -> Result<(), DeliveryError>,
+) -> Result<(), DeliveryError> {
     if row.bundled.is_none() {
-        return Ok(vec![(row.payload.clone(), row.trace_context.clone())]);
+        return each(&row.payload, row.trace_context.clone());
     }
     let bundle = Bundle::decode(row.payload.as_slice())
         .map_err(|err| DeliveryError(format!("outbox bundle does not decode: {err}")))?;
-    Ok(bundle
-        .messages
-        .into_iter()
-        .map(|m| {
-            let trace = serde_json::from_str(&m.trace_context).unwrap_or_default();
-            (m.payload, trace)
-        })
-        .collect())
+    for message in bundle.messages {
+        let trace = serde_json::from_str(&message.trace_context).unwrap_or_default();
+        each(&message.payload, trace)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -145,6 +158,18 @@ mod tests {
             partition_key: key.into(),
             payload: payload.to_vec(),
         }
+    }
+
+    /// A message a row carries: its payload and trace context.
+    type Carried = (Vec<u8>, HashMap<String, String>);
+
+    fn unbundle(row: &OutboxMessage) -> Result<Vec<Carried>, DeliveryError> {
+        let mut messages = Vec::new();
+        for_each_message(row, |payload, trace| {
+            messages.push((payload.to_vec(), trace));
+            Ok(())
+        })?;
+        Ok(messages)
     }
 
     fn as_row(row: &RowToWrite) -> OutboxMessage {

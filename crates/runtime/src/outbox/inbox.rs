@@ -87,7 +87,8 @@ pub struct Claimed {
 }
 
 impl Claimed {
-    /// Whether `message_id` was claimed by this batch (it is applied now, not before).
+    /// Whether `message_id` was claimed by this batch (it is applied now, not before). Ask
+    /// before walking the batch with [`Claimed::admits`], which uses up the ids it passes.
     pub fn contains(&self, message_id: &str) -> bool {
         self.ids.contains(message_id) || self.open.as_deref() == Some(message_id)
     }

@@ -109,15 +109,16 @@ pub fn decode_batch<M: prost::Message + Default>(
 ) -> Result<Vec<M>, DeliveryError> {
     let mut decoded = Vec::with_capacity(messages.iter().map(OutboxMessage::count).sum());
     for row in messages {
-        for (payload, trace_context) in bundle::unbundle(row)? {
-            let mut message = M::decode(payload.as_slice())
+        bundle::for_each_message(row, |payload, trace_context| {
+            let mut message = M::decode(payload)
                 .map_err(|err| DeliveryError(format!("outbox payload does not decode: {err}")))?;
             if let Some(header) = header_of(&mut message) {
                 header.message_id.clone_from(&row.message_id);
                 header.trace_context = trace_context;
             }
             decoded.push(message);
-        }
+            Ok(())
+        })?;
     }
     Ok(decoded)
 }
