@@ -7,6 +7,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::load::Phase;
+use crate::served::Usage;
 use crate::store::StoreCeiling;
 use crate::suite::LeadflowRun;
 
@@ -229,6 +230,41 @@ impl Figure {
     }
 }
 
+/// What the end-to-end phase cost the suite process per activity: CPU time, and bytes written
+/// to storage where the kernel accounts them. These move far less with the shared machine than
+/// the rates do, so they show what a change saved when the rates cannot.
+fn cost_per_activity(activities: u64, usage: Usage) -> Vec<Figure> {
+    #[allow(clippy::cast_precision_loss)]
+    let activities = activities.max(1) as f64;
+    let mut out = vec![Figure::new(
+        "pipeline.cpu_us_per_activity",
+        format!(
+            "End to end: the suite's CPU per activity ({:.1} s of CPU, user and system, all four services)",
+            usage.cpu_seconds
+        ),
+        usage.cpu_seconds * 1e6 / activities,
+        "µs",
+        None,
+        None,
+    )];
+    if let Some(bytes) = usage.bytes_written {
+        #[allow(clippy::cast_precision_loss)]
+        let bytes = bytes as f64;
+        out.push(Figure::new(
+            "pipeline.bytes_written_per_activity",
+            format!(
+                "End to end: bytes the suite wrote to storage per activity ({:.2} GB, WAL and checkpoints)",
+                bytes / 1e9
+            ),
+            bytes / activities,
+            "B",
+            None,
+            None,
+        ));
+    }
+    out
+}
+
 /// The figures of the table, from the ceilings and the runs; names of those not measured go to
 /// `missing`.
 pub(crate) fn figures(
@@ -291,6 +327,14 @@ pub(crate) fn figures(
             Some(Target::AtLeast(20_000.0)),
         )),
         None => missing.push("end to end (not drained in time)".into()),
+    }
+    match sqlite
+        .end_to_end
+        .as_ref()
+        .and_then(|e2e| Some((e2e, e2e.usage?)))
+    {
+        Some((e2e, usage)) => out.extend(cost_per_activity(e2e.activities, usage)),
+        None => missing.push("the suite's CPU and writes end to end".into()),
     }
     if let Some(get) = &sqlite.get_score_max {
         out.push(Figure::new(
@@ -406,6 +450,21 @@ pub(crate) fn figures(
             Some(Target::AtLeast(100_000.0)),
         )),
         None => missing.push("Rescore (not finished in time)".into()),
+    }
+    if let Some((rescore, usage)) = sqlite.rescore.as_ref().and_then(|r| Some((r, r.usage?))) {
+        #[allow(clippy::cast_precision_loss)]
+        let per_fact = usage.cpu_seconds * 1e6 / rescore.facts.max(1) as f64;
+        out.push(Figure::new(
+            "scoring.rescore_cpu_us_per_fact",
+            format!(
+                "Rescore: the suite's CPU per fact ({:.2} s of CPU)",
+                usage.cpu_seconds
+            ),
+            per_fact,
+            "µs",
+            None,
+            None,
+        ));
     }
     match sqlite.peak_rss_bytes {
         Some(bytes) => {

@@ -123,6 +123,68 @@ impl Served {
     pub(crate) fn memory(&self, field: &str) -> Option<u64> {
         proc_status_bytes(self.pid?, field)
     }
+
+    /// What the server process has used since it started; `None` where `/proc` does not say.
+    pub(crate) fn usage(&self) -> Option<Usage> {
+        let pid = self.pid?;
+        Some(Usage {
+            cpu_seconds: proc_cpu_seconds(pid)?,
+            bytes_written: proc_io_field(pid, "write_bytes:"),
+        })
+    }
+}
+
+/// A process's resource use so far. Two readings bracket a phase: unlike a rate, the CPU and
+/// the bytes a phase costs barely move with what else the shared machine runs.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub(crate) struct Usage {
+    /// CPU time, user and system, of all its threads.
+    pub(crate) cpu_seconds: f64,
+    /// Bytes it caused to be written to storage (`write_bytes` of `/proc/<pid>/io`; a kernel
+    /// without per-task I/O accounting does not say).
+    pub(crate) bytes_written: Option<u64>,
+}
+
+impl Usage {
+    /// What was used between `self` and the later reading `later`.
+    pub(crate) fn until(self, later: Self) -> Self {
+        Self {
+            cpu_seconds: (later.cpu_seconds - self.cpu_seconds).max(0.0),
+            bytes_written: later
+                .bytes_written
+                .zip(self.bytes_written)
+                .map(|(after, before)| after.saturating_sub(before)),
+        }
+    }
+}
+
+/// The clock ticks `/proc/<pid>/stat` counts CPU time in: Linux's `USER_HZ`, 100 on every
+/// architecture Leadflow builds for (it is part of the kernel's ABI, not its tick rate).
+const USER_HZ: f64 = 100.0;
+
+/// User plus system CPU time of process `pid`, in seconds (`/proc/<pid>/stat`).
+fn proc_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_cpu_seconds(&stat)
+}
+
+/// User plus system time from the text of a `/proc/<pid>/stat`. The command name, second
+/// field, is in parentheses and may hold spaces and parentheses itself, so fields are counted
+/// from the last `)`: state is the first after it, `utime` and `stime` the 12th and 13th.
+fn parse_cpu_seconds(stat: &str) -> Option<f64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    #[allow(clippy::cast_precision_loss)] // ticks stay far below 2^52
+    Some((user + system) as f64 / USER_HZ)
+}
+
+/// A field of `/proc/<pid>/io` (e.g. `write_bytes:`).
+fn proc_io_field(pid: u32, field: &str) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    let line = io.lines().find(|l| l.starts_with(field))?;
+    line.trim_start_matches(field).trim().parse().ok()
 }
 
 /// A `kB` field of `/proc/<pid>/status` (e.g. `VmRSS:`), in bytes.
@@ -295,5 +357,37 @@ mod tests {
         assert!(proc_status_bytes(own, "VmHWM:").is_some_and(|b| b > 0));
         assert!(proc_status_bytes(own, "VmRSS:").is_some_and(|b| b > 0));
         assert_eq!(proc_status_bytes(own, "NoSuchField:"), None);
+    }
+
+    #[test]
+    fn cpu_time_is_read_past_a_command_name_with_spaces_and_parentheses() {
+        let stat = "4242 (tokio (rt) w) S 1 4242 4242 0 -1 4194560 1200 0 3 0 250 75 0 0 20 0 9 0";
+        assert_eq!(parse_cpu_seconds(stat), Some(3.25));
+        assert_eq!(parse_cpu_seconds("4242 (truncated) S 1 2"), None);
+        assert_eq!(parse_cpu_seconds("no parenthesis"), None);
+    }
+
+    #[test]
+    fn own_usage_grows_with_work_and_a_phase_is_the_difference() {
+        let own = std::process::id();
+        let before = Usage {
+            cpu_seconds: proc_cpu_seconds(own).expect("own stat"),
+            bytes_written: proc_io_field(own, "write_bytes:"),
+        };
+        let spin = std::time::Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < Duration::from_millis(50) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let after = Usage {
+            cpu_seconds: proc_cpu_seconds(own).expect("own stat"),
+            bytes_written: proc_io_field(own, "write_bytes:"),
+        };
+        let phase = before.until(after);
+        assert!(phase.cpu_seconds >= 0.02, "{phase:?}");
+        assert_eq!(
+            phase.bytes_written.is_some(),
+            before.bytes_written.is_some()
+        );
     }
 }

@@ -35,7 +35,7 @@ use serde::Serialize;
 use tonic::transport::Channel;
 
 use crate::load::{self, Limit, Phase};
-use crate::served::Served;
+use crate::served::{Served, Usage};
 
 /// Activities (or identify items) per `Batch` call.
 pub(crate) const BATCH_ITEMS: u64 = 100;
@@ -389,6 +389,11 @@ impl Suite {
     fn memory(&self, field: &str) -> Option<u64> {
         self.process.memory(field)
     }
+
+    /// What the suite process has used so far.
+    fn usage(&self) -> Option<Usage> {
+        self.process.usage()
+    }
 }
 
 /// Counts rows of the services' tables, read over connections of its own.
@@ -542,6 +547,9 @@ pub(crate) struct EndToEnd {
     pub(crate) activities_per_sec: f64,
     /// From the first `Batch` call to qualification's outbox to handoff empty too, in seconds.
     pub(crate) handoff_drained_seconds: Option<f64>,
+    /// What the suite process used from the first `Batch` call to drained (not counting a
+    /// PostgreSQL server's own work).
+    pub(crate) usage: Option<Usage>,
 }
 
 /// `Batch` calls at a given concurrency for a bounded time, and how many failed and were
@@ -571,6 +579,8 @@ pub(crate) struct Rescore {
     pub(crate) client_seconds: f64,
     /// Facts replayed per second.
     pub(crate) facts_per_sec: f64,
+    /// What the suite process used from the `Rescore` call to the poll that saw it succeed.
+    pub(crate) usage: Option<Usage>,
 }
 
 /// What was measured on one backend.
@@ -816,6 +826,7 @@ async fn phases(
         plan.batch_concurrency
     );
     let started = Instant::now();
+    let usage_at_start = suite.usage();
     let batch_retries = Arc::new(Retries::default());
     let batch = {
         let (client, workload, retries) = (
@@ -853,6 +864,9 @@ async fn phases(
     let end_to_end = match drained {
         Some(at) => {
             let seconds = at.duration_since(started).as_secs_f64();
+            let usage = usage_at_start
+                .zip(suite.usage())
+                .map(|(start, drained)| start.until(drained));
             let handoff = backlog
                 .wait_handoff(suite, plan.poll, plan.phase_timeout)
                 .await?
@@ -869,6 +883,7 @@ async fn phases(
                 seconds,
                 activities_per_sec: per_sec,
                 handoff_drained_seconds: handoff,
+                usage,
             })
         }
         None => None,
@@ -1016,7 +1031,15 @@ async fn phases(
 
     // 6. Rescore every lead from the stored facts.
     run.facts_stored = count(&backlog.scoring, "activity_facts").await?;
-    run.rescore = rescore(scoring.clone(), run.facts_stored, plan.phase_timeout).await?;
+    let usage_before_rescore = suite.usage();
+    run.rescore = rescore(scoring.clone(), run.facts_stored, plan.phase_timeout)
+        .await?
+        .map(|done| Rescore {
+            usage: usage_before_rescore
+                .zip(suite.usage())
+                .map(|(before, after)| before.until(after)),
+            ..done
+        });
     run.qualification_leads = count(&backlog.qualification, "qualification_leads").await?;
     run.peak_rss_bytes = suite.memory("VmHWM:");
     Ok(run)
@@ -1221,6 +1244,7 @@ async fn rescore(
                     seconds,
                     client_seconds,
                     facts_per_sec,
+                    usage: None,
                 }));
             }
             RescoreJobState::Failed => {

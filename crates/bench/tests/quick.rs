@@ -10,6 +10,7 @@ const FIGURES: &[&str] = &[
     "ingestion.track_rps",
     "ingestion.track_p99_us",
     "pipeline.end_to_end_activities_per_sec",
+    "pipeline.cpu_us_per_activity",
     "scoring.get_score_rps",
     "scoring.get_score_p50_fixed_rate_us",
     "scoring.get_score_p99_fixed_rate_us",
@@ -19,6 +20,7 @@ const FIGURES: &[&str] = &[
     "scoring.batch_get_scores_p50_fixed_rate_us",
     "scoring.batch_get_scores_p99_fixed_rate_us",
     "scoring.rescore_facts_per_sec",
+    "scoring.rescore_cpu_us_per_fact",
     "suite.peak_rss_mib",
 ];
 
