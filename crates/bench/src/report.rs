@@ -453,15 +453,15 @@ pub(crate) fn figures(
     }
     if let Some((rescore, usage)) = sqlite.rescore.as_ref().and_then(|r| Some((r, r.usage?))) {
         #[allow(clippy::cast_precision_loss)]
-        let per_fact = usage.cpu_seconds * 1e6 / rescore.facts.max(1) as f64;
+        let per_fact = usage.cpu_seconds * 1e9 / rescore.facts.max(1) as f64;
         out.push(Figure::new(
-            "scoring.rescore_cpu_us_per_fact",
+            "scoring.rescore_cpu_ns_per_fact",
             format!(
                 "Rescore: the suite's CPU per fact ({:.2} s of CPU)",
                 usage.cpu_seconds
             ),
             per_fact,
-            "µs",
+            "ns",
             None,
             None,
         ));
@@ -617,6 +617,8 @@ fn show(value: f64, unit: &str) -> String {
     match unit {
         "/s" => format!("{}/s", thousands(value)),
         "µs" => format!("{} µs", thousands(value)),
+        "ns" => format!("{} ns", thousands(value)),
+        "B" => format!("{} B", thousands(value)),
         "MiB" => format!("{value:.0} MiB"),
         _ => format!("{value:.2} {unit}"),
     }
@@ -774,5 +776,29 @@ mod tests {
             Some(Target::WithinAbove(150.0)),
         );
         assert_eq!(f.met, Some(true));
+    }
+
+    #[test]
+    fn a_phase_cost_is_shared_out_per_activity() {
+        let usage = Usage {
+            cpu_seconds: 0.5,
+            bytes_written: Some(2_000_000),
+        };
+        let figures = cost_per_activity(1_000, usage);
+        let per: Vec<(&str, f64)> = figures.iter().map(|f| (f.id, f.value)).collect();
+        assert_eq!(
+            per,
+            [
+                ("pipeline.cpu_us_per_activity", 500.0),
+                ("pipeline.bytes_written_per_activity", 2_000.0)
+            ]
+        );
+        assert_eq!(show(figures[1].value, figures[1].unit), "2,000 B");
+        let unaccounted = Usage {
+            bytes_written: None,
+            ..usage
+        };
+        let figures = cost_per_activity(1_000, unaccounted);
+        assert_eq!(figures.len(), 1, "no bytes figure without I/O accounting");
     }
 }

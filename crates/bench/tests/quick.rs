@@ -20,7 +20,7 @@ const FIGURES: &[&str] = &[
     "scoring.batch_get_scores_p50_fixed_rate_us",
     "scoring.batch_get_scores_p99_fixed_rate_us",
     "scoring.rescore_facts_per_sec",
-    "scoring.rescore_cpu_us_per_fact",
+    "scoring.rescore_cpu_ns_per_fact",
     "suite.peak_rss_mib",
 ];
 
