@@ -134,8 +134,9 @@ impl Served {
     }
 }
 
-/// A process's resource use so far. Two readings bracket a phase: unlike a rate, the CPU and
-/// the bytes a phase costs barely move with what else the shared machine runs.
+/// A process's resource use so far; two readings bracket a phase. The bytes a phase writes do
+/// not depend on the machine at all, so they show a change in the writes exactly; its CPU time
+/// moves with the machine nearly as much as its rate does (contended caches and cores).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub(crate) struct Usage {
     /// CPU time, user and system, of all its threads.
