@@ -109,3 +109,39 @@ async fn answer(reader: &DatabaseConnection, batch: Vec<Lookup>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+    }
+
+    #[test]
+    fn a_lookup_after_the_reader_stopped_fails_as_unavailable_instead_of_hanging() {
+        let serving = runtime();
+        let reader = serving.block_on(async {
+            let db = leadflow_runtime::db::connect("sqlite::memory:", 1)
+                .await
+                .expect("in-memory store");
+            ScoreReader::start(db, 2)
+        });
+        drop(serving);
+        let answer = runtime()
+            .block_on(async {
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    reader.read("t", "lead-1"),
+                )
+                .await
+            })
+            .expect("answers at once, never hangs");
+        assert!(matches!(answer, Err(Error::ReaderStopped)), "{answer:?}");
+        let status = tonic::Status::from(Error::ReaderStopped);
+        assert_eq!(status.code(), tonic::Code::Unavailable, "clients retry it");
+    }
+}
