@@ -375,17 +375,23 @@ mod tests {
             cpu_seconds: proc_cpu_seconds(own).expect("own stat"),
             bytes_written: proc_io_field(own, "write_bytes:"),
         };
+        // Spin until the reading moves (it counts in 10 ms ticks, and a busy machine may give
+        // this thread a fraction of a core), bounded so a reading that never moves fails.
         let spin = std::time::Instant::now();
         let mut x = 0u64;
-        while spin.elapsed() < Duration::from_millis(50) {
-            x = std::hint::black_box(x.wrapping_add(1));
+        while spin.elapsed() < Duration::from_secs(10)
+            && proc_cpu_seconds(own).is_some_and(|now| now - before.cpu_seconds < 0.05)
+        {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
         }
         let after = Usage {
             cpu_seconds: proc_cpu_seconds(own).expect("own stat"),
             bytes_written: proc_io_field(own, "write_bytes:"),
         };
         let phase = before.until(after);
-        assert!(phase.cpu_seconds >= 0.02, "{phase:?}");
+        assert!(phase.cpu_seconds >= 0.05, "{phase:?}");
         assert_eq!(
             phase.bytes_written.is_some(),
             before.bytes_written.is_some()
