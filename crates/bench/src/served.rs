@@ -184,22 +184,24 @@ fn parse_cpu_seconds(stat: &str) -> Option<f64> {
 /// A field of `/proc/<pid>/io` (e.g. `write_bytes:`).
 fn proc_io_field(pid: u32, field: &str) -> Option<u64> {
     let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
-    let line = io.lines().find(|l| l.starts_with(field))?;
-    line.trim_start_matches(field).trim().parse().ok()
+    field_value(&io, field)?.parse().ok()
 }
 
 /// A `kB` field of `/proc/<pid>/status` (e.g. `VmRSS:`), in bytes.
 fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    let kib: u64 = line
-        .trim_start_matches(field)
-        .trim()
+    let kib: u64 = field_value(&status, field)?
         .trim_end_matches("kB")
         .trim()
         .parse()
         .ok()?;
     Some(kib * 1024)
+}
+
+/// The value of the `field` line (e.g. `VmRSS:`) of a `/proc` file of `name: value` lines.
+fn field_value<'a>(text: &'a str, field: &str) -> Option<&'a str> {
+    let line = text.lines().find(|l| l.starts_with(field))?;
+    Some(line[field.len()..].trim())
 }
 
 /// Serves the bare echo (`stack` false) or the echo through Leadflow's server stack until

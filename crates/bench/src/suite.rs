@@ -1031,15 +1031,7 @@ async fn phases(
 
     // 6. Rescore every lead from the stored facts.
     run.facts_stored = count(&backlog.scoring, "activity_facts").await?;
-    let usage_before_rescore = suite.usage();
-    run.rescore = rescore(scoring.clone(), run.facts_stored, plan.phase_timeout)
-        .await?
-        .map(|done| Rescore {
-            usage: usage_before_rescore
-                .zip(suite.usage())
-                .map(|(before, after)| before.until(after)),
-            ..done
-        });
+    run.rescore = rescore(suite, scoring.clone(), run.facts_stored, plan.phase_timeout).await?;
     run.qualification_leads = count(&backlog.qualification, "qualification_leads").await?;
     run.peak_rss_bytes = suite.memory("VmHWM:");
     Ok(run)
@@ -1193,12 +1185,14 @@ async fn track_batch_call(
 
 /// Starts a rescore job and polls it to the end; `None` if it did not finish in `timeout`.
 async fn rescore(
+    suite: &Suite,
     mut scoring: ScoringServiceClient<Channel>,
     facts: u64,
     timeout: Duration,
 ) -> anyhow::Result<Option<Rescore>> {
     eprintln!("  Rescore of every lead ({facts} stored facts)");
     let started = Instant::now();
+    let usage_at_start = suite.usage();
     let job = scoring
         .rescore(RescoreRequest {
             request_id: format!("bench-{}", uuid::Uuid::new_v4().simple()),
@@ -1244,7 +1238,9 @@ async fn rescore(
                     seconds,
                     client_seconds,
                     facts_per_sec,
-                    usage: None,
+                    usage: usage_at_start
+                        .zip(suite.usage())
+                        .map(|(start, done)| start.until(done)),
                 }));
             }
             RescoreJobState::Failed => {
