@@ -47,6 +47,13 @@ const SQLITE_WRITER_STATEMENT_CACHE: usize = 128;
 /// `pwrite` per page changed. In memory they cost a copy; they never outlive a statement.
 const SQLITE_TEMP_STORE: &str = "memory";
 
+/// Rows an SQLite connection's worker thread may queue for the task reading a result (sqlx's
+/// default is 50). The worker blocks when the queue is full until the reader takes a row, so a
+/// read of a few hundred rows (a rescore step's facts, a relay's batch) was a sleep and a wake of
+/// the worker thread every few rows; with room for a whole batched read the worker runs it
+/// through and the reader takes the rows as they come.
+const SQLITE_ROW_BUFFER: usize = 4096;
+
 /// Why the store could not be opened or migrated.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -102,6 +109,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
                     .pragma("wal_autocheckpoint", SQLITE_WAL_AUTOCHECKPOINT)
                     .pragma("temp_store", SQLITE_TEMP_STORE)
                     .statement_cache_capacity(SQLITE_WRITER_STATEMENT_CACHE)
+                    .row_buffer_size(SQLITE_ROW_BUFFER)
             });
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         options
@@ -160,6 +168,7 @@ pub async fn reader(url: &str, writer: &DatabaseConnection) -> Result<DatabaseCo
                 .statement_cache_capacity(SQLITE_STATEMENT_CACHE)
                 .pragma("cache_size", SQLITE_READER_CACHE_SIZE)
                 .pragma("temp_store", SQLITE_TEMP_STORE)
+                .row_buffer_size(SQLITE_ROW_BUFFER)
         });
     Ok(Database::connect(options).await?)
 }
@@ -419,6 +428,32 @@ mod tests {
                 number(SQLITE_WAL_AUTOCHECKPOINT)
             ]
         );
+    }
+
+    /// A result larger than the rows a connection's worker may queue comes back whole and in
+    /// order, from the writer and from a reader: a full queue makes the worker wait, it never
+    /// drops a row.
+    #[tokio::test]
+    async fn a_result_larger_than_the_row_buffer_comes_back_whole() {
+        let file = leadflow_test_support::TestDb::sqlite("rows");
+        let writer = connect(&file.url, 1).await.expect("connect");
+        let count = SQLITE_ROW_BUFFER * 2 + 7;
+        let query = format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {count}) \
+             SELECT i FROM n ORDER BY i"
+        );
+        let readers = reader(&file.url, &writer).await.expect("open the readers");
+        for db in [&writer, &readers] {
+            let rows: Vec<i64> = db
+                .query_all_raw(Statement::from_string(DatabaseBackend::Sqlite, &query))
+                .await
+                .expect("read")
+                .iter()
+                .map(|row| row.try_get_by_index::<i64>(0).expect("a number"))
+                .collect();
+            assert_eq!(rows.len(), count);
+            assert!(rows.iter().zip(1..).all(|(row, n)| *row == n));
+        }
     }
 
     #[tokio::test]
