@@ -1182,6 +1182,107 @@ async fn the_inbox_forgets_message_ids_past_their_retention(db: TestDb) {
     scoring.stop().await;
 }
 
+/// Scores read once (and so kept in memory on SQLite) are read again after each kind of write
+/// to their leads: an activity, a merge, the inactivity sweeper. Each read must see the write,
+/// through `GetScore` and `BatchGetScores` alike.
+async fn a_score_read_after_a_write_sees_it(db: TestDb) {
+    let (scoring, receiver) = start(&db).await;
+    let now = scoring.clock.now();
+    let apply = |events| {
+        let mut internal = scoring.internal();
+        async move {
+            internal
+                .apply_lead_events(pb::ApplyLeadEventsRequest { events })
+                .await
+                .expect("apply");
+        }
+    };
+    let read = |lead_id: &str| {
+        let mut client = scoring.client();
+        let lead_id = lead_id.to_owned();
+        async move {
+            let single = client
+                .get_score(pb::GetScoreRequest {
+                    lead_id: lead_id.clone(),
+                })
+                .await
+                .expect("score")
+                .into_inner();
+            let batch = client
+                .batch_get_scores(pb::BatchGetScoresRequest {
+                    lead_ids: vec![lead_id],
+                })
+                .await
+                .expect("batch")
+                .into_inner()
+                .results
+                .remove(0)
+                .score
+                .expect("s");
+            let score = single.score.expect("s");
+            assert_eq!(score, batch, "both reads agree");
+            (score, single.merged)
+        }
+    };
+    apply(vec![
+        profile_event("p-a", "a", now, manager_profile()),
+        activity_event("o-a", "a", "email_open", now, &[("asset_id", "n1")]),
+        activity_event("o-b", "b", "email_open", now, &[("asset_id", "n2")]),
+    ])
+    .await;
+    let (first, _) = read("a").await;
+    let (absorbed, merged) = read("b").await;
+    assert!(!merged);
+
+    apply(vec![activity_event(
+        "d-a",
+        "a",
+        "content_download",
+        now,
+        &[("asset_id", "guide")],
+    )])
+    .await;
+    let (downloaded, _) = read("a").await;
+    assert!(
+        downloaded.score > first.score,
+        "the download counts: {} -> {}",
+        first.score,
+        downloaded.score
+    );
+
+    apply(vec![merge_event("m", "a", "b", now, manager_profile())]).await;
+    let (survivor, _) = read("a").await;
+    assert!(
+        survivor.engagement_points > downloaded.engagement_points,
+        "b's e-mail open now counts for a: {} -> {}",
+        downloaded.engagement_points,
+        survivor.engagement_points
+    );
+    let (of_b, merged) = read("b").await;
+    assert!(merged, "b reads as merged");
+    assert_eq!((of_b.lead_id.as_str(), of_b.score), ("a", survivor.score));
+    assert_ne!(of_b.score, absorbed.score);
+
+    scoring.clock.advance(Duration::days(15));
+    let swept = receiver
+        .wait_for(|c| {
+            c.reason == ScoreChangeReason::Inactivity as i32
+                && c.score.as_ref().is_some_and(|s| s.lead_id == "a")
+        })
+        .await
+        .score
+        .expect("score");
+    let (after_sweep, _) = read("a").await;
+    // PostgreSQL keeps times to the microsecond.
+    let micros = |s: &pb::Score| s.update_time.map(|t| (t.seconds, t.nanos / 1000));
+    assert_eq!(
+        (after_sweep.score, micros(&after_sweep)),
+        (swept.score, micros(&swept)),
+        "the sweeper's inactivity points are read"
+    );
+    scoring.stop().await;
+}
+
 on_both_backends! {
     inbox_retention => the_inbox_forgets_message_ids_past_their_retention;
     facts_migration => stored_facts_survive_the_clustering_migration;
@@ -1195,5 +1296,6 @@ on_both_backends! {
     rescore => a_new_model_and_rescore_change_existing_scores;
     inactivity_sweeper => a_cold_lead_loses_points_by_the_sweeper;
     merge => a_merge_counts_every_point_once;
+    reads_after_writes => a_score_read_after_a_write_sees_it;
     models_and_internal => models_internal_explanations_and_decisions;
 }

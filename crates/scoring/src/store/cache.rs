@@ -9,7 +9,7 @@ use leadflow_runtime::script::WriteScript;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{DatabaseTransaction, IntoActiveModel};
 
-use super::{Announced, LeadState, decode, fact, lead_score, rows_by_id, saved_row};
+use super::{Announced, Invalidation, LeadState, decode, fact, lead_score, rows_by_id, saved_row};
 use crate::domain::{LeadScore, Model};
 use crate::error::Error;
 
@@ -76,6 +76,7 @@ impl LeadCache {
         &mut self,
         script: &mut WriteScript,
         now: DateTime<Utc>,
+        written: &mut Invalidation,
     ) -> Result<(), Error> {
         script.insert_many(
             std::mem::take(&mut self.facts),
@@ -87,6 +88,7 @@ impl LeadCache {
         );
         let mut rows = Vec::new();
         for (lead, announced) in self.leads.take_changed() {
+            written.add(&lead.row.tenant_id, &lead.row.lead_id);
             rows.push(saved_row(&lead, &announced, now)?);
         }
         save_rows(script, rows);

@@ -8,6 +8,7 @@ mod events;
 pub mod migrations;
 mod reads;
 mod rescore;
+mod score_cache;
 pub mod state;
 
 use std::collections::{BTreeMap, HashMap};
@@ -35,6 +36,7 @@ use crate::error::Error;
 use cache::LeadCache;
 pub use entities::{decision, fact, lead_score, model, request, rescore_job};
 use reads::ScoreReader;
+use score_cache::{Invalidation, ScoreCache};
 
 /// Outbox destination of score changes.
 pub const QUALIFICATION: &str = "qualification";
@@ -97,6 +99,8 @@ pub struct Store {
     reader: DatabaseConnection,
     /// Single-lead score reads, coalesced into batched queries on `reader`.
     score_reader: ScoreReader,
+    /// Live leads' score inputs in memory, on a store only this process writes (SQLite).
+    scores: Option<Arc<ScoreCache>>,
     wakeup: Wakeup,
     models: ModelCache,
     /// How long applied message ids are remembered.
@@ -120,8 +124,11 @@ impl Store {
     /// A store over `db`; `wakeup` is poked after commits that enqueued score changes. Starts
     /// the score-read task, so it must be called inside a tokio runtime.
     pub fn new(db: DatabaseConnection, wakeup: Wakeup) -> Self {
+        let scores = (db.get_database_backend() == sea_orm::DatabaseBackend::Sqlite)
+            .then(|| Arc::new(ScoreCache::new(score_cache::DEFAULT_CAPACITY)));
         Self {
-            score_reader: ScoreReader::start(db.clone(), READS_IN_FLIGHT),
+            score_reader: ScoreReader::start(db.clone(), READS_IN_FLIGHT, scores.clone()),
+            scores,
             reader: db.clone(),
             db,
             wakeup,
@@ -154,7 +161,7 @@ impl Store {
     /// beside the writer on SQLite).
     pub fn with_reader(self, reader: DatabaseConnection) -> Self {
         Self {
-            score_reader: ScoreReader::start(reader.clone(), READS_IN_FLIGHT),
+            score_reader: ScoreReader::start(reader.clone(), READS_IN_FLIGHT, self.scores.clone()),
             reader,
             ..self
         }
@@ -280,13 +287,17 @@ impl Store {
     }
 
     /// What the score of `lead_id` (or of the lead it was merged into) is computed from, without
-    /// decoding the rest of its state: the read behind `GetScore`. Concurrent calls share one
-    /// query (see [`reads`]).
+    /// decoding the rest of its state: the read behind `GetScore`. Served from memory when the
+    /// lead is cached ([`score_cache`]); otherwise concurrent calls share one query (see
+    /// [`reads`]).
     pub async fn score_read(
         &self,
         tenant: &str,
         lead_id: &str,
     ) -> Result<Option<ScoreRead>, Error> {
+        if let Some(cached) = self.scores.as_ref().and_then(|c| c.get(tenant, lead_id)) {
+            return Ok(Some(cached));
+        }
         self.score_reader.read(tenant, lead_id).await
     }
 
@@ -298,7 +309,26 @@ impl Store {
         tenant: &str,
         lead_ids: &[String],
     ) -> Result<HashMap<String, ScoreRead>, Error> {
-        score_reads_on(&self.reader, tenant, lead_ids).await
+        let Some(cache) = &self.scores else {
+            return score_reads_on(&self.reader, tenant, lead_ids).await;
+        };
+        let mut found = HashMap::with_capacity(lead_ids.len());
+        let mut missed = Vec::new();
+        for lead_id in lead_ids {
+            match cache.get(tenant, lead_id) {
+                Some(read) => {
+                    found.insert(lead_id.clone(), read);
+                }
+                None => missed.push(lead_id.clone()),
+            }
+        }
+        if !missed.is_empty() {
+            let ticket = cache.ticket();
+            let read = score_reads_on(&self.reader, tenant, &missed).await?;
+            cache.offer(&ticket, tenant, read.values());
+            found.extend(read);
+        }
+        Ok(found)
     }
 
     /// Applies lead events from ingestion in order, each message id once, in one transaction:
@@ -318,6 +348,7 @@ impl Store {
                 .ok_or_else(|| Error::invalid("events[].header", "required"))?;
             headers.push(header);
         }
+        let mut written = Invalidation::new(self.scores.as_ref());
         let txn = self.db.begin().await?;
         let mut script = WriteScript::new(txn.get_database_backend());
         let carried = self.shared_deletes.claim_into(&mut script);
@@ -396,8 +427,10 @@ impl Store {
                     leads.changed(key, announced, Some(row));
                 }
                 Some(Event::LeadsMerged(merged)) => {
-                    leads.flush(&mut script, now)?;
+                    leads.flush(&mut script, now, &mut written)?;
                     script.run(&txn).await?;
+                    written.add(tenant, &merged.source_lead_id);
+                    written.add(tenant, &header.lead_id);
                     if let Some(message) = self
                         .merge(
                             &txn,
@@ -417,7 +450,7 @@ impl Store {
             }
             applied.applied += 1;
         }
-        leads.flush(&mut script, now)?;
+        leads.flush(&mut script, now, &mut written)?;
         let enqueued = !out.is_empty();
         outbox::enqueue_into(&mut script, out, Packing::Bundled)?;
         script.run(&txn).await?;
@@ -543,6 +576,7 @@ impl Store {
             // The page is read in the transaction that writes it back, its rows locked on
             // PostgreSQL: an event applied between a read outside it and the write would be
             // overwritten by the swept copy.
+            let mut written = Invalidation::new(self.scores.as_ref());
             let txn = self.db.begin().await?;
             let page = query.lock_exclusive().all(&txn).await?;
             let Some(last) = page.last() else { break };
@@ -574,6 +608,7 @@ impl Store {
                     )));
                     announced += 1;
                 }
+                written.add(&lead.row.tenant_id, &lead.row.lead_id);
                 save_lead(&txn, &mut lead, model, now).await?;
             }
             let enqueued = !out.is_empty();

@@ -12,6 +12,7 @@ use leadflow_runtime::queue::take_waiting;
 use sea_orm::DatabaseConnection;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use super::score_cache::ScoreCache;
 use super::{ScoreRead, score_read_on, score_reads_on};
 use crate::error::Error;
 
@@ -41,9 +42,13 @@ pub(super) struct ScoreReader {
 impl ScoreReader {
     /// Starts the coalescing task over `reader`, with at most `in_flight` batch queries at
     /// once (the reader pool's connections); it ends once every handle is dropped.
-    pub(super) fn start(reader: DatabaseConnection, in_flight: usize) -> Self {
+    pub(super) fn start(
+        reader: DatabaseConnection,
+        in_flight: usize,
+        cache: Option<Arc<ScoreCache>>,
+    ) -> Self {
         let (lookups, queue) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run(reader, in_flight.max(1), queue));
+        tokio::spawn(run(reader, in_flight.max(1), cache, queue));
         Self { lookups }
     }
 
@@ -63,7 +68,12 @@ impl ScoreReader {
     }
 }
 
-async fn run(reader: DatabaseConnection, in_flight: usize, mut queue: mpsc::Receiver<Lookup>) {
+async fn run(
+    reader: DatabaseConnection,
+    in_flight: usize,
+    cache: Option<Arc<ScoreCache>>,
+    mut queue: mpsc::Receiver<Lookup>,
+) {
     let slots = Arc::new(Semaphore::new(in_flight));
     while let Some(first) = queue.recv().await {
         // The semaphore is never closed, so acquiring only fails if it were.
@@ -72,15 +82,17 @@ async fn run(reader: DatabaseConnection, in_flight: usize, mut queue: mpsc::Rece
         };
         let batch = take_waiting(first, &mut queue, |_| 1, MAX_COALESCED);
         let reader = reader.clone();
+        let cache = cache.clone();
         tokio::spawn(async move {
-            answer(&reader, batch).await;
+            answer(&reader, cache.as_deref(), batch).await;
             drop(slot);
         });
     }
 }
 
 /// Answers every lookup of `batch`: one query per tenant, or one per lookup if that fails.
-async fn answer(reader: &DatabaseConnection, batch: Vec<Lookup>) {
+/// What the batch query read is offered to `cache`.
+async fn answer(reader: &DatabaseConnection, cache: Option<&ScoreCache>, batch: Vec<Lookup>) {
     let mut by_tenant: HashMap<String, Vec<Lookup>> = HashMap::new();
     for lookup in batch {
         by_tenant
@@ -92,8 +104,12 @@ async fn answer(reader: &DatabaseConnection, batch: Vec<Lookup>) {
         let mut ids: Vec<String> = lookups.iter().map(|l| l.lead_id.clone()).collect();
         ids.sort_unstable();
         ids.dedup();
+        let ticket = cache.map(ScoreCache::ticket);
         match score_reads_on(reader, &tenant, &ids).await {
             Ok(found) => {
+                if let (Some(cache), Some(ticket)) = (cache, &ticket) {
+                    cache.offer(ticket, &tenant, found.values());
+                }
                 for lookup in lookups {
                     let read = found.get(&lookup.lead_id).cloned();
                     let _ = lookup.reply.send(Ok(read));
@@ -128,7 +144,7 @@ mod tests {
             let db = leadflow_runtime::db::connect("sqlite::memory:", 1)
                 .await
                 .expect("in-memory store");
-            ScoreReader::start(db, 2)
+            ScoreReader::start(db, 2, None)
         });
         drop(serving);
         let answer = runtime()

@@ -17,8 +17,8 @@ use sea_orm::{
 use tokio::task::JoinHandle;
 
 use super::{
-    Announced, LeadState, Store, activity_fact, cache, decode_profile, events, fact, find_request,
-    lead_score, rescore_job, rows_by_id, save_request, saved_row, state,
+    Announced, Invalidation, LeadState, Store, activity_fact, cache, decode_profile, events, fact,
+    find_request, lead_score, rescore_job, rows_by_id, save_request, saved_row, state,
 };
 use crate::convert;
 use crate::domain::{ActivityFact, LeadScore, Model, ScoreInputs};
@@ -131,6 +131,7 @@ impl Store {
         let mut done = Replayed::default();
         for chunk in ids.chunks(CHUNK) {
             let at = now();
+            let mut written = Invalidation::new(self.scores.as_ref());
             let txn = self.db.begin().await?;
             let mut replaying: Option<JoinHandle<Result<Replayed, Error>>> = None;
             let mut enqueued = false;
@@ -139,11 +140,13 @@ impl Store {
                 let model = Arc::clone(&model);
                 let next = tokio::task::spawn_blocking(move || replay(read, &model, at));
                 if let Some(previous) = replaying.replace(next) {
-                    enqueued |= write_step(&txn, joined(previous).await?, &mut done).await?;
+                    let replayed = joined(previous).await?;
+                    enqueued |= write_step(&txn, replayed, &mut done, &mut written).await?;
                 }
             }
             if let Some(last) = replaying {
-                enqueued |= write_step(&txn, joined(last).await?, &mut done).await?;
+                let replayed = joined(last).await?;
+                enqueued |= write_step(&txn, replayed, &mut done, &mut written).await?;
             }
             let mut script = WriteScript::new(txn.get_database_backend());
             let carried = self.shared_deletes.claim_into(&mut script);
@@ -275,8 +278,12 @@ async fn write_step(
     txn: &DatabaseTransaction,
     replayed: Replayed,
     done: &mut Replayed,
+    written: &mut Invalidation,
 ) -> Result<bool, Error> {
     let announced = !replayed.messages.is_empty();
+    for row in &replayed.rows {
+        written.add(&row.tenant_id, &row.lead_id);
+    }
     let mut script = WriteScript::new(txn.get_database_backend());
     cache::save_rows(&mut script, replayed.rows);
     outbox::enqueue_into(&mut script, replayed.messages, Packing::Bundled)?;
