@@ -1045,7 +1045,7 @@ async fn a_json_state_from_before_the_binary_encoding_still_scores(db: TestDb) {
 /// state is corrupt fails only its own calls.
 async fn concurrent_score_reads_each_get_their_own_answer(db: TestDb) {
     use sea_orm::ConnectionTrait;
-    let (scoring, _receiver) = start(&db).await;
+    let (scoring, receiver) = start(&db).await;
     let now = scoring.clock.now();
     let mut events = Vec::new();
     for lead in 0..40 {
@@ -1071,12 +1071,17 @@ async fn concurrent_score_reads_each_get_their_own_answer(db: TestDb) {
         .apply_lead_events(pb::ApplyLeadEventsRequest { events })
         .await
         .expect("apply");
+    // The state is corrupted while scoring is stopped: an SQLite store belongs to the process
+    // serving it, which keeps the scores of the leads it wrote in memory.
+    let clock = scoring.clock.clone();
+    scoring.stop().await;
     let conn = sea_orm::Database::connect(db.url.as_str())
         .await
         .expect("connect");
     conn.execute_unprepared("UPDATE lead_scores SET state = '{' WHERE lead_id = 'crowd-7'")
         .await
         .expect("corrupt one state");
+    let scoring = Scoring::start(&db, receiver.url(), clock).await;
     let known: Vec<String> = (0..40)
         .filter(|lead| *lead != 7)
         .map(|lead| format!("crowd-{lead}"))

@@ -9,7 +9,9 @@ use leadflow_runtime::script::WriteScript;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{DatabaseTransaction, IntoActiveModel};
 
-use super::{Announced, Invalidation, LeadState, decode, fact, lead_score, rows_by_id, saved_row};
+use super::{
+    Announced, CacheWrites, LeadState, decode, fact, lead_score, record, rows_by_id, saved_row,
+};
 use crate::domain::{LeadScore, Model};
 use crate::error::Error;
 
@@ -76,7 +78,7 @@ impl LeadCache {
         &mut self,
         script: &mut WriteScript,
         now: DateTime<Utc>,
-        written: &mut Invalidation,
+        written: &mut CacheWrites,
     ) -> Result<(), Error> {
         script.insert_many(
             std::mem::take(&mut self.facts),
@@ -88,8 +90,9 @@ impl LeadCache {
         );
         let mut rows = Vec::new();
         for (lead, announced) in self.leads.take_changed() {
-            written.add(&lead.row.tenant_id, &lead.row.lead_id);
-            rows.push(saved_row(&lead, &announced, now)?);
+            let row = saved_row(&lead, &announced, now)?;
+            record(written, &row)?;
+            rows.push(row);
         }
         save_rows(script, rows);
         Ok(())

@@ -36,7 +36,7 @@ use crate::error::Error;
 use cache::LeadCache;
 pub use entities::{decision, fact, lead_score, model, request, rescore_job};
 use reads::ScoreReader;
-use score_cache::{Invalidation, ScoreCache};
+use score_cache::{CacheWrites, ScoreCache};
 
 /// Outbox destination of score changes.
 pub const QUALIFICATION: &str = "qualification";
@@ -348,7 +348,7 @@ impl Store {
                 .ok_or_else(|| Error::invalid("events[].header", "required"))?;
             headers.push(header);
         }
-        let mut written = Invalidation::new(self.scores.as_ref());
+        let mut written = CacheWrites::begin(self.scores.as_ref()).await;
         let txn = self.db.begin().await?;
         let mut script = WriteScript::new(txn.get_database_backend());
         let carried = self.shared_deletes.claim_into(&mut script);
@@ -429,11 +429,10 @@ impl Store {
                 Some(Event::LeadsMerged(merged)) => {
                     leads.flush(&mut script, now, &mut written)?;
                     script.run(&txn).await?;
-                    written.add(tenant, &merged.source_lead_id);
-                    written.add(tenant, &header.lead_id);
                     if let Some(message) = self
                         .merge(
                             &txn,
+                            &mut written,
                             tenant,
                             &merged.source_lead_id,
                             &header.lead_id,
@@ -455,6 +454,7 @@ impl Store {
         outbox::enqueue_into(&mut script, out, Packing::Bundled)?;
         script.run(&txn).await?;
         txn.commit().await?;
+        written.committed();
         carried.committed();
         if enqueued {
             self.wakeup.wake();
@@ -468,6 +468,7 @@ impl Store {
     async fn merge(
         &self,
         txn: &DatabaseTransaction,
+        written: &mut CacheWrites,
         tenant: &str,
         source: &str,
         target: &str,
@@ -521,6 +522,8 @@ impl Store {
         );
         changed.merged_lead_id = source.to_owned();
         save_lead(txn, &mut lead, model, now).await?;
+        written.wrote(tenant, source, None);
+        record(written, &lead.row)?;
         Ok(Some(events::message(changed)))
     }
 
@@ -576,7 +579,7 @@ impl Store {
             // The page is read in the transaction that writes it back, its rows locked on
             // PostgreSQL: an event applied between a read outside it and the write would be
             // overwritten by the swept copy.
-            let mut written = Invalidation::new(self.scores.as_ref());
+            let mut written = CacheWrites::begin(self.scores.as_ref()).await;
             let txn = self.db.begin().await?;
             let page = query.lock_exclusive().all(&txn).await?;
             let Some(last) = page.last() else { break };
@@ -608,12 +611,13 @@ impl Store {
                     )));
                     announced += 1;
                 }
-                written.add(&lead.row.tenant_id, &lead.row.lead_id);
                 save_lead(&txn, &mut lead, model, now).await?;
+                record(&mut written, &lead.row)?;
             }
             let enqueued = !out.is_empty();
             outbox::enqueue(&txn, out, Packing::Bundled).await?;
             txn.commit().await?;
+            written.committed();
             if enqueued {
                 self.wakeup.wake();
             }
@@ -820,6 +824,15 @@ async fn load_or_create(
     row.state = Set(state::encode(&lead.score)?);
     row.insert(txn).await?;
     Ok(lead)
+}
+
+/// Records for the score cache that `row` (a live lead's, just written) is now stored.
+fn record(written: &mut CacheWrites, row: &lead_score::Model) -> Result<(), Error> {
+    if written.is_recording() {
+        let read = ScoreRead::decode(row, false)?;
+        written.wrote(&row.tenant_id, &row.lead_id, Some(read));
+    }
+    Ok(())
 }
 
 /// What a lead's row records of its score once saved under a model at a time.

@@ -17,8 +17,8 @@ use sea_orm::{
 use tokio::task::JoinHandle;
 
 use super::{
-    Announced, Invalidation, LeadState, Store, activity_fact, cache, decode_profile, events, fact,
-    find_request, lead_score, rescore_job, rows_by_id, save_request, saved_row, state,
+    Announced, CacheWrites, LeadState, Store, activity_fact, cache, decode_profile, events, fact,
+    find_request, lead_score, record, rescore_job, rows_by_id, save_request, saved_row, state,
 };
 use crate::convert;
 use crate::domain::{ActivityFact, LeadScore, Model, ScoreInputs};
@@ -131,7 +131,7 @@ impl Store {
         let mut done = Replayed::default();
         for chunk in ids.chunks(CHUNK) {
             let at = now();
-            let mut written = Invalidation::new(self.scores.as_ref());
+            let mut written = CacheWrites::begin(self.scores.as_ref()).await;
             let txn = self.db.begin().await?;
             let mut replaying: Option<JoinHandle<Result<Replayed, Error>>> = None;
             let mut enqueued = false;
@@ -155,6 +155,7 @@ impl Store {
             progress.changed_leads = Set(done.changed);
             progress = progress.update(&txn).await?.into();
             txn.commit().await?;
+            written.committed();
             carried.committed();
             if enqueued {
                 self.wakeup.wake();
@@ -278,11 +279,11 @@ async fn write_step(
     txn: &DatabaseTransaction,
     replayed: Replayed,
     done: &mut Replayed,
-    written: &mut Invalidation,
+    written: &mut CacheWrites,
 ) -> Result<bool, Error> {
     let announced = !replayed.messages.is_empty();
     for row in &replayed.rows {
-        written.add(&row.tenant_id, &row.lead_id);
+        record(written, row)?;
     }
     let mut script = WriteScript::new(txn.get_database_backend());
     cache::save_rows(&mut script, replayed.rows);
