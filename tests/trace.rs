@@ -4,7 +4,7 @@
 //! and ingestion) — the asynchronous outbox hops continue the trace stored on each row.
 //!
 //! Telemetry is process-wide, so this test binary initialises it once, with an in-memory span
-//! exporter, and holds one test.
+//! exporter, and holds one test: the journey on SQLite, then on PostgreSQL.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -25,7 +25,7 @@ use leadflow_runtime::auth::AuthArgs;
 use leadflow_runtime::clock::SystemClock;
 use leadflow_runtime::outbox::OutboxArgs;
 use leadflow_runtime::telemetry::{self, TelemetryArgs};
-use leadflow_test_support::TestDb;
+use leadflow_test_support::{Backend, TestDb};
 use opentelemetry::Value;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
 use tokio_util::sync::CancellationToken;
@@ -75,7 +75,24 @@ async fn a_track_that_makes_an_mql_is_one_trace_across_four_services() {
     let _guard = telemetry::init_with_span_exporter("leadflow-trace-test", &args, spans.clone())
         .expect("telemetry");
 
-    let dbs = ["ingestion", "scoring", "qualification", "handoff"].map(TestDb::sqlite);
+    let sqlite = ["ingestion", "scoring", "qualification", "handoff"].map(TestDb::sqlite);
+    one_trace_across_four_services(&sqlite, &spans).await;
+    let mut postgres = Vec::new();
+    for _ in 0..4 {
+        // None only outside CI without a configured server (in CI it panics).
+        if let Some(db) = TestDb::new(Backend::Postgres).await {
+            postgres.push(db);
+        }
+    }
+    if let Ok(postgres) = <[TestDb; 4]>::try_from(postgres) {
+        spans.reset();
+        one_trace_across_four_services(&postgres, &spans).await;
+    }
+}
+
+/// Starts the four services on `dbs` (ingestion, scoring, qualification, handoff), makes a lead
+/// raise its hand, and checks the `Track`'s trace reaches all four.
+async fn one_trace_across_four_services(dbs: &[TestDb; 4], spans: &InMemorySpanExporter) {
     let (ingestion_listener, ingestion_addr) = listener().await;
     let (scoring_listener, scoring_addr) = listener().await;
     let (qualification_listener, qualification_addr) = listener().await;
