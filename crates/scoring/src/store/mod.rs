@@ -109,9 +109,10 @@ pub struct Store {
     shared_deletes: SharedDeletes,
 }
 
-/// Parsed published models by `(tenant, version)`. A published version never changes, so a
-/// read needs no invalidation; the cache is emptied if it ever holds [`MAX_CACHED_MODELS`].
-type ModelCache = Arc<RwLock<HashMap<(String, i32), Arc<Model>>>>;
+/// Parsed published models by tenant, then version (so a lookup borrows the tenant, allocating
+/// nothing). A published version never changes, so a read needs no invalidation; the cache is
+/// emptied if it ever holds [`MAX_CACHED_MODELS`].
+type ModelCache = Arc<RwLock<HashMap<String, HashMap<i32, Arc<Model>>>>>;
 
 /// Batched score reads in flight at once: one per read-only SQLite connection
 /// ([`leadflow_runtime::db::SQLITE_READERS`]).
@@ -174,8 +175,13 @@ impl Store {
         tenant: &str,
         version: i32,
     ) -> Result<Option<Arc<Model>>, Error> {
-        let key = (tenant.to_owned(), version);
-        if let Some(model) = self.models.read().ok().and_then(|m| m.get(&key).cloned()) {
+        let cached = self.models.read().ok().and_then(|models| {
+            models
+                .get(tenant)
+                .and_then(|versions| versions.get(&version))
+                .cloned()
+        });
+        if let Some(model) = cached {
             return Ok(Some(model));
         }
         let Some((model, _)) = model_on(&self.reader, tenant, version).await? else {
@@ -183,10 +189,13 @@ impl Store {
         };
         let model = Arc::new(model);
         if let Ok(mut models) = self.models.write() {
-            if models.len() >= MAX_CACHED_MODELS {
+            if models.values().map(HashMap::len).sum::<usize>() >= MAX_CACHED_MODELS {
                 models.clear();
             }
-            models.insert(key, model.clone());
+            models
+                .entry(tenant.to_owned())
+                .or_default()
+                .insert(version, model.clone());
         }
         Ok(Some(model))
     }
@@ -294,7 +303,7 @@ impl Store {
         &self,
         tenant: &str,
         lead_id: &str,
-    ) -> Result<Option<ScoreRead>, Error> {
+    ) -> Result<Option<Arc<ScoreRead>>, Error> {
         if let Some(cached) = self.scores.as_ref().and_then(|c| c.get(tenant, lead_id)) {
             return Ok(Some(cached));
         }
@@ -308,9 +317,13 @@ impl Store {
         &self,
         tenant: &str,
         lead_ids: &[String],
-    ) -> Result<HashMap<String, ScoreRead>, Error> {
+    ) -> Result<HashMap<String, Arc<ScoreRead>>, Error> {
         let Some(cache) = &self.scores else {
-            return score_reads_on(&self.reader, tenant, lead_ids).await;
+            let found = score_reads_on(&self.reader, tenant, lead_ids).await?;
+            return Ok(found
+                .into_iter()
+                .map(|(id, read)| (id, Arc::new(read)))
+                .collect());
         };
         let mut found = HashMap::with_capacity(lead_ids.len());
         let mut missed = Vec::new();
@@ -325,7 +338,11 @@ impl Store {
         if !missed.is_empty() {
             let ticket = cache.ticket();
             let read = score_reads_on(&self.reader, tenant, &missed).await?;
-            cache.offer(&ticket, tenant, read.values());
+            let read: Vec<(String, Arc<ScoreRead>)> = read
+                .into_iter()
+                .map(|(id, read)| (id, Arc::new(read)))
+                .collect();
+            cache.offer(&ticket, tenant, read.iter().map(|(_, read)| read));
             found.extend(read);
         }
         Ok(found)

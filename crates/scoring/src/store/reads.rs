@@ -24,7 +24,7 @@ const MAX_COALESCED: usize = 128;
 const QUEUE_DEPTH: usize = 4096;
 
 /// The answer to one lookup.
-type Answer = Result<Option<ScoreRead>, Error>;
+type Answer = Result<Option<Arc<ScoreRead>>, Error>;
 
 /// One caller's lookup.
 struct Lookup {
@@ -107,6 +107,10 @@ async fn answer(reader: &DatabaseConnection, cache: Option<&ScoreCache>, batch: 
         let ticket = cache.map(ScoreCache::ticket);
         match score_reads_on(reader, &tenant, &ids).await {
             Ok(found) => {
+                let found: HashMap<String, Arc<ScoreRead>> = found
+                    .into_iter()
+                    .map(|(id, read)| (id, Arc::new(read)))
+                    .collect();
                 if let (Some(cache), Some(ticket)) = (cache, &ticket) {
                     cache.offer(ticket, &tenant, found.values());
                 }
@@ -118,7 +122,9 @@ async fn answer(reader: &DatabaseConnection, cache: Option<&ScoreCache>, batch: 
             Err(err) => {
                 tracing::debug!(lookups = lookups.len(), error = %err, "batched score read failed, reading one by one");
                 for lookup in lookups {
-                    let read = score_read_on(reader, &tenant, &lookup.lead_id).await;
+                    let read = score_read_on(reader, &tenant, &lookup.lead_id)
+                        .await
+                        .map(|read| read.map(Arc::new));
                     let _ = lookup.reply.send(read);
                 }
             }

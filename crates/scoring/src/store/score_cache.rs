@@ -89,9 +89,8 @@ impl ScoreCache {
     }
 
     /// The cached inputs of live lead `lead_id`, if any.
-    pub(super) fn get(&self, tenant: &str, lead_id: &str) -> Option<ScoreRead> {
-        let hit = self.read().reads.get(&Borrowed(tenant, lead_id)).cloned();
-        hit.map(Arc::unwrap_or_clone)
+    pub(super) fn get(&self, tenant: &str, lead_id: &str) -> Option<Arc<ScoreRead>> {
+        self.read().reads.get(&Borrowed(tenant, lead_id)).cloned()
     }
 
     /// Taken before a database read whose rows will be offered.
@@ -106,7 +105,7 @@ impl ScoreCache {
         &self,
         ticket: &Ticket,
         tenant: &str,
-        reads: impl IntoIterator<Item = &'a ScoreRead>,
+        reads: impl IntoIterator<Item = &'a Arc<ScoreRead>>,
     ) {
         if self.capacity == 0 {
             return;
@@ -118,7 +117,7 @@ impl ScoreCache {
             if inner.generations[stripe] != ticket.0[stripe] {
                 continue;
             }
-            inner.keep(self.capacity, key, read.clone());
+            inner.keep(self.capacity, key, Arc::clone(read));
         }
     }
 
@@ -130,7 +129,7 @@ impl ScoreCache {
             let stripe = self.stripe(&key);
             inner.generations[stripe] += 1;
             match read {
-                Some(read) if self.capacity > 0 => inner.keep(self.capacity, key, read),
+                Some(read) if self.capacity > 0 => inner.keep(self.capacity, key, Arc::new(read)),
                 _ => {
                     inner.reads.swap_remove(&key);
                 }
@@ -164,11 +163,11 @@ impl ScoreCache {
 }
 
 impl Inner {
-    fn keep(&mut self, capacity: usize, key: Key, read: ScoreRead) {
+    fn keep(&mut self, capacity: usize, key: Key, read: Arc<ScoreRead>) {
         if self.reads.len() >= capacity && !self.reads.contains_key(&key) {
             self.evict_one();
         }
-        self.reads.insert(key, Arc::new(read));
+        self.reads.insert(key, read);
     }
 
     fn evict_one(&mut self) {
@@ -264,8 +263,8 @@ mod tests {
         }
     }
 
-    fn read(lead_id: &str) -> ScoreRead {
-        read_of(lead_id, 1, false)
+    fn read(lead_id: &str) -> Arc<ScoreRead> {
+        Arc::new(read_of(lead_id, 1, false))
     }
 
     fn version(cache: &ScoreCache, lead_id: &str) -> Option<i32> {
@@ -276,8 +275,11 @@ mod tests {
     fn an_offered_live_lead_is_served_and_a_merged_id_is_not_kept() {
         let cache = ScoreCache::new(8);
         let ticket = cache.ticket();
-        cache.offer(&ticket, "t", [&read("a"), &read_of("b", 1, true)]);
-        assert_eq!(cache.get("t", "a").map(|r| r.lead_id), Some("a".into()));
+        cache.offer(&ticket, "t", [&read("a"), &Arc::new(read_of("b", 1, true))]);
+        assert_eq!(
+            cache.get("t", "a").map(|r| r.lead_id.clone()),
+            Some("a".into())
+        );
         assert!(
             cache.get("t", "b").is_none(),
             "a merged id is the survivor's read"
@@ -302,7 +304,7 @@ mod tests {
             (Some(2), None),
             "rows read before the write may be the old ones"
         );
-        cache.offer(&cache.ticket(), "t", [&read_of("b", 3, false)]);
+        cache.offer(&cache.ticket(), "t", [&Arc::new(read_of("b", 3, false))]);
         assert_eq!(version(&cache, "b"), Some(3), "a read after it is kept");
     }
 
