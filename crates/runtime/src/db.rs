@@ -430,6 +430,44 @@ mod tests {
         );
     }
 
+    /// A snapshot sees the store as at its first read, on both backends: a commit after that is
+    /// not seen until the next snapshot. Reads of several queries that must agree rely on it.
+    async fn a_snapshot_does_not_see_later_commits(db: leadflow_test_support::TestDb) {
+        let writer = connect(&db.url, 2).await.expect("connect");
+        writer
+            .execute_unprepared("CREATE TABLE seen (x integer); INSERT INTO seen VALUES (1)")
+            .await
+            .expect("a table");
+        let readers = reader(&db.url, &writer).await.expect("the readers");
+        let snapshot = begin_snapshot(&readers).await.expect("a snapshot");
+        assert_eq!(count(&snapshot).await, 1);
+        writer
+            .execute_unprepared("INSERT INTO seen VALUES (2)")
+            .await
+            .expect("a later commit");
+        assert_eq!(count(&snapshot).await, 1, "the snapshot's view holds");
+        snapshot.commit().await.expect("end the snapshot");
+        let next = begin_snapshot(&readers).await.expect("a snapshot");
+        assert_eq!(count(&next).await, 2, "the next snapshot sees the commit");
+    }
+
+    leadflow_test_support::on_both_backends! {
+        snapshots => a_snapshot_does_not_see_later_commits;
+    }
+
+    async fn count(conn: &DatabaseTransaction) -> i64 {
+        let query = Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT CAST(COUNT(*) AS bigint) AS n FROM seen",
+        );
+        conn.query_one_raw(query)
+            .await
+            .expect("count")
+            .expect("a row")
+            .try_get::<i64>("", "n")
+            .expect("a number")
+    }
+
     /// A result larger than the rows a connection's worker may queue comes back whole and in
     /// order, from the writer and from a reader: a full queue makes the worker wait, it never
     /// drops a row.

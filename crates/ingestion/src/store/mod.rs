@@ -142,10 +142,12 @@ impl Store {
         Ok(accepted)
     }
 
-    /// The lead `lead_id`, or the lead it was merged into; `None` if unknown to the tenant.
+    /// The lead `lead_id`, or the lead it was merged into; `None` if unknown to the tenant. Its
+    /// rows are read in one snapshot, so a merge committing meanwhile is seen whole or not at all.
     pub async fn lead(&self, tenant: &str, lead_id: &str) -> Result<Option<LeadView>, Error> {
+        let snapshot = leadflow_runtime::db::begin_snapshot(&self.reader).await?;
         let Some(requested) = lead::Entity::find_by_id((tenant.to_owned(), lead_id.to_owned()))
-            .one(&self.reader)
+            .one(&snapshot)
             .await?
         else {
             return Ok(None);
@@ -153,7 +155,7 @@ impl Store {
         let (row, merged) = match &requested.merged_into {
             Some(survivor) => (
                 lead::Entity::find_by_id((tenant.to_owned(), survivor.clone()))
-                    .one(&self.reader)
+                    .one(&snapshot)
                     .await?
                     .ok_or_else(|| Error::LeadNotFound(survivor.clone()))?,
                 true,
@@ -163,12 +165,12 @@ impl Store {
         let identities = identity::Entity::find()
             .filter(identity::Column::TenantId.eq(tenant))
             .filter(identity::Column::LeadId.eq(&row.lead_id))
-            .all(&self.reader)
+            .all(&snapshot)
             .await?;
         let merged_lead_ids = lead::Entity::find()
             .filter(lead::Column::TenantId.eq(tenant))
             .filter(lead::Column::MergedInto.eq(&row.lead_id))
-            .all(&self.reader)
+            .all(&snapshot)
             .await?
             .into_iter()
             .map(|l| l.lead_id)
@@ -183,6 +185,7 @@ impl Store {
         }
         user_ids.sort();
         anonymous_ids.sort();
+        snapshot.commit().await?;
         Ok(Some(LeadView {
             profile: parse_profile(&row.profile)?,
             lead: row,
