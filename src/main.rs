@@ -65,6 +65,13 @@ pub(crate) struct SuiteArgs {
         default_value_t = 60_000
     )]
     sweep_interval_ms: u64,
+    /// Leads whose score inputs scoring keeps in memory (some 600 bytes each; 0: none).
+    #[arg(
+        long,
+        env = "LEADFLOW_SCORING_SCORE_CACHE_LEADS",
+        default_value_t = leadflow_scoring::DEFAULT_SCORE_CACHE_LEADS
+    )]
+    score_cache_leads: usize,
     /// How often qualification recycles MQLs nobody accepted, in milliseconds.
     #[arg(
         long,
@@ -159,6 +166,7 @@ impl Suite {
             database_max_connections: 10,
             qualification_url: format!("http://{}", addrs.qualification),
             sweep_interval_ms: args.sweep_interval_ms,
+            score_cache_leads: args.score_cache_leads,
             auth: args.auth.clone(),
             outbox: args.outbox.clone(),
         };

@@ -167,6 +167,7 @@ async fn scoring(env: &Env, db: &TestDb, qualification: &Running) -> Running {
         database_max_connections: 5,
         qualification_url: format!("http://{}", qualification.addr),
         sweep_interval_ms: env.tick_ms,
+        score_cache_leads: leadflow_scoring::DEFAULT_SCORE_CACHE_LEADS,
         auth: AuthArgs::default(),
         outbox: fast_outbox(),
     };

@@ -123,6 +123,7 @@ async fn one_trace_across_four_services(dbs: &[TestDb; 4], spans: &InMemorySpanE
                 database_max_connections: 5,
                 qualification_url: url(qualification_addr),
                 sweep_interval_ms: 60_000,
+                score_cache_leads: leadflow_scoring::DEFAULT_SCORE_CACHE_LEADS,
                 auth: AuthArgs::default(),
                 outbox: outbox(),
             },

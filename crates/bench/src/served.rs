@@ -250,6 +250,7 @@ pub(crate) async fn serve(databases: Databases) -> anyhow::Result<()> {
         database_max_connections: max_connections,
         qualification_url: format!("http://{qualification}"),
         sweep_interval_ms: TICK_MS,
+        score_cache_leads: leadflow_scoring::DEFAULT_SCORE_CACHE_LEADS,
         auth: auth.clone(),
         outbox: outbox.clone(),
     };

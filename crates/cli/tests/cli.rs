@@ -146,6 +146,7 @@ impl Stack {
                     database_max_connections: 5,
                     qualification_url: url(q),
                     sweep_interval_ms: 60_000,
+                    score_cache_leads: leadflow_scoring::DEFAULT_SCORE_CACHE_LEADS,
                     auth: AuthArgs::default(),
                     outbox: fast_outbox(),
                 },

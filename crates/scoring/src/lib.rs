@@ -27,6 +27,8 @@ use leadflow_runtime::server::{self, Health, MAX_MESSAGE_BYTES};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
+
+pub use store::DEFAULT_SCORE_CACHE_LEADS;
 use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
 
@@ -70,6 +72,14 @@ pub struct Config {
         default_value_t = 60_000
     )]
     pub sweep_interval_ms: u64,
+    /// Leads whose score inputs are kept in memory on an SQLite store (some 600 bytes each;
+    /// 0: none). PostgreSQL stores keep none.
+    #[arg(
+        long,
+        env = "LEADFLOW_SCORING_SCORE_CACHE_LEADS",
+        default_value_t = DEFAULT_SCORE_CACHE_LEADS
+    )]
+    pub score_cache_leads: usize,
     /// API keys.
     #[command(flatten)]
     pub auth: AuthArgs,
@@ -110,6 +120,7 @@ pub async fn serve(
     let store = Store::new(db.clone(), wakeup.clone())
         .with_shared_deletes(deletes.clone())
         .with_reader(reader.clone())
+        .with_score_cache_leads(config.score_cache_leads)
         .with_inbox_retention(config.outbox.inbox_retention());
     let api = ScoringApi::new(store.clone(), clock.clone());
     for job in store

@@ -1288,6 +1288,61 @@ async fn a_score_read_after_a_write_sees_it(db: TestDb) {
     scoring.stop().await;
 }
 
+/// On SQLite a lead's score is served from memory once written, unless the cache is turned off
+/// (`--score-cache-leads 0`). Seen by corrupting a lead's row behind the running service, which
+/// an operator must never do: from memory its score still reads, from the file it fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_score_cache_setting_reaches_the_store() {
+    use sea_orm::ConnectionTrait;
+    let db = TestDb::sqlite("scoring");
+    let receiver = QualificationReceiver::start().await;
+    let clock = ManualClock::new(Utc::now());
+    let mut answers = Vec::new();
+    for (leads, lead_id) in [
+        (leadflow_scoring::DEFAULT_SCORE_CACHE_LEADS, "cached"),
+        (0, "uncached"),
+    ] {
+        let scoring = Scoring::start_with_cache(&db, receiver.url(), clock.clone(), leads).await;
+        let now = scoring.clock.now();
+        scoring
+            .internal()
+            .apply_lead_events(pb::ApplyLeadEventsRequest {
+                events: vec![activity_event(
+                    lead_id,
+                    lead_id,
+                    "email_open",
+                    now,
+                    &[("asset_id", "n1")],
+                )],
+            })
+            .await
+            .expect("apply");
+        let conn = sea_orm::Database::connect(db.url.as_str())
+            .await
+            .expect("connect");
+        conn.execute_unprepared(&format!(
+            "UPDATE lead_scores SET state = '{{' WHERE lead_id = '{lead_id}'"
+        ))
+        .await
+        .expect("corrupt the state");
+        let answer = scoring
+            .client()
+            .get_score(pb::GetScoreRequest {
+                lead_id: lead_id.into(),
+            })
+            .await
+            .map(|r| r.into_inner().score.expect("score").score)
+            .map_err(|status| status.code());
+        answers.push(answer);
+        scoring.stop().await;
+    }
+    assert!(
+        matches!(answers[0], Ok(score) if score > 0.0),
+        "{answers:?}"
+    );
+    assert_eq!(answers[1], Err(Code::Internal), "read from the file");
+}
+
 on_both_backends! {
     inbox_retention => the_inbox_forgets_message_ids_past_their_retention;
     facts_migration => stored_facts_survive_the_clustering_migration;

@@ -38,6 +38,9 @@ pub use entities::{decision, fact, lead_score, model, request, rescore_job};
 use reads::ScoreReader;
 use score_cache::{CacheWrites, ScoreCache};
 
+/// Leads whose score inputs an SQLite store keeps in memory unless told otherwise.
+pub const DEFAULT_SCORE_CACHE_LEADS: usize = score_cache::DEFAULT_CAPACITY;
+
 /// Outbox destination of score changes.
 pub const QUALIFICATION: &str = "qualification";
 
@@ -125,8 +128,7 @@ impl Store {
     /// A store over `db`; `wakeup` is poked after commits that enqueued score changes. Starts
     /// the score-read task, so it must be called inside a tokio runtime.
     pub fn new(db: DatabaseConnection, wakeup: Wakeup) -> Self {
-        let scores = (db.get_database_backend() == sea_orm::DatabaseBackend::Sqlite)
-            .then(|| Arc::new(ScoreCache::new(score_cache::DEFAULT_CAPACITY)));
+        let scores = score_cache_for(&db, DEFAULT_SCORE_CACHE_LEADS);
         Self {
             score_reader: ScoreReader::start(db.clone(), READS_IN_FLIGHT, scores.clone()),
             scores,
@@ -154,6 +156,17 @@ impl Store {
     pub fn with_inbox_retention(self, retention: TimeDelta) -> Self {
         Self {
             inbox_retention: retention,
+            ..self
+        }
+    }
+
+    /// The same store, keeping the score inputs of at most `leads` leads in memory on SQLite
+    /// ([`DEFAULT_SCORE_CACHE_LEADS`] otherwise; 0: none).
+    pub fn with_score_cache_leads(self, leads: usize) -> Self {
+        let scores = score_cache_for(&self.db, leads);
+        Self {
+            score_reader: ScoreReader::start(self.reader.clone(), READS_IN_FLIGHT, scores.clone()),
+            scores,
             ..self
         }
     }
@@ -841,6 +854,13 @@ async fn load_or_create(
     row.state = Set(state::encode(&lead.score)?);
     row.insert(txn).await?;
     Ok(lead)
+}
+
+/// A score cache of `leads` for a store on `db`: only on SQLite, whose file this process alone
+/// writes ([`score_cache`]).
+fn score_cache_for(db: &DatabaseConnection, leads: usize) -> Option<Arc<ScoreCache>> {
+    (db.get_database_backend() == sea_orm::DatabaseBackend::Sqlite && leads > 0)
+        .then(|| Arc::new(ScoreCache::new(leads)))
 }
 
 /// Records for the score cache that `row` (a live lead's, just written) is now stored.

@@ -23,7 +23,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::ScoreRead;
 
-/// Leads kept by default: some 600 bytes each in the heap (the key, the lead id, a few fit rules
+/// Leads kept unless configured otherwise (`--score-cache-leads`): some 600 bytes each in the heap (the key, the lead id, a few fit rules
 /// and the engagement; measured as peak RSS against cached leads in the benchmark), so about
 /// 80 MiB at the most.
 pub(super) const DEFAULT_CAPACITY: usize = 131_072;

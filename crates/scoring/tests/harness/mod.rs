@@ -46,6 +46,22 @@ pub(crate) struct Scoring {
 impl Scoring {
     /// Starts scoring on `db`, delivering score changes to `qualification_url`.
     pub(crate) async fn start(db: &TestDb, qualification_url: String, clock: ManualClock) -> Self {
+        Self::start_with_cache(
+            db,
+            qualification_url,
+            clock,
+            leadflow_scoring::DEFAULT_SCORE_CACHE_LEADS,
+        )
+        .await
+    }
+
+    /// [`Scoring::start`], keeping the score inputs of at most `score_cache_leads` in memory.
+    pub(crate) async fn start_with_cache(
+        db: &TestDb,
+        qualification_url: String,
+        clock: ManualClock,
+        score_cache_leads: usize,
+    ) -> Self {
         init_logs();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -58,6 +74,7 @@ impl Scoring {
             database_max_connections: 5,
             qualification_url,
             sweep_interval_ms: 20,
+            score_cache_leads,
             auth: AuthArgs::default(),
             outbox: OutboxArgs {
                 outbox_poll_ms: 50,
