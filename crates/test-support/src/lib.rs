@@ -29,6 +29,8 @@ pub struct TestDb {
     /// Its backend.
     pub backend: Backend,
     dir: Option<PathBuf>,
+    /// The PostgreSQL server's URL and the database's name, to drop it at the end.
+    postgres: Option<(String, String)>,
 }
 
 impl TestDb {
@@ -53,6 +55,7 @@ impl TestDb {
             url,
             backend: Backend::Sqlite,
             dir: Some(dir),
+            postgres: None,
         }
     }
 
@@ -81,6 +84,7 @@ impl TestDb {
             url: format!("{base}/{name}"),
             backend: Backend::Postgres,
             dir: None,
+            postgres: Some((server, name)),
         })
     }
 }
@@ -90,7 +94,34 @@ impl Drop for TestDb {
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_dir_all(dir);
         }
+        if let Some((server, name)) = self.postgres.take() {
+            drop_postgres_database(server, name);
+        }
     }
+}
+
+/// Drops a test's PostgreSQL database (closing any connection still open to it), so the shared
+/// server does not collect one per test run. On a thread with a runtime of its own: `Drop`
+/// cannot await, and the test's runtime may be shutting down. A database that cannot be dropped
+/// is left behind; the test's result stands.
+fn drop_postgres_database(server: String, name: String) {
+    let dropping = std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async {
+            if let Ok(admin) = Database::connect(&server).await {
+                let _ = admin
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+                let _ = admin.close().await;
+            }
+        });
+    });
+    let _ = dropping.join();
 }
 
 /// The PostgreSQL server URL for tests.
