@@ -25,7 +25,7 @@ use leadflow_runtime::auth::AuthArgs;
 use leadflow_runtime::clock::SystemClock;
 use leadflow_runtime::outbox::OutboxArgs;
 use leadflow_runtime::telemetry::{self, TelemetryArgs};
-use leadflow_test_support::{Backend, TestDb};
+use leadflow_test_support::TestDb;
 use opentelemetry::Value;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
 use tokio_util::sync::CancellationToken;
@@ -80,7 +80,7 @@ async fn a_track_that_makes_an_mql_is_one_trace_across_four_services() {
     let mut postgres = Vec::new();
     for _ in 0..4 {
         // None only outside CI without a configured server (in CI it panics).
-        if let Some(db) = TestDb::new(Backend::Postgres).await {
+        if let Some(db) = TestDb::postgres().await {
             postgres.push(db);
         }
     }

@@ -27,10 +27,10 @@ use leadflow_runtime::server::{self, Health, MAX_MESSAGE_BYTES};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
-
-pub use store::DEFAULT_SCORE_CACHE_LEADS;
 use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
+
+pub use store::DEFAULT_SCORE_CACHE_LEADS;
 
 use crate::api::ScoringApi;
 use crate::sink::QualificationSink;

@@ -331,12 +331,8 @@ impl Store {
         tenant: &str,
         lead_ids: &[String],
     ) -> Result<HashMap<String, Arc<ScoreRead>>, Error> {
-        let Some(cache) = &self.scores else {
-            let found = score_reads_on(&self.reader, tenant, lead_ids).await?;
-            return Ok(found
-                .into_iter()
-                .map(|(id, read)| (id, Arc::new(read)))
-                .collect());
+        let Some(cache) = self.scores.as_deref() else {
+            return score_reads_on(&self.reader, tenant, lead_ids).await;
         };
         let mut found = HashMap::with_capacity(lead_ids.len());
         let mut missed = Vec::new();
@@ -349,14 +345,7 @@ impl Store {
             }
         }
         if !missed.is_empty() {
-            let ticket = cache.ticket();
-            let read = score_reads_on(&self.reader, tenant, &missed).await?;
-            let read: Vec<(String, Arc<ScoreRead>)> = read
-                .into_iter()
-                .map(|(id, read)| (id, Arc::new(read)))
-                .collect();
-            cache.offer(&ticket, tenant, read.iter().map(|(_, read)| read));
-            found.extend(read);
+            found.extend(reads::read_through(&self.reader, Some(cache), tenant, &missed).await?);
         }
         Ok(found)
     }
@@ -662,10 +651,10 @@ async fn score_read_on(
     reader: &DatabaseConnection,
     tenant: &str,
     lead_id: &str,
-) -> Result<Option<ScoreRead>, Error> {
+) -> Result<Option<Arc<ScoreRead>>, Error> {
     find_row(reader, tenant, lead_id, false)
         .await?
-        .map(|(row, merged)| ScoreRead::decode(&row, merged))
+        .map(|(row, merged)| ScoreRead::decode(&row, merged).map(Arc::new))
         .transpose()
 }
 
@@ -675,17 +664,20 @@ async fn score_reads_on(
     reader: &DatabaseConnection,
     tenant: &str,
     lead_ids: &[String],
-) -> Result<HashMap<String, ScoreRead>, Error> {
+) -> Result<HashMap<String, Arc<ScoreRead>>, Error> {
     let rows = rows_by_id(reader, tenant, lead_ids, false).await?;
     let mut merged: HashMap<String, String> = HashMap::new();
-    let mut found: HashMap<String, ScoreRead> = HashMap::with_capacity(rows.len());
+    let mut found: HashMap<String, Arc<ScoreRead>> = HashMap::with_capacity(rows.len());
     for row in rows {
         match row.merged_into.clone() {
             Some(survivor) => {
                 merged.insert(row.lead_id, survivor);
             }
             None => {
-                found.insert(row.lead_id.clone(), ScoreRead::decode(&row, false)?);
+                found.insert(
+                    row.lead_id.clone(),
+                    Arc::new(ScoreRead::decode(&row, false)?),
+                );
             }
         }
     }
@@ -702,12 +694,13 @@ async fn score_reads_on(
         .map(|row| Ok((row.lead_id.clone(), ScoreRead::decode(&row, true)?)))
         .collect::<Result<_, Error>>()?;
     for (absorbed, survivor) in merged {
-        if let Some(read) = found.get(&survivor).or_else(|| survivors.get(&survivor)) {
+        let read = found.get(&survivor).map(|read| &**read);
+        if let Some(read) = read.or_else(|| survivors.get(&survivor)) {
             let read = ScoreRead {
                 merged: true,
                 ..read.clone()
             };
-            found.insert(absorbed, read);
+            found.insert(absorbed, Arc::new(read));
         }
     }
     Ok(found)
@@ -859,7 +852,8 @@ async fn load_or_create(
 /// A score cache of `leads` for a store on `db`: only on SQLite, whose file this process alone
 /// writes ([`score_cache`]).
 fn score_cache_for(db: &DatabaseConnection, leads: usize) -> Option<Arc<ScoreCache>> {
-    (db.get_database_backend() == sea_orm::DatabaseBackend::Sqlite && leads > 0)
+    let leads = std::num::NonZeroUsize::new(leads)?;
+    (db.get_database_backend() == sea_orm::DatabaseBackend::Sqlite)
         .then(|| Arc::new(ScoreCache::new(leads)))
 }
 

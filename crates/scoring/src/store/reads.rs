@@ -104,16 +104,8 @@ async fn answer(reader: &DatabaseConnection, cache: Option<&ScoreCache>, batch: 
         let mut ids: Vec<String> = lookups.iter().map(|l| l.lead_id.clone()).collect();
         ids.sort_unstable();
         ids.dedup();
-        let ticket = cache.map(ScoreCache::ticket);
-        match score_reads_on(reader, &tenant, &ids).await {
+        match read_through(reader, cache, &tenant, &ids).await {
             Ok(found) => {
-                let found: HashMap<String, Arc<ScoreRead>> = found
-                    .into_iter()
-                    .map(|(id, read)| (id, Arc::new(read)))
-                    .collect();
-                if let (Some(cache), Some(ticket)) = (cache, &ticket) {
-                    cache.offer(ticket, &tenant, found.values());
-                }
                 for lookup in lookups {
                     let read = found.get(&lookup.lead_id).cloned();
                     let _ = lookup.reply.send(Ok(read));
@@ -122,14 +114,28 @@ async fn answer(reader: &DatabaseConnection, cache: Option<&ScoreCache>, batch: 
             Err(err) => {
                 tracing::debug!(lookups = lookups.len(), error = %err, "batched score read failed, reading one by one");
                 for lookup in lookups {
-                    let read = score_read_on(reader, &tenant, &lookup.lead_id)
-                        .await
-                        .map(|read| read.map(Arc::new));
+                    let read = score_read_on(reader, &tenant, &lookup.lead_id).await;
                     let _ = lookup.reply.send(read);
                 }
             }
         }
     }
+}
+
+/// [`score_reads_on`] of `lead_ids`, what it read offered to `cache` with a ticket taken before
+/// the query (so rows read before a concurrent write are refused).
+pub(super) async fn read_through(
+    reader: &DatabaseConnection,
+    cache: Option<&ScoreCache>,
+    tenant: &str,
+    lead_ids: &[String],
+) -> Result<HashMap<String, Arc<ScoreRead>>, Error> {
+    let ticket = cache.map(ScoreCache::ticket);
+    let found = score_reads_on(reader, tenant, lead_ids).await?;
+    if let (Some(cache), Some(ticket)) = (cache, &ticket) {
+        cache.offer(ticket, tenant, found.values());
+    }
+    Ok(found)
 }
 
 #[cfg(test)]

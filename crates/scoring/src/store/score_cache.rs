@@ -16,6 +16,7 @@
 //! once the writing call has returned.
 
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::num::NonZeroUsize;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use indexmap::{Equivalent, IndexMap};
@@ -23,9 +24,9 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::ScoreRead;
 
-/// Leads kept unless configured otherwise (`--score-cache-leads`): some 600 bytes each in the heap (the key, the lead id, a few fit rules
-/// and the engagement; measured as peak RSS against cached leads in the benchmark), so about
-/// 80 MiB at the most.
+/// Leads kept unless configured otherwise (`--score-cache-leads`): some 600 bytes each in the
+/// heap (the key, the lead id, a few fit rules and the engagement; measured as peak RSS against
+/// cached leads in the benchmark), so about 80 MiB at the most.
 pub(super) const DEFAULT_CAPACITY: usize = 131_072;
 
 /// Invalidation counters; a refused offer costs one lead in this many a re-read.
@@ -53,7 +54,7 @@ impl Equivalent<Key> for Borrowed<'_> {
 #[derive(Debug)]
 pub(super) struct ScoreCache {
     inner: RwLock<Inner>,
-    capacity: usize,
+    capacity: NonZeroUsize,
     hasher: RandomState,
     /// Held by a writing transaction from before it begins until its leads are stored.
     write_order: Arc<Mutex<()>>,
@@ -75,7 +76,7 @@ pub(super) struct Ticket([u64; STRIPES]);
 
 impl ScoreCache {
     /// An empty cache of at most `capacity` leads.
-    pub(super) fn new(capacity: usize) -> Self {
+    pub(super) fn new(capacity: NonZeroUsize) -> Self {
         Self {
             inner: RwLock::new(Inner {
                 reads: IndexMap::new(),
@@ -107,9 +108,6 @@ impl ScoreCache {
         tenant: &str,
         reads: impl IntoIterator<Item = &'a Arc<ScoreRead>>,
     ) {
-        if self.capacity == 0 {
-            return;
-        }
         let mut inner = self.write();
         for read in reads.into_iter().filter(|read| !read.merged) {
             let key = (tenant.to_owned(), read.lead_id.clone());
@@ -129,8 +127,8 @@ impl ScoreCache {
             let stripe = self.stripe(&key);
             inner.generations[stripe] += 1;
             match read {
-                Some(read) if self.capacity > 0 => inner.keep(self.capacity, key, Arc::new(read)),
-                _ => {
+                Some(read) => inner.keep(self.capacity, key, Arc::new(read)),
+                None => {
                     inner.reads.swap_remove(&key);
                 }
             }
@@ -163,8 +161,8 @@ impl ScoreCache {
 }
 
 impl Inner {
-    fn keep(&mut self, capacity: usize, key: Key, read: Arc<ScoreRead>) {
-        if self.reads.len() >= capacity && !self.reads.contains_key(&key) {
+    fn keep(&mut self, capacity: NonZeroUsize, key: Key, read: Arc<ScoreRead>) {
+        if self.reads.len() >= capacity.get() && !self.reads.contains_key(&key) {
             self.evict_one();
         }
         self.reads.insert(key, read);
@@ -267,13 +265,17 @@ mod tests {
         Arc::new(read_of(lead_id, 1, false))
     }
 
+    fn capacity(leads: usize) -> NonZeroUsize {
+        NonZeroUsize::new(leads).expect("not zero")
+    }
+
     fn version(cache: &ScoreCache, lead_id: &str) -> Option<i32> {
         cache.get("t", lead_id).map(|r| r.model_version)
     }
 
     #[test]
     fn an_offered_live_lead_is_served_and_a_merged_id_is_not_kept() {
-        let cache = ScoreCache::new(8);
+        let cache = ScoreCache::new(capacity(8));
         let ticket = cache.ticket();
         cache.offer(&ticket, "t", [&read("a"), &Arc::new(read_of("b", 1, true))]);
         assert_eq!(
@@ -289,7 +291,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_committed_write_is_stored_and_a_read_from_before_it_is_refused() {
-        let cache = Arc::new(ScoreCache::new(8));
+        let cache = Arc::new(ScoreCache::new(capacity(8)));
         cache.offer(&cache.ticket(), "t", [&read("a"), &read("b")]);
         let before_the_write = cache.ticket();
         let mut writes = CacheWrites::begin(Some(&cache)).await;
@@ -310,7 +312,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_write_forgets_its_leads() {
-        let cache = Arc::new(ScoreCache::new(8));
+        let cache = Arc::new(ScoreCache::new(capacity(8)));
         cache.offer(&cache.ticket(), "t", [&read("a"), &read("b")]);
         let failing = async {
             let mut writes = CacheWrites::begin(Some(&cache)).await;
@@ -329,7 +331,7 @@ mod tests {
 
     #[tokio::test]
     async fn writing_transactions_take_turns() {
-        let cache = Arc::new(ScoreCache::new(8));
+        let cache = Arc::new(ScoreCache::new(capacity(8)));
         let mut first = CacheWrites::begin(Some(&cache)).await;
         let second = tokio::spawn({
             let cache = Arc::clone(&cache);
@@ -355,14 +357,11 @@ mod tests {
 
     #[test]
     fn it_holds_at_most_its_capacity() {
-        let cache = ScoreCache::new(3);
+        let cache = ScoreCache::new(capacity(3));
         for n in 0..10 {
             cache.offer(&cache.ticket(), "t", [&read(&format!("lead-{n}"))]);
             assert!(cache.len() <= 3);
         }
         assert!(cache.get("t", "lead-9").is_some(), "the newest is kept");
-        let off = ScoreCache::new(0);
-        off.offer(&off.ticket(), "t", [&read("a")]);
-        assert_eq!(off.len(), 0);
     }
 }
