@@ -924,25 +924,14 @@ async fn stored_facts_survive_the_clustering_migration(db: TestDb) {
 
 /// A lead state stored as JSON text, as states were before their binary encoding, survives
 /// the migration that follows (PostgreSQL's column becomes bytes): it scores as it did, and is
-/// stored in the binary encoding once its lead changes.
+/// stored in the current encoding once its lead changes.
 async fn a_json_state_from_before_the_binary_encoding_still_scores(db: TestDb) {
     use leadflow_scoring::domain::{ActivityFact, LeadScore};
-    use leadflow_scoring::store::{migrations::Migrator, state};
-    use sea_orm::sea_query::{Alias, Query};
-    use sea_orm::{ConnectionTrait, Statement};
-    use sea_orm_migration::MigratorTrait;
 
-    let conn = leadflow_runtime::db::connect(&db.url, 2)
-        .await
-        .expect("connect");
-    Migrator::up(&conn, Some(5))
-        .await
-        .expect("the migrations before it");
-    let model = default_model();
     let seen = Utc::now() - Duration::days(20);
     let mut legacy = LeadScore::new(seen);
     legacy.apply_activity(
-        &model,
+        &default_model(),
         &ActivityFact {
             id: "old-pricing".into(),
             activity_type: "pricing_view".into(),
@@ -951,6 +940,50 @@ async fn a_json_state_from_before_the_binary_encoding_still_scores(db: TestDb) {
         },
     );
     let json = serde_json::to_string(&legacy).expect("the old form");
+    an_old_state_scores_and_is_rewritten(db, json.into(), legacy, seen, Some(5)).await;
+}
+
+/// A lead state in the first binary layout (with the profile's attributes, ids as text) scores
+/// as it did and is stored in the current layout once its lead changes.
+async fn a_state_in_the_first_binary_layout_still_scores(db: TestDb) {
+    use leadflow_scoring::store::state;
+
+    let hex: String = include_str!("fixtures/lead_state_v1.hex")
+        .split_whitespace()
+        .collect();
+    let stored: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(&hex[at..at + 2], 16).expect("hex"))
+        .collect();
+    assert_eq!(stored.first(), Some(&1), "the fixture is in version 1");
+    let legacy = state::decode(&stored).expect("version 1 decodes");
+    let seen = Utc::now() - Duration::days(400);
+    an_old_state_scores_and_is_rewritten(db, stored.into(), legacy, seen, None).await;
+}
+
+/// Stores `stored` as the state of lead "legacy" after the first `migrated_before` migrations
+/// (all of them when `None`), migrates the rest, and checks that the lead scores as `legacy`
+/// does, that a new activity is applied on top of it, and that its state is then written in
+/// the current layout.
+async fn an_old_state_scores_and_is_rewritten(
+    db: TestDb,
+    stored: sea_orm::Value,
+    legacy: leadflow_scoring::domain::LeadScore,
+    seen: chrono::DateTime<Utc>,
+    migrated_before: Option<u32>,
+) {
+    use leadflow_scoring::store::{migrations::Migrator, state};
+    use sea_orm::sea_query::{Alias, Query};
+    use sea_orm::{ConnectionTrait, Statement};
+    use sea_orm_migration::MigratorTrait;
+
+    let conn = leadflow_runtime::db::connect(&db.url, 2)
+        .await
+        .expect("connect");
+    Migrator::up(&conn, migrated_before)
+        .await
+        .expect("the migrations before it");
+    let model = default_model();
     let insert = Query::insert()
         .into_table(Alias::new("lead_scores"))
         .columns([
@@ -968,7 +1001,7 @@ async fn a_json_state_from_before_the_binary_encoding_still_scores(db: TestDb) {
         .values_panic([
             "default".into(),
             "legacy".into(),
-            json.into(),
+            stored.into(),
             Vec::<u8>::new().into(),
             seen.into(),
             model.version.into(),
@@ -978,7 +1011,9 @@ async fn a_json_state_from_before_the_binary_encoding_still_scores(db: TestDb) {
             seen.into(),
         ])
         .to_owned();
-    conn.execute(&insert).await.expect("a state stored as JSON");
+    conn.execute(&insert)
+        .await
+        .expect("a state in its old form");
     Migrator::up(&conn, None).await.expect("the rest");
 
     let (scoring, _receiver) = start(&db).await;
@@ -999,7 +1034,7 @@ async fn a_json_state_from_before_the_binary_encoding_still_scores(db: TestDb) {
         "{} against {expected}",
         score.score
     );
-    assert!(expected > 0.0, "the old activity counts");
+    assert!(expected > 0.0, "the old state's points count");
 
     scoring
         .internal()
@@ -1017,14 +1052,23 @@ async fn a_json_state_from_before_the_binary_encoding_still_scores(db: TestDb) {
         .expect("read")
         .expect("the row");
     let stored: Vec<u8> = stored.try_get("", "state").expect("bytes");
-    assert_ne!(stored.first(), Some(&b'{'), "written back in binary");
-    let rewritten: LeadScore = state::decode(&stored).expect("decodes");
+    assert_eq!(
+        stored.first(),
+        Some(&2),
+        "written back in the current layout"
+    );
+    let rewritten = state::decode(&stored).expect("decodes");
     assert_eq!(
         rewritten.ledger().len(),
         legacy.ledger().len() + 1,
         "{:?} after {:?}",
         rewritten.ledger(),
         legacy.ledger()
+    );
+    assert_eq!(
+        rewritten.ledger()[..legacy.ledger().len()],
+        *legacy.ledger(),
+        "the old lines are kept as they were"
     );
     let after = scoring
         .client()
@@ -1347,6 +1391,7 @@ on_both_backends! {
     inbox_retention => the_inbox_forgets_message_ids_past_their_retention;
     facts_migration => stored_facts_survive_the_clustering_migration;
     json_state => a_json_state_from_before_the_binary_encoding_still_scores;
+    state_v1 => a_state_in_the_first_binary_layout_still_scores;
     seed_journey_scores => the_seed_journey_scores_an_mql_and_explains_it;
     hand_raise => a_hand_raise_is_announced_as_such;
     batch_get => batch_get_reports_unknown_ids;

@@ -7,11 +7,16 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::caps::capped_award;
+use super::compact_id;
 use super::decay::{Decaying, factor};
 use super::fit::{self, Grade};
 use super::inactivity;
 use super::model::Model;
 use super::stamp;
+
+mod v1;
+
+pub use v1::LeadScoreV1;
 
 /// An activity as scoring keeps it (the facts rescoring replays).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +52,7 @@ pub struct LedgerLine {
     /// The rule.
     pub rule_id: String,
     /// The activity that earned it (behaviour lines).
+    #[serde(with = "compact_id::optional")]
     pub activity_id: Option<String>,
     /// That activity's type.
     pub activity_type: Option<String>,
@@ -142,18 +148,20 @@ pub struct Explanation {
 ///
 /// Its first three fields are [`ScoreInputs`]' fields, in the same order: in a stored state's
 /// binary encoding (fields in declaration order) a score lookup reads them as a prefix and
-/// stops there. Keep them first when fields are added (new fields go last).
+/// stops there. Keep them first. Stored states are read by position, so any change to the
+/// fields or their encoding is a new version of the stored layout (`store::state`), with the
+/// old layout kept to read (as [`LeadScoreV1`] is).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LeadScore {
     fit_rules: Vec<(String, f64)>,
     engagement: Decaying,
     #[serde(with = "stamp::labelled")]
     hand_raises: Vec<(String, String, DateTime<Utc>)>,
-    profile: BTreeMap<String, String>,
     ledger: Vec<LedgerLine>,
     #[serde(with = "stamp::timed_by_key")]
     awards: HashMap<String, Vec<(DateTime<Utc>, f64)>>,
     assets: HashSet<(String, String)>,
+    #[serde(with = "compact_id::set")]
     seen_activities: HashSet<String>,
     #[serde(with = "stamp::time")]
     first_seen: DateTime<Utc>,
@@ -169,7 +177,6 @@ impl LeadScore {
     /// A lead first seen at `first_seen`, with no profile and no activity.
     pub fn new(first_seen: DateTime<Utc>) -> Self {
         Self {
-            profile: BTreeMap::new(),
             fit_rules: Vec::new(),
             engagement: Decaying::zero(first_seen),
             ledger: Vec::new(),
@@ -195,7 +202,7 @@ impl LeadScore {
         now: DateTime<Utc>,
     ) -> Self {
         let mut lead = Self::new(first_seen);
-        lead.set_profile(model, profile.clone(), first_seen);
+        lead.set_profile(model, profile, first_seen);
         let mut ordered: Vec<&ActivityFact> = facts.iter().collect();
         ordered.sort_by(|a, b| (a.occurred_at, &a.id).cmp(&(b.occurred_at, &b.id)));
         for fact in ordered {
@@ -236,14 +243,14 @@ impl LeadScore {
         }
     }
 
-    /// Replaces the profile; writes a line for each fit rule that starts or stops holding.
+    /// Scores a new profile; writes a line for each fit rule that starts or stops holding.
     pub fn set_profile(
         &mut self,
         model: &Model,
-        profile: BTreeMap<String, String>,
+        profile: &BTreeMap<String, String>,
         at: DateTime<Utc>,
     ) -> Vec<LedgerLine> {
-        let fit = fit::evaluate(model, &profile);
+        let fit = fit::evaluate(model, profile);
         let before: HashMap<&str, f64> = self
             .fit_rules
             .iter()
@@ -264,7 +271,6 @@ impl LeadScore {
                 changes.push((id.clone(), -points));
             }
         }
-        self.profile = profile;
         self.fit_rules = fit.rules;
         changes
             .into_iter()
@@ -494,10 +500,10 @@ mod tests {
         let t0 = Utc::now();
         let mut lead = LeadScore::new(t0);
         let profile = |size: &str| BTreeMap::from([("company_size".to_owned(), size.to_owned())]);
-        let added = lead.set_profile(&model, profile("200"), t0);
+        let added = lead.set_profile(&model, &profile("200"), t0);
         assert_eq!(added.len(), 1);
         assert!(added[0].points > 0.0);
-        let removed = lead.set_profile(&model, profile("3"), t0);
+        let removed = lead.set_profile(&model, &profile("3"), t0);
         assert_eq!(
             removed[0].points, -added[0].points,
             "the rule stopping to hold removes its points"
@@ -517,7 +523,7 @@ mod tests {
             let kinds = ["page_view", "pricing_view", "content_download", "email_open", "webinar_attended", "unsubscribe", "demo_request", "bounce"];
             let t0 = Utc::now();
             let mut lead = LeadScore::new(t0);
-            lead.set_profile(&model, BTreeMap::from([("company_size".into(), size.to_string()), ("seniority".into(), "SENIORITY_MANAGER".into())]), t0);
+            lead.set_profile(&model, &BTreeMap::from([("company_size".into(), size.to_string()), ("seniority".into(), "SENIORITY_MANAGER".into())]), t0);
             for (i, (kind, hours, asset)) in events.iter().enumerate() {
                 let at = t0 + Duration::hours(*hours);
                 lead.sweep(&model, at);

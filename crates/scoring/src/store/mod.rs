@@ -74,7 +74,7 @@ pub struct ScoreRead {
 
 impl ScoreRead {
     fn decode(row: &lead_score::Model, merged: bool) -> Result<Self, Error> {
-        let inputs: ScoreInputs = state::decode(&row.state)?;
+        let inputs = state::decode_inputs(&row.state)?;
         Ok(Self {
             lead_id: row.lead_id.clone(),
             model_version: row.model_version,
@@ -406,7 +406,7 @@ impl Store {
                         .await?;
                     let before = lead.score.score(model, now);
                     lead.score
-                        .set_profile(model, convert::profile_attributes(&profile), produced);
+                        .set_profile(model, &convert::profile_attributes(&profile), produced);
                     lead.profile = profile;
                     out.push(events::message(events::score_changed(
                         lead,
@@ -758,7 +758,7 @@ fn decode_profile(bytes: &[u8]) -> Result<common::Profile, Error> {
 }
 
 fn decode(row: lead_score::Model, merged: bool) -> Result<LeadState, Error> {
-    let score: LeadScore = state::decode(&row.state)?;
+    let score = state::decode(&row.state)?;
     let profile = decode_profile(&row.profile)?;
     Ok(LeadState {
         row,

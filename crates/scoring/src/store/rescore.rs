@@ -21,7 +21,7 @@ use super::{
     find_request, lead_score, record, rescore_job, rows_by_id, save_request, saved_row, state,
 };
 use crate::convert;
-use crate::domain::{ActivityFact, LeadScore, Model, ScoreInputs};
+use crate::domain::{ActivityFact, LeadScore, Model};
 use crate::error::Error;
 
 /// Leads a rescore job re-scores per transaction.
@@ -229,7 +229,7 @@ fn replay(read: StepRead, model: &Model, at: DateTime<Utc>) -> Result<Replayed, 
     let StepRead { rows, mut facts } = read;
     let mut replayed = Replayed::default();
     for row in rows.into_iter().filter(|row| row.merged_into.is_none()) {
-        let before = state::decode::<ScoreInputs>(&row.state)?.score(model, at);
+        let before = state::decode_inputs(&row.state)?.score(model, at);
         let profile = decode_profile(&row.profile)?;
         let lead_facts = facts.remove(row.lead_id.as_str()).unwrap_or_default();
         let score = LeadScore::replay(

@@ -240,7 +240,6 @@ mod tests {
     use chrono::{TimeZone, Utc};
 
     use super::*;
-    use crate::domain::ScoreInputs;
 
     /// A read of `lead_id` whose state is under model `version` (to tell reads apart).
     fn read_of(lead_id: &str, version: i32, merged: bool) -> ScoreRead {
@@ -248,7 +247,7 @@ mod tests {
             .timestamp_opt(1_764_000_000, 0)
             .single()
             .expect("a time");
-        let inputs: ScoreInputs = crate::store::state::decode(
+        let inputs = crate::store::state::decode_inputs(
             &crate::store::state::encode(&crate::domain::LeadScore::new(at)).expect("encodes"),
         )
         .expect("decodes");
