@@ -21,6 +21,9 @@ pub enum Error {
     /// The score-read task is gone: the service is shutting down.
     #[error("the score reader has stopped")]
     ReaderStopped,
+    /// A task doing part of the work stopped without its result (it panicked or was cancelled).
+    #[error("{0} did not finish")]
+    TaskFailed(&'static str),
 }
 
 impl Error {
@@ -37,7 +40,7 @@ impl From<Error> for Status {
         match err {
             Error::Invalid(violations) => violations.into(),
             Error::NotFound(what) => Status::not_found(format!("{what} not found")),
-            Error::Corrupt(_) => error::internal(&err),
+            Error::Corrupt(_) | Error::TaskFailed(_) => error::internal(&err),
             Error::Store(db) => error::store(&db),
             Error::ReaderStopped => Status::unavailable("shutting down, retry"),
         }

@@ -523,6 +523,106 @@ async fn a_new_model_and_rescore_change_existing_scores(db: TestDb) {
     scoring.stop().await;
 }
 
+/// A rescore that meets a fact it cannot read (here in its second step of leads, whose facts
+/// SQLite reads ahead on another connection) fails its job, saying why, and changes no score.
+async fn a_rescore_that_meets_a_corrupt_fact_fails_and_changes_nothing(db: TestDb) {
+    use sea_orm::ConnectionTrait;
+    let (scoring, _receiver) = start(&db).await;
+    let t0 = journey_start(&scoring);
+    let crowd: Vec<String> = (0..150).map(|i| format!("crowd-{i:03}")).collect();
+    let events = crowd
+        .iter()
+        .flat_map(|lead_id| seed_journey(lead_id, t0))
+        .collect();
+    scoring
+        .internal()
+        .apply_lead_events(pb::ApplyLeadEventsRequest { events })
+        .await
+        .expect("apply");
+    let scores = |scoring: &Scoring| {
+        let mut client = scoring.client();
+        let lead_ids = crowd.clone();
+        async move {
+            client
+                .batch_get_scores(pb::BatchGetScoresRequest { lead_ids })
+                .await
+                .expect("scores")
+                .into_inner()
+                .results
+                .into_iter()
+                .map(|result| result.score.map(|score| score.score))
+                .collect::<Vec<_>>()
+        }
+    };
+    let before = scores(&scoring).await;
+    let conn = sea_orm::Database::connect(db.url.as_str())
+        .await
+        .expect("connect");
+    conn.execute_unprepared(
+        "UPDATE activity_facts SET properties = 'not json' WHERE lead_id = 'crowd-120'",
+    )
+    .await
+    .expect("corrupt the facts of one lead");
+    let mut doubled = default_model();
+    for rule in &mut doubled.behavior_rules {
+        rule.points *= 2.0;
+    }
+    scoring
+        .client()
+        .publish_model(pb::PublishModelRequest {
+            request_id: "pub-1".into(),
+            model: Some(model_to_pb(&doubled, Utc::now())),
+        })
+        .await
+        .expect("publish");
+    let job = scoring
+        .client()
+        .rescore(pb::RescoreRequest {
+            request_id: "job-1".into(),
+        })
+        .await
+        .expect("rescore")
+        .into_inner()
+        .job
+        .expect("job");
+    let job = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            let job = scoring
+                .client()
+                .get_rescore_job(pb::GetRescoreJobRequest {
+                    job_id: job.job_id.clone(),
+                })
+                .await
+                .expect("job")
+                .into_inner()
+                .job
+                .expect("job");
+            if job.state == pb::RescoreJobState::Failed as i32
+                || job.state == pb::RescoreJobState::Succeeded as i32
+            {
+                return job;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the job ends in time");
+    assert_eq!(
+        job.state,
+        pb::RescoreJobState::Failed as i32,
+        "{}",
+        job.error_message
+    );
+    assert!(
+        job.error_message.contains("do not parse"),
+        "{}",
+        job.error_message
+    );
+    assert_eq!(job.processed_leads, 0, "its one transaction rolled back");
+    assert_eq!(scores(&scoring).await, before, "no score changed");
+    scoring.stop().await;
+}
+
 async fn wait_for_job(scoring: &Scoring, job_id: &str) -> pb::RescoreJob {
     tokio::time::timeout(std::time::Duration::from_secs(30), async {
         loop {
@@ -1399,6 +1499,7 @@ on_both_backends! {
     error_paths => error_paths_name_the_field_or_say_not_found;
     what_if => what_if_scores_without_storing;
     rescore => a_new_model_and_rescore_change_existing_scores;
+    rescore_corrupt_fact => a_rescore_that_meets_a_corrupt_fact_fails_and_changes_nothing;
     inactivity_sweeper => a_cold_lead_loses_points_by_the_sweeper;
     merge => a_merge_counts_every_point_once;
     reads_after_writes => a_score_read_after_a_write_sees_it;
