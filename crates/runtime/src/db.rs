@@ -365,10 +365,12 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The build's SQLite keeps no memory statistics (`.cargo/config.toml`): with them every
-    /// SQLite allocation takes one process-wide lock.
+    /// The build's SQLite is compiled as `.cargo/config.toml` says: without memory statistics
+    /// (with them every SQLite allocation takes one process-wide lock), and with plans that never
+    /// depend on bound values (without it a statement with `LIMIT ?` is compiled again on every
+    /// run).
     #[tokio::test]
-    async fn sqlite_is_built_without_memory_statistics() {
+    async fn sqlite_is_built_with_the_documented_options() {
         let file = leadflow_test_support::TestDb::sqlite("options");
         let db = connect(&file.url, 1).await.expect("connect");
         let options: Vec<String> = db
@@ -381,10 +383,12 @@ mod tests {
             .iter()
             .map(|row| row.try_get_by_index::<String>(0).expect("an option"))
             .collect();
-        assert!(
-            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
-            "sqlite compiled with {options:?}"
-        );
+        for expected in ["DEFAULT_MEMSTATUS=0", "ENABLE_QPSG"] {
+            assert!(
+                options.iter().any(|o| o == expected),
+                "{expected} missing: sqlite compiled with {options:?}"
+            );
+        }
     }
 
     /// The writer connection runs with the settings documented above: WAL, `synchronous=NORMAL`,
