@@ -125,13 +125,14 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let keys = Keys::from_args(&config.auth).context("api keys")?;
     keys.log_mode(SERVICE);
-    let leadflow_runtime::db::Pools { writer: db, reader } =
-        leadflow_runtime::db::open_with_reader::<store::migrations::Migrator>(
-            &config.database_url(),
-            config.database_max_connections,
-        )
-        .await
-        .context("open the handoff database")?;
+    let leadflow_runtime::db::Pools {
+        writer: db, reader, ..
+    } = leadflow_runtime::db::open_with_reader::<store::migrations::Migrator>(
+        &config.database_url(),
+        config.database_max_connections,
+    )
+    .await
+    .context("open the handoff database")?;
     let (qualification_wakeup, scoring_wakeup) = (Wakeup::new(), Wakeup::new());
     let store = Store::new(
         db.clone(),

@@ -1304,7 +1304,7 @@ async fn the_inbox_forgets_message_ids_past_their_retention(db: TestDb) {
 async fn reads_answer_while_the_writer_is_held(db: TestDb) {
     use leadflow_handoff::store::{Prepared, Store, migrations::Migrator};
 
-    let leadflow_runtime::db::Pools { writer, reader } =
+    let leadflow_runtime::db::Pools { writer, reader, .. } =
         leadflow_runtime::db::open_with_reader::<Migrator>(&db.url, 5)
             .await
             .expect("open");

@@ -883,7 +883,7 @@ async fn reads_answer_while_the_writer_is_held(db: TestDb) {
     use leadflow_qualification::store::{Store, migrations::Migrator};
     use leadflow_runtime::outbox::Wakeup;
 
-    let leadflow_runtime::db::Pools { writer, reader } =
+    let leadflow_runtime::db::Pools { writer, reader, .. } =
         leadflow_runtime::db::open_with_reader::<Migrator>(&db.url, 5)
             .await
             .expect("open");

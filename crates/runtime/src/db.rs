@@ -218,6 +218,10 @@ pub struct Pools {
     pub writer: DatabaseConnection,
     /// The reads that need not.
     pub reader: DatabaseConnection,
+    /// Whether `reader` has connections of its own (an SQLite file), which read while a
+    /// transaction holds the writer's one connection; otherwise it is the writer's pool, and a
+    /// read on it while the caller holds a transaction of that pool waits for that transaction.
+    pub reads_beside_writer: bool,
 }
 
 /// [`open`], then the [`reader`] beside it: how every service opens its store.
@@ -227,7 +231,11 @@ pub async fn open_with_reader<M: MigratorTrait>(
 ) -> Result<Pools, DbError> {
     let writer = open::<M>(url, max_connections).await?;
     let reader = reader(url, &writer).await?;
-    Ok(Pools { writer, reader })
+    Ok(Pools {
+        writer,
+        reader,
+        reads_beside_writer: reads_beside_writer(url),
+    })
 }
 
 /// Rebuilds the SQLite table `table` as a `WITHOUT ROWID` table, keeping its rows, columns and
@@ -364,6 +372,15 @@ pub async fn ping(db: &impl ConnectionTrait) -> bool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Only an SQLite file gets read-only connections of its own beside the writer.
+    #[test]
+    fn only_an_sqlite_file_reads_beside_the_writer() {
+        assert!(reads_beside_writer("sqlite:///data/scoring.db?mode=rwc"));
+        assert!(!reads_beside_writer("sqlite::memory:"));
+        assert!(!reads_beside_writer("sqlite://file.db?mode=memory"));
+        assert!(!reads_beside_writer("postgres://postgres@127.0.0.1/test"));
+    }
 
     /// The build's SQLite is compiled as `.cargo/config.toml` says: without memory statistics
     /// (with them every SQLite allocation takes one process-wide lock), and with plans that never

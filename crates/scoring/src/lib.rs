@@ -108,18 +108,21 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let keys = Keys::from_args(&config.auth).context("api keys")?;
     keys.log_mode(SERVICE);
-    let leadflow_runtime::db::Pools { writer: db, reader } =
-        leadflow_runtime::db::open_with_reader::<store::migrations::Migrator>(
-            &config.database_url(),
-            config.database_max_connections,
-        )
-        .await
-        .context("open the scoring database")?;
+    let leadflow_runtime::db::Pools {
+        writer: db,
+        reader,
+        reads_beside_writer,
+    } = leadflow_runtime::db::open_with_reader::<store::migrations::Migrator>(
+        &config.database_url(),
+        config.database_max_connections,
+    )
+    .await
+    .context("open the scoring database")?;
     let wakeup = Wakeup::new();
     let deletes = SharedDeletes::new();
     let store = Store::new(db.clone(), wakeup.clone())
         .with_shared_deletes(deletes.clone())
-        .with_reader(reader.clone())
+        .with_reader(reader.clone(), reads_beside_writer)
         .with_score_cache_leads(config.score_cache_leads)
         .with_inbox_retention(config.outbox.inbox_retention());
     let api = ScoringApi::new(store.clone(), clock.clone());

@@ -100,6 +100,9 @@ pub struct Store {
     db: DatabaseConnection,
     /// Where score reads go: [`leadflow_runtime::db::reader`], or `db` itself.
     reader: DatabaseConnection,
+    /// Whether `reader` reads beside the writer's one connection (an SQLite file), so a
+    /// transaction of `db` may wait for reads on it ([`leadflow_runtime::db::Pools`]).
+    reads_beside_writer: bool,
     /// Single-lead score reads, coalesced into batched queries on `reader`.
     score_reader: ScoreReader,
     /// Live leads' score inputs in memory, on a store only this process writes (SQLite).
@@ -133,6 +136,7 @@ impl Store {
             score_reader: ScoreReader::start(db.clone(), READS_IN_FLIGHT, scores.clone()),
             scores,
             reader: db.clone(),
+            reads_beside_writer: false,
             db,
             wakeup,
             models: ModelCache::default(),
@@ -172,11 +176,12 @@ impl Store {
     }
 
     /// The same store, reading scores and models through `reader` (read-only connections
-    /// beside the writer on SQLite).
-    pub fn with_reader(self, reader: DatabaseConnection) -> Self {
+    /// beside the writer on an SQLite file: `beside_writer`).
+    pub fn with_reader(self, reader: DatabaseConnection, beside_writer: bool) -> Self {
         Self {
             score_reader: ScoreReader::start(reader.clone(), READS_IN_FLIGHT, self.scores.clone()),
             reader,
+            reads_beside_writer: beside_writer,
             ..self
         }
     }

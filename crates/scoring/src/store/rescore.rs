@@ -11,8 +11,8 @@ use leadflow_runtime::outbox::{self, NewMessage, Packing};
 use leadflow_runtime::script::WriteScript;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseBackend,
-    DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -220,18 +220,19 @@ struct Replayed {
     changed: i64,
 }
 
-/// The facts of a lead and its id.
+/// Each lead's facts, by lead id.
 type FactsByLead = HashMap<String, Vec<ActivityFact>>;
 
 /// Where a rescore transaction reads its steps' facts.
 ///
-/// On SQLite they are read ahead on the read-only connections while the writer reads and
-/// writes lead rows: reading and decoding facts was some 40% of a rescore's time at a million
+/// On an SQLite file they are read ahead on the read-only connections while the writer reads
+/// and writes lead rows: reading and decoding facts was some 40% of a rescore's time at a million
 /// facts, the writer idle meanwhile. It sees what the transaction would: the read-ahead starts
 /// once the transaction holds the store's only writer connection, so nothing commits between
 /// the transaction's start and the reads, and the transaction itself writes no facts.
 /// On PostgreSQL other replicas write meanwhile, so the facts are read in the transaction,
-/// after the rows it has locked.
+/// after the rows it has locked; so they are on an in-memory SQLite store, whose reads share
+/// the writer's one connection.
 enum StepFacts {
     InTransaction,
     ReadAhead(mpsc::Receiver<Result<FactsByLead, Error>>),
@@ -240,7 +241,7 @@ enum StepFacts {
 impl Store {
     /// How the transaction just begun reads the facts of `chunk`, step by step.
     fn step_facts(&self, tenant: &str, chunk: &[String]) -> StepFacts {
-        if self.db.get_database_backend() != DatabaseBackend::Sqlite {
+        if !self.reads_beside_writer {
             return StepFacts::InTransaction;
         }
         let (sender, receiver) = mpsc::channel(FACTS_AHEAD);

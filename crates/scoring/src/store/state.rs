@@ -100,16 +100,24 @@ mod tests {
         lead
     }
 
+    /// `stored` reads back as `expected`, whole and as the inputs of its score.
+    fn assert_reads_as(stored: &[u8], expected: &LeadScore) {
+        assert_eq!(&decode(stored).expect("decodes"), expected);
+        let (at, model) = (Utc::now(), default_model());
+        assert_eq!(
+            decode_inputs(stored)
+                .expect("inputs decode")
+                .score(&model, at),
+            expected.score(&model, at)
+        );
+    }
+
     #[test]
     fn a_state_reads_back_whole_and_as_score_inputs() {
         let lead = lead();
         let stored = encode(&lead).expect("encodes");
         assert_eq!(stored[0], BINARY_V2);
-        assert_eq!(decode(&stored).expect("decodes"), lead);
-        let at = Utc::now();
-        let model = default_model();
-        let inputs = decode_inputs(&stored).expect("inputs decode");
-        assert_eq!(inputs.score(&model, at), lead.score(&model, at));
+        assert_reads_as(&stored, &lead);
         let json = serde_json::to_string(&lead).expect("json");
         assert!(
             stored.len() * 2 < json.len(),
@@ -122,7 +130,7 @@ mod tests {
     /// A state version 1 wrote (profile attributes included, ids as text): two activities with
     /// UUID ids, one with an id from a CRM import, and an inactivity line. The service tests
     /// store it too.
-    const STORED_V1: &str = include_str!("../../tests/fixtures/lead_state_v1.hex");
+    const STORED_V1: &[u8] = include_bytes!("../../tests/fixtures/lead_state_v1.bin");
 
     /// The lead [`STORED_V1`] holds, scored afresh.
     fn stored_v1_lead() -> LeadScore {
@@ -163,29 +171,13 @@ mod tests {
         )
     }
 
-    fn from_hex(hex: &str) -> Vec<u8> {
-        let hex: String = hex.split_whitespace().collect();
-        (0..hex.len())
-            .step_by(2)
-            .map(|at| u8::from_str_radix(&hex[at..at + 2], 16).expect("hex"))
-            .collect()
-    }
-
     #[test]
     fn a_state_stored_in_version_1_still_reads_and_is_rewritten_smaller() {
-        let stored = from_hex(STORED_V1);
+        let stored = STORED_V1;
         assert_eq!(stored[0], BINARY_V1);
         let expected = stored_v1_lead();
-        let read = decode(&stored).expect("version 1 decodes");
-        assert_eq!(read, expected);
-        let at = Utc::now();
-        let model = default_model();
-        assert_eq!(
-            decode_inputs(&stored)
-                .expect("inputs decode")
-                .score(&model, at),
-            expected.score(&model, at)
-        );
+        assert_reads_as(stored, &expected);
+        let read = decode(stored).expect("version 1 decodes");
         assert!(
             read.ledger()
                 .iter()
@@ -198,7 +190,7 @@ mod tests {
             rewritten.len(),
             stored.len()
         );
-        assert_eq!(decode(&rewritten).expect("decodes"), expected);
+        assert_reads_as(&rewritten, &expected);
     }
 
     #[test]
@@ -207,21 +199,13 @@ mod tests {
         let mut json = serde_json::to_value(&lead).expect("json");
         json["profile"] = serde_json::json!({ "company_size": "250" });
         let stored = serde_json::to_vec(&json).expect("json");
-        assert_eq!(decode(&stored).expect("decodes"), lead);
-        let at = Utc::now();
-        let model = default_model();
-        assert_eq!(
-            decode_inputs(&stored)
-                .expect("inputs decode")
-                .score(&model, at),
-            lead.score(&model, at)
-        );
+        assert_reads_as(&stored, &lead);
     }
 
     #[test]
     fn an_unknown_empty_or_cut_state_is_corrupt() {
         let stored = encode(&lead()).expect("encodes");
-        let v1 = from_hex(STORED_V1);
+        let v1 = STORED_V1;
         for bad in [
             &[][..],
             &[7, 1, 2][..],
