@@ -41,12 +41,6 @@ const SQLITE_STATEMENT_CACHE: usize = 24;
 /// 512-row insert is a few thousand opcodes), and a table has one of each.
 const SQLITE_WRITER_STATEMENT_CACHE: usize = 128;
 
-/// Where SQLite keeps temporary data: statement journals and sorts. A multi-row write inside
-/// a transaction keeps a statement journal (so a failing statement can be undone alone), and
-/// SQLite spills one of more than 64 KiB to a temporary file: with batched writes that was a
-/// `pwrite` per page changed. In memory they cost a copy; they never outlive a statement.
-const SQLITE_TEMP_STORE: &str = "memory";
-
 /// Rows an SQLite connection's worker thread may queue for the task reading a result (sqlx's
 /// default is 50). The worker blocks when the queue is full until the reader takes a row, so a
 /// read of a few hundred rows (a rescore step's facts, a relay's batch) was a sleep and a wake of
@@ -107,7 +101,6 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
                     .busy_timeout(Duration::from_secs(5))
                     .pragma("cache_size", SQLITE_CACHE_SIZE)
                     .pragma("wal_autocheckpoint", SQLITE_WAL_AUTOCHECKPOINT)
-                    .pragma("temp_store", SQLITE_TEMP_STORE)
                     .statement_cache_capacity(SQLITE_WRITER_STATEMENT_CACHE)
                     .row_buffer_size(SQLITE_ROW_BUFFER)
             });
@@ -167,7 +160,6 @@ pub async fn reader(url: &str, writer: &DatabaseConnection) -> Result<DatabaseCo
                 .busy_timeout(Duration::from_secs(5))
                 .statement_cache_capacity(SQLITE_STATEMENT_CACHE)
                 .pragma("cache_size", SQLITE_READER_CACHE_SIZE)
-                .pragma("temp_store", SQLITE_TEMP_STORE)
                 .row_buffer_size(SQLITE_ROW_BUFFER)
         });
     Ok(Database::connect(options).await?)
@@ -385,7 +377,8 @@ mod tests {
     /// The build's SQLite is compiled as `.cargo/config.toml` says: without memory statistics
     /// (with them every SQLite allocation takes one process-wide lock), and with plans that never
     /// depend on bound values (without it a statement with `LIMIT ?` is compiled again on every
-    /// run).
+    /// run), with statement journals in one 4 MiB buffer and page caches that take their first
+    /// 512 pages in one allocation (both instead of a malloc per page or less).
     #[tokio::test]
     async fn sqlite_is_built_with_the_documented_options() {
         let file = leadflow_test_support::TestDb::sqlite("options");
@@ -400,7 +393,13 @@ mod tests {
             .iter()
             .map(|row| row.try_get_by_index::<String>(0).expect("an option"))
             .collect();
-        for expected in ["DEFAULT_MEMSTATUS=0", "ENABLE_QPSG"] {
+        for expected in [
+            "DEFAULT_MEMSTATUS=0",
+            "ENABLE_QPSG",
+            "STMTJRNL_SPILL=4194304",
+            "DEFAULT_PCACHE_INITSZ=512",
+            "TEMP_STORE=1",
+        ] {
             assert!(
                 options.iter().any(|o| o == expected),
                 "{expected} missing: sqlite compiled with {options:?}"
@@ -409,7 +408,7 @@ mod tests {
     }
 
     /// The writer connection runs with the settings documented above: WAL, `synchronous=NORMAL`,
-    /// its page cache and its checkpoint interval.
+    /// its page cache, its checkpoint interval and the default temporary store.
     #[tokio::test]
     async fn the_sqlite_writer_runs_with_its_documented_pragmas() {
         let file = leadflow_test_support::TestDb::sqlite("pragmas");
@@ -433,7 +432,12 @@ mod tests {
             .expect("text");
         assert_eq!(journal_mode, "wal");
         let mut settings = Vec::new();
-        for name in ["synchronous", "cache_size", "wal_autocheckpoint"] {
+        for name in [
+            "synchronous",
+            "cache_size",
+            "wal_autocheckpoint",
+            "temp_store",
+        ] {
             settings.push(
                 pragma(name)
                     .await
@@ -446,7 +450,10 @@ mod tests {
             [
                 1,
                 number(SQLITE_CACHE_SIZE),
-                number(SQLITE_WAL_AUTOCHECKPOINT)
+                number(SQLITE_WAL_AUTOCHECKPOINT),
+                // The build's default (files): `memory` would grow statement journals in 1 KiB
+                // chunks instead of one buffer (see `.cargo/config.toml`).
+                0
             ]
         );
     }
