@@ -72,8 +72,9 @@ pub enum DbError {
 /// SQLite (`sqlite://path/to/file.db`, or `sqlite::memory:`): the file and its folder are
 /// created if missing; WAL journal, `synchronous=NORMAL` (durable across a process crash; the
 /// last commits may be lost on power failure, the usual trade-off with WAL), foreign keys on, a
-/// 5 s busy timeout, a 24 MiB page cache, temporary data in memory, and a single pooled connection so writers never race (SQLite allows one
-/// writer at a time anyway). PostgreSQL (`postgres://…`): a pool of up to `max_connections`.
+/// 5 s busy timeout, a 24 MiB page cache, and a single pooled connection so writers never race
+/// (SQLite allows one writer at a time anyway). PostgreSQL (`postgres://…`): a pool of up to
+/// `max_connections`.
 /// SQL text is kept out of spans: it may carry personal data.
 pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, DbError> {
     let mut options = ConnectOptions::new(url.to_owned());
