@@ -4,6 +4,7 @@
 //! and an injectable clock.
 
 pub mod auth;
+pub mod batched;
 pub mod client;
 pub mod clock;
 pub mod db;

@@ -69,6 +69,16 @@ impl WriteScript {
         self.statements.is_empty()
     }
 
+    /// The backend the statements are built for.
+    pub fn backend(&self) -> DatabaseBackend {
+        self.backend
+    }
+
+    /// Every statement added so far, in order, leaving the script empty.
+    pub(crate) fn take(&mut self) -> Vec<Statement> {
+        std::mem::take(&mut self.statements)
+    }
+
     /// Runs every statement added so far on `conn`, in order, and leaves the script empty for
     /// more; stops at the first that fails. Reads that must see these writes come after it.
     pub async fn run<C: ConnectionTrait>(&mut self, conn: &C) -> Result<(), DbErr> {
@@ -88,7 +98,7 @@ impl WriteScript {
 
 /// `statements` in order, in scripts: each large statement alone, runs of small ones together
 /// up to [`MAX_STATEMENTS_PER_SCRIPT`].
-fn scripts(statements: Vec<Statement>) -> Vec<Vec<Statement>> {
+pub(crate) fn scripts(statements: Vec<Statement>) -> Vec<Vec<Statement>> {
     let mut scripts: Vec<Vec<Statement>> = Vec::new();
     let mut open = false;
     for statement in statements {
@@ -109,7 +119,7 @@ fn bound_values(statement: &Statement) -> usize {
 }
 
 /// `statements` as one script: their texts separated by semicolons, their values in order.
-fn joined(backend: DatabaseBackend, mut statements: Vec<Statement>) -> Statement {
+pub(crate) fn joined(backend: DatabaseBackend, mut statements: Vec<Statement>) -> Statement {
     if statements.len() == 1 {
         return statements.remove(0);
     }

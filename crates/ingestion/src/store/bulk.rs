@@ -1,19 +1,20 @@
 //! The set-based path of [`Store::apply`](super::Store::apply): when every command of a batch
 //! names one lead without linking ids across two leads (no merge, no shared device), the whole
-//! batch is read with three queries and written with five statements, whatever its size, instead
+//! batch is read in two rounds of queries and written with five statements, whatever its size, instead
 //! of several statements per command. Anything else returns `None` before writing, and the
 //! caller takes the command-by-command path, which handles every case.
 
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
+use leadflow_runtime::batched::{BatchedReads, models};
 use leadflow_runtime::db::{MAX_ROWS_PER_STATEMENT, in_list};
 use leadflow_runtime::outbox::NewMessage;
 use leadflow_runtime::script::WriteScript;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseTransaction, EntityTrait, IntoActiveModel, QueryFilter,
-    QueryOrder, QuerySelect,
+    ActiveValue::Set, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
+    QuerySelect, QueryTrait, Statement,
 };
 
 use super::{ANONYMOUS, Accepted, USER, activity, events, identity, lead, request};
@@ -38,19 +39,22 @@ enum Step {
     Apply(String),
 }
 
-/// Applies `commands` in order, reading inside `txn` and adding the writes to `script` (which
-/// the caller runs in `txn`), and appends the events they produce; or returns `None` having
-/// added nothing when the batch needs the command-by-command path.
+/// Applies `commands` in order, reading inside `txn` in two rounds (the writes queued in
+/// `script` run before the first) and adding the writes to `script` (which the caller runs in
+/// `txn`), and appends the events they produce; or returns `None` having added nothing when
+/// the batch needs the command-by-command path.
 pub(super) async fn try_apply(
-    txn: &DatabaseTransaction,
+    txn: &mut impl BatchedReads,
     script: &mut WriteScript,
     tenant: &str,
     commands: &[Command],
     now: DateTime<Utc>,
     events: &mut Vec<NewMessage>,
 ) -> Result<Option<Vec<Accepted>>, Error> {
-    let answered = stored_answers(txn, tenant, commands).await?;
-    let mut links = known_links(txn, tenant, commands, &answered).await?;
+    let Known {
+        answered,
+        mut links,
+    } = known(txn, script, tenant, commands).await?;
 
     // Resolve every command to its lead, in order, as the command-by-command path would.
     let mut steps = Vec::with_capacity(commands.len());
@@ -105,7 +109,7 @@ pub(super) async fn try_apply(
         steps.push(Step::Apply(lead_id));
     }
 
-    let Some(mut drafts) = load_drafts(txn, tenant, &steps, &new_leads, now).await? else {
+    let Some(mut drafts) = load_drafts(txn, script, tenant, &steps, &new_leads, now).await? else {
         return Ok(None);
     };
 
@@ -213,42 +217,37 @@ fn identity_of(command: &Command) -> &Identity {
     }
 }
 
-/// The stored answers of the batch's message ids accepted before.
-async fn stored_answers(
-    txn: &DatabaseTransaction,
-    tenant: &str,
-    commands: &[Command],
-) -> Result<HashMap<String, Accepted>, Error> {
-    let ids: Vec<&str> = commands.iter().map(Command::message_id).collect();
-    let mut answered = HashMap::new();
-    for chunk in ids.chunks(MAX_ROWS_PER_STATEMENT) {
-        let rows = request::Entity::find()
-            .filter(request::Column::TenantId.eq(tenant))
-            .filter(request::Column::MessageId.is_in(in_list(chunk)))
-            .all(txn)
-            .await?;
-        for row in rows {
-            answered.insert(row.message_id.clone(), super::stored_answer(row));
-        }
-    }
-    Ok(answered)
+/// What the store knows of a batch before applying it.
+struct Known {
+    /// The stored answers of its message ids accepted before.
+    answered: HashMap<String, Accepted>,
+    /// The leads its ids already point at, by (kind, id).
+    links: HashMap<(String, String), String>,
 }
 
-/// The leads the batch's ids (of commands not answered before) already point at: one indexed
-/// lookup per kind of id (the key is tenant, kind, id, so leaving the kind out would scan the
-/// tenant's every identity).
-async fn known_links(
-    txn: &DatabaseTransaction,
+/// The stored answers of the batch's message ids and the leads its ids point at, in one round
+/// of reads: the answers, then one indexed lookup per kind of id (the key is tenant, kind, id,
+/// so leaving the kind out would scan the tenant's every identity). The ids of commands
+/// answered before are looked up too: what they point at is as true as any other link, and
+/// reading them beside the answers saves a round.
+async fn known(
+    txn: &mut impl BatchedReads,
+    script: &mut WriteScript,
     tenant: &str,
     commands: &[Command],
-    answered: &HashMap<String, Accepted>,
-) -> Result<HashMap<(String, String), String>, Error> {
-    let pending: Vec<&Identity> = commands
-        .iter()
-        .filter(|c| !answered.contains_key(c.message_id()))
-        .map(identity_of)
+) -> Result<Known, Error> {
+    let backend = txn.backend();
+    let message_ids: Vec<&str> = commands.iter().map(Command::message_id).collect();
+    let mut reads: Vec<Statement> = message_ids
+        .chunks(MAX_ROWS_PER_STATEMENT)
+        .map(|chunk| {
+            request::Entity::find()
+                .filter(request::Column::TenantId.eq(tenant))
+                .filter(request::Column::MessageId.is_in(in_list(chunk)))
+                .build(backend)
+        })
         .collect();
-    let mut links = HashMap::new();
+    let answer_reads = reads.len();
     for (kind, of) in [
         (
             USER,
@@ -256,22 +255,35 @@ async fn known_links(
         ),
         (ANONYMOUS, |who: &Identity| who.anonymous_id.as_deref()),
     ] {
-        let mut ids: Vec<&str> = pending.iter().filter_map(|who| of(who)).collect();
+        let mut ids: Vec<&str> = commands
+            .iter()
+            .filter_map(|command| of(identity_of(command)))
+            .collect();
         ids.sort_unstable();
         ids.dedup();
-        for chunk in ids.chunks(MAX_ROWS_PER_STATEMENT) {
-            let rows = identity::Entity::find()
+        reads.extend(ids.chunks(MAX_ROWS_PER_STATEMENT).map(|chunk| {
+            identity::Entity::find()
                 .filter(identity::Column::TenantId.eq(tenant))
                 .filter(identity::Column::Kind.eq(kind))
                 .filter(identity::Column::ExternalId.is_in(in_list(chunk)))
-                .all(txn)
-                .await?;
-            for row in rows {
-                links.insert((row.kind, row.external_id), row.lead_id);
-            }
+                .build(backend)
+        }));
+    }
+    let results = txn.read(script, reads).await?;
+    let (answers, identities) = results.split_at(answer_reads);
+    let mut answered = HashMap::new();
+    for rows in answers {
+        for row in models::<request::Model>(rows)? {
+            answered.insert(row.message_id.clone(), super::stored_answer(row));
         }
     }
-    Ok(links)
+    let mut links = HashMap::new();
+    for rows in identities {
+        for row in models::<identity::Model>(rows)? {
+            links.insert((row.kind, row.external_id), row.lead_id);
+        }
+    }
+    Ok(Known { answered, links })
 }
 
 /// The drafts of every lead the steps apply to: existing ones read (and on PostgreSQL locked,
@@ -279,7 +291,8 @@ async fn known_links(
 /// identity points at a lead that is missing or merged away: the command-by-command path
 /// answers that.
 async fn load_drafts(
-    txn: &DatabaseTransaction,
+    txn: &mut impl BatchedReads,
+    script: &mut WriteScript,
     tenant: &str,
     steps: &[Step],
     new_leads: &HashSet<String>,
@@ -294,20 +307,27 @@ async fn load_drafts(
         .collect();
     existing.sort_unstable();
     existing.dedup();
+    let backend = txn.backend();
+    let reads: Vec<Statement> = existing
+        .chunks(MAX_ROWS_PER_STATEMENT)
+        .map(|chunk| {
+            lead::Entity::find()
+                .filter(lead::Column::TenantId.eq(tenant))
+                .filter(lead::Column::LeadId.is_in(in_list(chunk)))
+                .order_by_asc(lead::Column::LeadId)
+                .lock_exclusive()
+                .build(backend)
+        })
+        .collect();
     let mut drafts = HashMap::with_capacity(existing.len() + new_leads.len());
-    for chunk in existing.chunks(MAX_ROWS_PER_STATEMENT) {
-        let rows = lead::Entity::find()
-            .filter(lead::Column::TenantId.eq(tenant))
-            .filter(lead::Column::LeadId.is_in(in_list(chunk)))
-            .order_by_asc(lead::Column::LeadId)
-            .lock_exclusive()
-            .all(txn)
-            .await?;
-        for row in rows {
-            if row.merged_into.is_some() {
-                return Ok(None);
+    if !reads.is_empty() {
+        for rows in txn.read(script, reads).await? {
+            for row in models::<lead::Model>(&rows)? {
+                if row.merged_into.is_some() {
+                    return Ok(None);
+                }
+                drafts.insert(row.lead_id.clone(), Draft { row, profile: None });
             }
-            drafts.insert(row.lead_id.clone(), Draft { row, profile: None });
         }
     }
     if drafts.len() != existing.len() {

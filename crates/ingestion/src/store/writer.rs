@@ -6,10 +6,11 @@
 //! its own transaction, so one job's error is never another's.
 
 use chrono::{DateTime, Utc};
+use leadflow_runtime::batched::{BatchedReads, BatchedTransaction};
 use leadflow_runtime::outbox::{self, Packing, SharedDeletes, Wakeup};
 use leadflow_runtime::queue::take_waiting;
 use leadflow_runtime::script::WriteScript;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Accepted, bulk, one_by_one};
@@ -81,7 +82,7 @@ async fn run(
         // The transaction is opened before the group is taken: while it waits for the
         // connection (the relay shares it), the jobs that arrive join this group instead of
         // each waiting a whole commit for the next one.
-        let txn = db.begin().await;
+        let txn = BatchedTransaction::begin(&db).await;
         let group = take_waiting(
             first,
             &mut queue,
@@ -113,32 +114,44 @@ async fn run(
 /// `deletes`, each job's answers in order; or `None`, having written nothing, when a job needs
 /// the command-by-command path.
 async fn commit_group(
-    txn: DatabaseTransaction,
+    mut txn: BatchedTransaction,
     deletes: &SharedDeletes,
+    group: &[Job],
+) -> Result<Option<Vec<Vec<Accepted>>>, Error> {
+    let mut script = WriteScript::new(txn.backend());
+    let carried = deletes.claim_into(&mut script);
+    match apply_group(&mut txn, &mut script, group).await {
+        Ok(Some(answers)) => {
+            txn.commit(&mut script).await?;
+            carried.committed();
+            Ok(Some(answers))
+        }
+        other => {
+            txn.rollback().await?;
+            other
+        }
+    }
+}
+
+/// Applies each run of jobs of one tenant, reading in `txn` and adding the writes to `script`.
+async fn apply_group(
+    txn: &mut BatchedTransaction,
+    script: &mut WriteScript,
     group: &[Job],
 ) -> Result<Option<Vec<Vec<Accepted>>>, Error> {
     let mut answers = Vec::with_capacity(group.len());
     let mut traced = Vec::with_capacity(group.len());
-    let mut script = WriteScript::new(txn.get_database_backend());
-    let carried = deletes.claim_into(&mut script);
     for run in group.chunk_by(|a, b| a.tenant == b.tenant) {
-        // A later run of the same tenant reads what the earlier ones wrote.
-        script.run(&txn).await?;
+        // A later run of the same tenant reads what the earlier ones wrote: its reads run the
+        // writes queued before them first.
         let commands: Vec<Command> = run
             .iter()
             .flat_map(|j| j.commands.iter().cloned())
             .collect();
         let mut events = Vec::new();
         let tenant = &run[0].tenant;
-        let Some(answered) = bulk::try_apply(
-            &txn,
-            &mut script,
-            tenant,
-            &commands,
-            run[0].now,
-            &mut events,
-        )
-        .await?
+        let Some(answered) =
+            bulk::try_apply(txn, script, tenant, &commands, run[0].now, &mut events).await?
         else {
             return Ok(None);
         };
@@ -154,10 +167,7 @@ async fn commit_group(
             answers.push(mine);
         }
     }
-    outbox::enqueue_traced_into(&mut script, traced, Packing::Bundled);
-    script.run(&txn).await?;
-    txn.commit().await?;
-    carried.committed();
+    outbox::enqueue_traced_into(script, traced, Packing::Bundled);
     Ok(Some(answers))
 }
 
@@ -173,11 +183,11 @@ async fn apply_each(db: &DatabaseConnection, wakeup: &Wakeup, group: Vec<Job>) {
 }
 
 async fn apply_alone(db: &DatabaseConnection, job: &Job) -> Result<Vec<Accepted>, Error> {
-    let txn = db.begin().await?;
+    let mut txn = db.begin().await?;
     let mut script = WriteScript::new(txn.get_database_backend());
     let mut events = Vec::new();
     let bulk = bulk::try_apply(
-        &txn,
+        &mut txn,
         &mut script,
         &job.tenant,
         &job.commands,
