@@ -315,6 +315,21 @@ pub(crate) fn figures(
         }
         None => missing.push("Track".into()),
     }
+    if let Some(one) = &sqlite.track_one {
+        // No target: the latency a caller sees when its write is the only one, its commit
+        // shared with nobody.
+        out.push(Figure::new(
+            "ingestion.track_p50_one_in_flight_us",
+            "Track p50, one in flight".to_owned(),
+            one.latency.p50_us,
+            "µs",
+            Some((
+                "echo p50, one in flight".to_owned(),
+                ceilings.echo_one.latency.p50_us,
+            )),
+            None,
+        ));
+    }
     match &sqlite.end_to_end {
         Some(e2e) => out.push(Figure::new(
             "pipeline.end_to_end_activities_per_sec",
@@ -565,6 +580,7 @@ pub(crate) fn failed_phases(
         phases.extend(
             [
                 &run.track,
+                &run.track_one,
                 &run.get_score_max,
                 &run.get_score_fixed,
                 &run.get_score_one,

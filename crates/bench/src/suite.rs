@@ -469,6 +469,21 @@ impl Backlog {
         .await
     }
 
+    /// Waits, as [`wait_drained`](Self::wait_drained), after `phase`; says so when the next
+    /// phase must run on a busy suite.
+    async fn drain_after(&self, phase: &str, suite: &Suite, plan: &Plan) -> anyhow::Result<()> {
+        if self
+            .wait_drained(suite, plan.poll, plan.phase_timeout)
+            .await?
+            .is_none()
+        {
+            eprintln!(
+                "  (the {phase} phase's activities were not drained; the next phase runs on a busy suite)"
+            );
+        }
+        Ok(())
+    }
+
     /// Waits until also handoff has applied everything qualification sent.
     async fn wait_handoff(
         &self,
@@ -602,6 +617,8 @@ pub(crate) struct LeadflowRun {
     pub(crate) end_to_end: Option<EndToEnd>,
     /// Unary `Track`, closed loop.
     pub(crate) track: Option<Phase>,
+    /// Unary `Track`, one request in flight: each waits for a commit of its own.
+    pub(crate) track_one: Option<Phase>,
     /// `GetScore`, closed loop.
     pub(crate) get_score_max: Option<Phase>,
     /// `GetScore` at the fixed offered rate (half the echo's maximum).
@@ -895,6 +912,7 @@ async fn phases(
         batch,
         end_to_end,
         track: None,
+        track_one: None,
         get_score_max: None,
         get_score_fixed: None,
         get_score_one: None,
@@ -916,36 +934,46 @@ async fn phases(
         return Ok(run);
     }
 
-    // 3. Unary Track, closed loop; then drained again so the reads below run on a quiet suite.
-    eprintln!("  Track, {} in flight", plan.concurrency);
-    run.track = Some({
+    // 3. Unary Track, closed loop, then one in flight; each drained again, so that the next
+    // phase runs on a quiet suite.
+    let track = |stream: &'static str| {
         let (client, workload) = (ingestion.clone(), Arc::clone(&workload));
         let offset = workload.activities;
+        move |i| {
+            let mut client = client.clone();
+            let request = workload.track(stream, offset + i);
+            async move {
+                client
+                    .track(request)
+                    .await
+                    .map(|_| 1)
+                    .map_err(|s| format!("Track: {s}"))
+            }
+        }
+    };
+    eprintln!("  Track, {} in flight", plan.concurrency);
+    run.track = Some(
         load::closed_loop(
             &format!("{backend}: Track"),
             plan.concurrency,
             Limit::time(plan.duration),
-            move |i| {
-                let mut client = client.clone();
-                let request = workload.track("t", offset + i);
-                async move {
-                    client
-                        .track(request)
-                        .await
-                        .map(|_| 1)
-                        .map_err(|s| format!("Track: {s}"))
-                }
-            },
+            track("t"),
         )
-        .await?
-    });
-    if backlog
-        .wait_drained(suite, plan.poll, plan.phase_timeout)
-        .await?
-        .is_none()
-    {
-        eprintln!("  (the Track phase's activities were not drained; reads run on a busy suite)");
-    }
+        .await?,
+    );
+    backlog.drain_after("Track", suite, plan).await?;
+    run.track_one = Some(
+        load::closed_loop(
+            &format!("{backend}: Track one in flight"),
+            1,
+            Limit::time(plan.duration),
+            track("t1"),
+        )
+        .await?,
+    );
+    backlog
+        .drain_after("Track one in flight", suite, plan)
+        .await?;
 
     // 4. GetScore: maximum, at the fixed rate, one in flight.
     let get_score = {
