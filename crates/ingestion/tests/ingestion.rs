@@ -661,6 +661,16 @@ async fn two_known_leads_merge(db: TestDb) {
             .duplicate
     );
 
+    let after = client
+        .track(track("m5", "web-9", "", activity("email_open", 0, &[])))
+        .await
+        .expect("a track after the merge")
+        .into_inner();
+    assert_eq!(
+        after.lead_id, a,
+        "the merged lead's ids record on the survivor"
+    );
+
     let again = pb::MergeLeadsRequest {
         message_id: "merge-2".into(),
         source_lead_id: b.clone(),

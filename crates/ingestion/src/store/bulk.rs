@@ -1,6 +1,7 @@
 //! The set-based path of [`Store::apply`](super::Store::apply): when every command of a batch
 //! names one lead without linking ids across two leads (no merge, no shared device), the whole
-//! batch is read in two rounds of queries and written with five statements, whatever its size, instead
+//! batch is read in one round of queries (two on PostgreSQL, which locks the leads in key order)
+//! and written with five statements, whatever its size, instead
 //! of several statements per command. Anything else returns `None` before writing, and the
 //! caller takes the command-by-command path, which handles every case.
 
@@ -13,8 +14,8 @@ use leadflow_runtime::outbox::NewMessage;
 use leadflow_runtime::script::WriteScript;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
-    QuerySelect, QueryTrait, Statement,
+    ActiveValue::Set, ColumnTrait, DatabaseBackend, EntityTrait, IntoActiveModel, QueryFilter,
+    QueryOrder, QuerySelect, QueryTrait, Statement,
 };
 
 use super::{ANONYMOUS, Accepted, USER, activity, events, identity, lead, request};
@@ -39,8 +40,8 @@ enum Step {
     Apply(String),
 }
 
-/// Applies `commands` in order, reading inside `txn` in two rounds (the writes queued in
-/// `script` run before the first) and adding the writes to `script` (which the caller runs in
+/// Applies `commands` in order, reading inside `txn` in one round (two on PostgreSQL; the
+/// writes queued in `script` run before the first) and adding the writes to `script` (which the caller runs in
 /// `txn`), and appends the events they produce; or returns `None` having added nothing when
 /// the batch needs the command-by-command path.
 pub(super) async fn try_apply(
@@ -54,6 +55,7 @@ pub(super) async fn try_apply(
     let Known {
         answered,
         mut links,
+        leads,
     } = known(txn, script, tenant, commands).await?;
 
     // Resolve every command to its lead, in order, as the command-by-command path would.
@@ -109,7 +111,8 @@ pub(super) async fn try_apply(
         steps.push(Step::Apply(lead_id));
     }
 
-    let Some(mut drafts) = load_drafts(txn, script, tenant, &steps, &new_leads, now).await? else {
+    let Some(mut drafts) = load_drafts(txn, script, leads, tenant, &steps, &new_leads, now).await?
+    else {
         return Ok(None);
     };
 
@@ -223,11 +226,15 @@ struct Known {
     answered: HashMap<String, Accepted>,
     /// The leads its ids already point at, by (kind, id).
     links: HashMap<(String, String), String>,
+    /// On SQLite, the rows of those leads by id, read in the same round: a single writer needs
+    /// no row locks, so nothing asks for them to be read in key order.
+    leads: Option<HashMap<String, lead::Model>>,
 }
 
 /// The stored answers of the batch's message ids and the leads its ids point at, in one round
 /// of reads: the answers, then one indexed lookup per kind of id (the key is tenant, kind, id,
-/// so leaving the kind out would scan the tenant's every identity). The ids of commands
+/// so leaving the kind out would scan the tenant's every identity), and on SQLite the rows of
+/// the leads those lookups find. The ids of commands
 /// answered before are looked up too: what they point at is as true as any other link, and
 /// reading them beside the answers saves a round.
 async fn known(
@@ -248,6 +255,7 @@ async fn known(
         })
         .collect();
     let answer_reads = reads.len();
+    let mut lookups: Vec<(&str, Vec<&str>)> = Vec::new();
     for (kind, of) in [
         (
             USER,
@@ -261,16 +269,38 @@ async fn known(
             .collect();
         ids.sort_unstable();
         ids.dedup();
-        reads.extend(ids.chunks(MAX_ROWS_PER_STATEMENT).map(|chunk| {
-            identity::Entity::find()
-                .filter(identity::Column::TenantId.eq(tenant))
-                .filter(identity::Column::Kind.eq(kind))
-                .filter(identity::Column::ExternalId.is_in(in_list(chunk)))
+        lookups.extend(
+            ids.chunks(MAX_ROWS_PER_STATEMENT)
+                .map(|chunk| (kind, chunk.to_vec())),
+        );
+    }
+    let identities_of = |kind: &str, ids: &[&str]| {
+        identity::Entity::find()
+            .filter(identity::Column::TenantId.eq(tenant))
+            .filter(identity::Column::Kind.eq(kind))
+            .filter(identity::Column::ExternalId.is_in(in_list(ids)))
+    };
+    reads.extend(
+        lookups
+            .iter()
+            .map(|(kind, ids)| identities_of(kind, ids).build(backend)),
+    );
+    let prefetch = backend == DatabaseBackend::Sqlite;
+    if prefetch {
+        reads.extend(lookups.iter().map(|(kind, ids)| {
+            let linked = identities_of(kind, ids)
+                .select_only()
+                .column(identity::Column::LeadId)
+                .into_query();
+            lead::Entity::find()
+                .filter(lead::Column::TenantId.eq(tenant))
+                .filter(lead::Column::LeadId.in_subquery(linked))
                 .build(backend)
         }));
     }
     let results = txn.read(script, reads).await?;
-    let (answers, identities) = results.split_at(answer_reads);
+    let (answers, rest) = results.split_at(answer_reads);
+    let (identities, linked_leads) = rest.split_at(lookups.len());
     let mut answered = HashMap::new();
     for rows in answers {
         for row in models::<request::Model>(rows)? {
@@ -283,16 +313,33 @@ async fn known(
             links.insert((row.kind, row.external_id), row.lead_id);
         }
     }
-    Ok(Known { answered, links })
+    let leads = if prefetch {
+        let mut leads = HashMap::new();
+        for rows in linked_leads {
+            for row in models::<lead::Model>(rows)? {
+                leads.insert(row.lead_id.clone(), row);
+            }
+        }
+        Some(leads)
+    } else {
+        None
+    };
+    Ok(Known {
+        answered,
+        links,
+        leads,
+    })
 }
 
-/// The drafts of every lead the steps apply to: existing ones read (and on PostgreSQL locked,
-/// in key order so concurrent batches cannot deadlock), new ones fresh. `None` when an
+/// The drafts of every lead the steps apply to: existing ones from `prefetched` or else read
+/// (and on PostgreSQL locked, in key order so concurrent batches cannot deadlock), new ones
+/// fresh. `None` when an
 /// identity points at a lead that is missing or merged away: the command-by-command path
 /// answers that.
 async fn load_drafts(
     txn: &mut impl BatchedReads,
     script: &mut WriteScript,
+    prefetched: Option<HashMap<String, lead::Model>>,
     tenant: &str,
     steps: &[Step],
     new_leads: &HashSet<String>,
@@ -307,28 +354,16 @@ async fn load_drafts(
         .collect();
     existing.sort_unstable();
     existing.dedup();
-    let backend = txn.backend();
-    let reads: Vec<Statement> = existing
-        .chunks(MAX_ROWS_PER_STATEMENT)
-        .map(|chunk| {
-            lead::Entity::find()
-                .filter(lead::Column::TenantId.eq(tenant))
-                .filter(lead::Column::LeadId.is_in(in_list(chunk)))
-                .order_by_asc(lead::Column::LeadId)
-                .lock_exclusive()
-                .build(backend)
-        })
-        .collect();
+    let rows = match prefetched {
+        Some(mut leads) => existing.iter().filter_map(|id| leads.remove(*id)).collect(),
+        None => read_leads(txn, script, tenant, &existing).await?,
+    };
     let mut drafts = HashMap::with_capacity(existing.len() + new_leads.len());
-    if !reads.is_empty() {
-        for rows in txn.read(script, reads).await? {
-            for row in models::<lead::Model>(&rows)? {
-                if row.merged_into.is_some() {
-                    return Ok(None);
-                }
-                drafts.insert(row.lead_id.clone(), Draft { row, profile: None });
-            }
+    for row in rows {
+        if row.merged_into.is_some() {
+            return Ok(None);
         }
+        drafts.insert(row.lead_id.clone(), Draft { row, profile: None });
     }
     if drafts.len() != existing.len() {
         return Ok(None);
@@ -353,6 +388,36 @@ async fn load_drafts(
         );
     }
     Ok(Some(drafts))
+}
+
+/// The rows of the leads `ids` (sorted), locked on PostgreSQL in key order so concurrent
+/// batches cannot deadlock.
+async fn read_leads(
+    txn: &mut impl BatchedReads,
+    script: &mut WriteScript,
+    tenant: &str,
+    ids: &[&str],
+) -> Result<Vec<lead::Model>, Error> {
+    let backend = txn.backend();
+    let reads: Vec<Statement> = ids
+        .chunks(MAX_ROWS_PER_STATEMENT)
+        .map(|chunk| {
+            lead::Entity::find()
+                .filter(lead::Column::TenantId.eq(tenant))
+                .filter(lead::Column::LeadId.is_in(in_list(chunk)))
+                .order_by_asc(lead::Column::LeadId)
+                .lock_exclusive()
+                .build(backend)
+        })
+        .collect();
+    if reads.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut rows = Vec::with_capacity(ids.len());
+    for read in txn.read(script, reads).await? {
+        rows.extend(models::<lead::Model>(&read)?);
+    }
+    Ok(rows)
 }
 
 /// Adds the batch's writes to `script`: every touched lead in one upsert (in key order), then
