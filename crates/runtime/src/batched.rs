@@ -1,7 +1,8 @@
 //! A transaction that sends its statements in as few trips to the database as the backend
 //! allows. On SQLite each statement is a trip to the connection's worker thread and back, and
-//! on a busy machine each trip waits to be scheduled twice (200–400 µs): ingestion's group
-//! commit (`BEGIN`, four reads, its writes, `COMMIT`) spent most of its ~3 ms in seven of them.
+//! each trip waits to be scheduled twice (~100 µs with the other core busy downstream):
+//! ingestion's group commit (`BEGIN`, four reads, its writes, `COMMIT`) made seven, most of a
+//! lone `Track`'s latency.
 //! A [`BatchedTransaction`] on SQLite holds its connection for its whole life and sends `BEGIN`
 //! with the first reads, the writes queued before a round of reads with those reads, and
 //! `COMMIT` with the last writes: one trip per round of reads, plus one. On PostgreSQL it is a
