@@ -1,9 +1,9 @@
 //! The set-based path of [`Store::apply`](super::Store::apply): when every command of a batch
 //! names one lead without linking ids across two leads (no merge, no shared device), the whole
 //! batch is read in one round of queries (two on PostgreSQL, which locks the leads in key order)
-//! and written with five statements, whatever its size, instead
-//! of several statements per command. Anything else returns `None` before writing, and the
-//! caller takes the command-by-command path, which handles every case.
+//! and written with five statements, whatever its size, instead of several statements per
+//! command. Anything else returns `None` before writing, and the caller takes the
+//! command-by-command path, which handles every case.
 
 use std::collections::{HashMap, HashSet};
 
@@ -41,9 +41,9 @@ enum Step {
 }
 
 /// Applies `commands` in order, reading inside `txn` in one round (two on PostgreSQL; the
-/// writes queued in `script` run before the first) and adding the writes to `script` (which the caller runs in
-/// `txn`), and appends the events they produce; or returns `None` having added nothing when
-/// the batch needs the command-by-command path.
+/// writes queued in `script` run before the first) and adding the writes to `script` (which
+/// the caller runs in `txn`), and appends the events they produce; or returns `None` having
+/// added nothing when the batch needs the command-by-command path.
 pub(super) async fn try_apply(
     txn: &mut impl BatchedReads,
     script: &mut WriteScript,
@@ -234,9 +234,9 @@ struct Known {
 /// The stored answers of the batch's message ids and the leads its ids point at, in one round
 /// of reads: the answers, then one indexed lookup per kind of id (the key is tenant, kind, id,
 /// so leaving the kind out would scan the tenant's every identity), and on SQLite the rows of
-/// the leads those lookups find. The ids of commands
-/// answered before are looked up too: what they point at is as true as any other link, and
-/// reading them beside the answers saves a round.
+/// the leads those lookups find. The ids of commands answered before are looked up too: what
+/// they point at is as true as any other link, and reading them beside the answers saves a
+/// round.
 async fn known(
     txn: &mut impl BatchedReads,
     script: &mut WriteScript,
@@ -333,9 +333,8 @@ async fn known(
 
 /// The drafts of every lead the steps apply to: existing ones from `prefetched` or else read
 /// (and on PostgreSQL locked, in key order so concurrent batches cannot deadlock), new ones
-/// fresh. `None` when an
-/// identity points at a lead that is missing or merged away: the command-by-command path
-/// answers that.
+/// fresh. `None` when an identity points at a lead that is missing or merged away: the
+/// command-by-command path answers that.
 async fn load_drafts(
     txn: &mut impl BatchedReads,
     script: &mut WriteScript,
