@@ -87,8 +87,7 @@ impl BatchedTransaction {
                 .map_err(|err| DbErr::Conn(RuntimeErr::SqlxError(Arc::new(err))))?;
             Inner::Sqlite(HeldSqlite {
                 conn,
-                begun: false,
-                open: false,
+                state: State::NotBegun,
             })
         } else {
             Inner::Other(db.begin().await?)
@@ -147,11 +146,18 @@ impl BatchedReads for BatchedTransaction {
 #[derive(Debug)]
 struct HeldSqlite {
     conn: PoolConnection<Sqlite>,
-    /// Whether `BEGIN` was sent.
-    begun: bool,
-    /// Whether the transaction may be open: from the trip that carries `BEGIN` until `COMMIT`
-    /// or `ROLLBACK` succeeds.
-    open: bool,
+    state: State,
+}
+
+/// Where a [`HeldSqlite`] transaction stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Nothing sent: `BEGIN` goes with the next trip.
+    NotBegun,
+    /// Possibly open: from the trip that carries `BEGIN` until `COMMIT` or `ROLLBACK` succeeds.
+    Open,
+    /// Committed or rolled back.
+    Ended,
 }
 
 impl HeldSqlite {
@@ -164,14 +170,13 @@ impl HeldSqlite {
         commit: bool,
     ) -> Result<Vec<Vec<QueryResult>>, DbErr> {
         let mut trips = script::scripts(statements);
-        let begin = !self.begun;
+        let begin = self.state == State::NotBegun;
         if begin {
             match trips.first_mut() {
                 Some(first) => first.insert(0, bare("BEGIN")),
                 None => trips.push(vec![bare("BEGIN")]),
             }
-            self.begun = true;
-            self.open = true;
+            self.state = State::Open;
         }
         if commit {
             match trips.last_mut() {
@@ -183,7 +188,7 @@ impl HeldSqlite {
             Ok(mut results) => {
                 if commit {
                     results.pop();
-                    self.open = false;
+                    self.state = State::Ended;
                 }
                 if begin {
                     results.remove(0);
@@ -224,18 +229,18 @@ impl HeldSqlite {
     }
 
     async fn commit(&mut self, statements: Vec<Statement>) -> Result<(), DbErr> {
-        if !self.begun && statements.is_empty() {
+        if self.state == State::NotBegun && statements.is_empty() {
             return Ok(());
         }
         self.run(statements, true).await.map(drop)
     }
 
     async fn rollback(&mut self) -> Result<(), DbErr> {
-        if !self.open {
+        if self.state != State::Open {
             return Ok(());
         }
         let rolled_back = (&mut *self.conn).execute("ROLLBACK").await;
-        self.open = false;
+        self.state = State::Ended;
         if let Err(err) = rolled_back {
             self.conn.close_on_drop();
             return Err(query_error(err));
@@ -258,7 +263,7 @@ impl Drop for HeldSqlite {
     /// must not reach the pool's next user: the connection is closed instead, and the pool
     /// opens a new one. SQLite rolls back what a closed connection left uncommitted.
     fn drop(&mut self) {
-        if self.open {
+        if self.state == State::Open {
             self.conn.close_on_drop();
         }
     }

@@ -69,11 +69,6 @@ impl WriteScript {
         self.statements.is_empty()
     }
 
-    /// The backend the statements are built for.
-    pub fn backend(&self) -> DatabaseBackend {
-        self.backend
-    }
-
     /// Every statement added so far, in order, leaving the script empty.
     pub(crate) fn take(&mut self) -> Vec<Statement> {
         std::mem::take(&mut self.statements)
