@@ -346,8 +346,8 @@ fn lead_to_pb(view: LeadView) -> pb::Lead {
         merged_lead_ids: view.merged_lead_ids,
         create_time: Some(to_timestamp(view.lead.created_at)),
         update_time: Some(to_timestamp(view.lead.updated_at)),
-        last_activity_time: view.lead.last_activity_us.map(micros_to_timestamp),
-        activity_count: view.lead.activity_count,
+        last_activity_time: view.activities.last_occurred_us.map(micros_to_timestamp),
+        activity_count: view.activities.count,
     }
 }
 

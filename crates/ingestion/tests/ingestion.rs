@@ -1227,9 +1227,97 @@ async fn reads_answer_while_the_writer_is_held(db: TestDb) {
     assert_eq!(page.entries.len(), 1);
 }
 
+/// A lead's activity count and latest activity time follow its timeline, on the single and
+/// the batched path, in any order of occurrence; recording an activity leaves the lead's
+/// `update_time` (its own last change) where it was, and an `Identify` moves it.
+async fn activities_are_counted_without_changing_the_lead(db: TestDb) {
+    let server = Ingestion::start(&db, Options::default()).await;
+    let mut client = server.client(None);
+    let lead_id = client
+        .identify(identify("m1", "user-eve", "", common::Profile::default()))
+        .await
+        .expect("identify")
+        .into_inner()
+        .lead_id;
+    let read = |mut client: pb::ingestion_service_client::IngestionServiceClient<_>| {
+        let lead_id = lead_id.clone();
+        async move {
+            client
+                .get_lead(pb::GetLeadRequest { lead_id })
+                .await
+                .expect("get lead")
+                .into_inner()
+                .lead
+                .expect("lead")
+        }
+    };
+    let before = read(client.clone()).await;
+    assert_eq!(before.activity_count, 0);
+    assert_eq!(before.last_activity_time, None);
+
+    let latest = activity("page_view", 2, &[]);
+    client
+        .track(track("m2", "user-eve", "", latest.clone()))
+        .await
+        .expect("track");
+    let items = [5, 9]
+        .into_iter()
+        .enumerate()
+        .map(|(i, hours)| pb::BatchItem {
+            item: Some(pb::batch_item::Item::Track(track(
+                &format!("b{i}"),
+                "user-eve",
+                "",
+                activity("page_view", hours, &[]),
+            ))),
+        })
+        .collect();
+    let batch = client
+        .batch(pb::BatchRequest { items })
+        .await
+        .expect("batch")
+        .into_inner();
+    assert_eq!(batch.accepted_count, 2, "{batch:?}");
+
+    let tracked = read(client.clone()).await;
+    assert_eq!(tracked.activity_count, 3);
+    assert_eq!(
+        tracked.last_activity_time, latest.occurred_at,
+        "the latest occurrence, not the latest recorded"
+    );
+    assert_eq!(
+        tracked.update_time, before.update_time,
+        "activities are not changes to the lead"
+    );
+
+    client
+        .identify(identify(
+            "m3",
+            "user-eve",
+            "",
+            common::Profile {
+                title: Some("CTO".into()),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("identify again");
+    let identified = read(client.clone()).await;
+    let time = |lead: &pb::Lead| lead.update_time.map(|t| (t.seconds, t.nanos));
+    assert!(
+        time(&identified) > time(&before),
+        "{:?} after {:?}",
+        identified.update_time,
+        before.update_time
+    );
+    assert_eq!(identified.activity_count, 3);
+    server.stop().await;
+}
+
 on_both_backends! {
     reads_beside_the_writer => reads_answer_while_the_writer_is_held;
     round_trip => identify_track_and_read_back;
+    activity_summary => activities_are_counted_without_changing_the_lead;
     timeline_paging => timeline_pages_and_filters;
     validation => each_validation_rule_names_its_field;
     batch_partial => a_bad_batch_item_fails_alone;

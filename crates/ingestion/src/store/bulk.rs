@@ -26,7 +26,8 @@ use crate::error::Error;
 /// A lead touched by the batch, as it will be written back.
 struct Draft {
     row: lead::Model,
-    /// The parsed profile, once a command needed it.
+    /// The parsed profile, once a command needed it. A lead only tracked keeps `None`: its row
+    /// did not change (activities are rows of their own), so it is not written back.
     profile: Option<Profile>,
 }
 
@@ -139,6 +140,7 @@ pub(super) async fn try_apply(
             .ok_or_else(|| Error::LeadNotFound(lead_id.clone()))?;
         let accepted = match command {
             Command::Identify(c) => {
+                draft.row.updated_at = now;
                 let profile = draft.profile_mut()?;
                 profile.apply(&c.profile);
                 events.push(events::profile_changed(tenant, &lead_id, profile, now));
@@ -163,12 +165,6 @@ pub(super) async fn try_apply(
                     properties: Set(serde_json::to_string(&c.activity.properties)
                         .unwrap_or_else(|_| "{}".into())),
                 });
-                let row = &mut draft.row;
-                row.last_activity_us = Some(
-                    row.last_activity_us
-                        .map_or(occurred_us, |l| Ord::max(l, occurred_us)),
-                );
-                row.activity_count += 1;
                 events.push(events::activity_recorded(
                     tenant,
                     &lead_id,
@@ -184,7 +180,6 @@ pub(super) async fn try_apply(
                 }
             }
         };
-        draft.row.updated_at = now;
         requests.push(super::request_row(
             tenant,
             command.message_id(),
@@ -375,8 +370,6 @@ async fn load_drafts(
             merged_into: None,
             created_at: now,
             updated_at: now,
-            last_activity_us: None,
-            activity_count: 0,
         };
         drafts.insert(
             id.clone(),
@@ -430,21 +423,15 @@ fn write(
 ) {
     let mut leads: Vec<lead::ActiveModel> = drafts
         .into_values()
-        .map(|mut draft| {
-            if let Some(profile) = &draft.profile {
-                draft.row.profile = super::serialize_profile(profile);
-            }
-            draft.row.into_active_model()
+        .filter_map(|mut draft| {
+            let profile = draft.profile.as_ref()?;
+            draft.row.profile = super::serialize_profile(profile);
+            Some(draft.row.into_active_model())
         })
         .collect();
     leads.sort_unstable_by(|a, b| a.lead_id.as_ref().cmp(b.lead_id.as_ref()));
     let upsert = OnConflict::columns([lead::Column::TenantId, lead::Column::LeadId])
-        .update_columns([
-            lead::Column::Profile,
-            lead::Column::UpdatedAt,
-            lead::Column::LastActivityUs,
-            lead::Column::ActivityCount,
-        ])
+        .update_columns([lead::Column::Profile, lead::Column::UpdatedAt])
         .to_owned();
     script.insert_many(leads, Some(&upsert));
     script.insert_many(identities, None);

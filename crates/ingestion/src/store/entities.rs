@@ -20,12 +20,10 @@ pub mod lead {
         pub merged_into: Option<String>,
         /// Creation time.
         pub created_at: DateTimeUtc,
-        /// Last profile or history change.
+        /// Last change to the lead itself: its profile, identities or merges. Activities do
+        /// not count: they are rows of their own (the timeline), so recording one writes no
+        /// lead row.
         pub updated_at: DateTimeUtc,
-        /// When its latest activity occurred, in microseconds since the epoch.
-        pub last_activity_us: Option<i64>,
-        /// Activities recorded for it (including merged ones).
-        pub activity_count: i64,
     }
 
     /// No relations.

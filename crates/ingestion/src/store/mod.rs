@@ -11,8 +11,9 @@ mod writer;
 use chrono::{DateTime, Utc};
 use leadflow_runtime::outbox::{self, NewMessage, Packing, SharedDeletes, Wakeup};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DatabaseTransaction,
-    EntityTrait, ExprTrait, QueryFilter, TransactionTrait, sea_query::Expr,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
+    DatabaseTransaction, EntityTrait, ExprTrait, FromQueryResult, QueryFilter, QuerySelect,
+    TransactionTrait, sea_query::Expr,
 };
 
 use crate::convert::{Command, IdentifyCommand, TrackCommand};
@@ -55,6 +56,19 @@ pub struct LeadView {
     pub merged_lead_ids: Vec<String>,
     /// True when the id asked for was merged into this lead.
     pub merged: bool,
+    /// Its activities (those of the leads merged into it included) and when the latest
+    /// occurred, read from the timeline.
+    pub activities: ActivitySummary,
+}
+
+/// How many activities a lead has and when its latest occurred, in microseconds since the
+/// epoch (`None` without any).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, FromQueryResult)]
+pub struct ActivitySummary {
+    /// Activities recorded for the lead.
+    pub count: i64,
+    /// When its latest activity occurred.
+    pub last_occurred_us: Option<i64>,
 }
 
 /// Ingestion's data access.
@@ -185,6 +199,7 @@ impl Store {
         }
         user_ids.sort();
         anonymous_ids.sort();
+        let activities = activity_summary(&snapshot, tenant, &row.lead_id).await?;
         snapshot.commit().await?;
         Ok(Some(LeadView {
             profile: parse_profile(&row.profile)?,
@@ -193,6 +208,7 @@ impl Store {
             anonymous_ids,
             merged_lead_ids,
             merged,
+            activities,
         }))
     }
 
@@ -338,16 +354,7 @@ async fn track(
     }
     .insert(txn)
     .await?;
-    let last = lead
-        .last_activity_us
-        .map_or(occurred_us, |l| Ord::max(l, occurred_us));
-    let count = lead.activity_count + 1;
-    let lead_id = lead.lead_id.clone();
-    let mut row: lead::ActiveModel = lead.into();
-    row.last_activity_us = Set(Some(last));
-    row.activity_count = Set(count);
-    row.updated_at = Set(now);
-    row.update(txn).await?;
+    let lead_id = lead.lead_id;
     events.push(events::activity_recorded(
         tenant,
         &lead_id,
@@ -487,8 +494,6 @@ async fn create_lead(
         merged_into: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
-        last_activity_us: Set(None),
-        activity_count: Set(0),
     }
     .insert(txn)
     .await?)
@@ -545,19 +550,32 @@ async fn merge_leads(
         .await?;
     let mut profile = parse_profile(&target.profile)?;
     profile.absorb(&parse_profile(&source.profile)?);
-    let last_activity = match (target.last_activity_us, source.last_activity_us) {
-        (Some(a), Some(b)) => Some(Ord::max(a, b)),
-        (a, b) => a.or(b),
-    };
     let mut row: lead::ActiveModel = target.clone().into();
     row.profile = Set(serialize_profile(&profile));
-    row.activity_count = Set(target.activity_count + source.activity_count);
-    row.last_activity_us = Set(last_activity);
     row.updated_at = Set(now);
     row.update(txn).await?;
     events.push(events::leads_merged(tenant, into, from, &profile, now));
     tracing::info!(tenant, source = from, target = into, "leads merged");
     Ok(())
+}
+
+/// The lead's activity count and latest activity time, from the timeline's index (tenant, lead,
+/// occurred at): one range of it, never the rows.
+async fn activity_summary<C: ConnectionTrait>(
+    conn: &C,
+    tenant: &str,
+    lead_id: &str,
+) -> Result<ActivitySummary, Error> {
+    let summary = activity::Entity::find()
+        .select_only()
+        .column_as(activity::Column::ActivityId.count(), "count")
+        .column_as(activity::Column::OccurredAtUs.max(), "last_occurred_us")
+        .filter(activity::Column::TenantId.eq(tenant))
+        .filter(activity::Column::LeadId.eq(lead_id))
+        .into_model::<ActivitySummary>()
+        .one(conn)
+        .await?;
+    Ok(summary.unwrap_or_default())
 }
 
 fn parse_profile(json: &str) -> Result<Profile, Error> {
