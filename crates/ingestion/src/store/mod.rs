@@ -559,8 +559,10 @@ async fn merge_leads(
     Ok(())
 }
 
-/// The lead's activity count and latest activity time, from the timeline's index (tenant, lead,
-/// occurred at): one range of it, never the rows.
+/// The lead's activity count and latest activity time, from one range of the timeline's index
+/// (tenant, lead, occurred at, activity), which holds every column the query needs: SQLite
+/// never reads the rows (PostgreSQL may check them for visibility). It grows with the lead's
+/// activities, as the timeline does.
 async fn activity_summary<C: ConnectionTrait>(
     conn: &C,
     tenant: &str,
