@@ -107,11 +107,13 @@ fn check_note(note: &str, violations: &mut FieldViolations) {
     }
 }
 
-/// `ListLeads` cursor: the last lead's update time, as stored (seconds and nanoseconds), and id.
+/// `ListLeads` cursor: `e`, then the last lead's stage entry time, as stored (seconds and
+/// nanoseconds), and its id. The letter tells these tokens from the update-time tokens of
+/// before, which are refused rather than read as a position in another order.
 fn lead_cursor(lead: &LeadRecord) -> String {
-    let at = lead.row.updated_at;
+    let at = lead.row.stage_entered_at;
     format!(
-        "{}.{}.{}",
+        "e{}.{}.{}",
         at.timestamp(),
         at.timestamp_subsec_nanos(),
         lead.row.lead_id
@@ -119,7 +121,7 @@ fn lead_cursor(lead: &LeadRecord) -> String {
 }
 
 fn parse_lead_cursor(token: &str) -> Option<(DateTime<Utc>, String)> {
-    let mut parts = token.splitn(3, '.');
+    let mut parts = token.strip_prefix('e')?.splitn(3, '.');
     let seconds = parts.next()?.parse().ok()?;
     let nanos = parts.next()?.parse().ok()?;
     let lead_id = parts.next()?;

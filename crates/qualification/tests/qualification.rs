@@ -876,6 +876,169 @@ async fn the_inbox_forgets_message_ids_past_their_retention(db: TestDb) {
     q.stop().await;
 }
 
+/// The leads of a stage are listed by when they entered it, newest first: a score change that
+/// keeps a lead in its stage does not move it ahead, and paging follows the same order.
+async fn a_stage_lists_its_leads_newest_entry_first(db: TestDb) {
+    let (q, _receiver) = start(&db).await;
+    let at = |q: &Qualification| q.clock.now();
+    apply(
+        &q,
+        vec![score_changed(
+            "m1",
+            "lead-a",
+            70.0,
+            FitGrade::A,
+            None,
+            at(&q),
+        )],
+    )
+    .await;
+    q.clock.advance(Duration::hours(1));
+    apply(
+        &q,
+        vec![score_changed(
+            "m2",
+            "lead-b",
+            75.0,
+            FitGrade::A,
+            None,
+            at(&q),
+        )],
+    )
+    .await;
+    q.clock.advance(Duration::hours(1));
+    apply(
+        &q,
+        vec![
+            score_changed("m3", "lead-a", 90.0, FitGrade::A, None, at(&q)),
+            score_changed("m4", "lead-c", 20.0, FitGrade::A, None, at(&q)),
+        ],
+    )
+    .await;
+    let list = |stage: LeadStage, page_size: i32, page_token: String| {
+        let mut client = q.client();
+        async move {
+            client
+                .list_leads(pb::ListLeadsRequest {
+                    stage: stage as i32,
+                    page_size,
+                    page_token,
+                    ..Default::default()
+                })
+                .await
+                .expect("list")
+                .into_inner()
+        }
+    };
+    let ids = |page: &pb::ListLeadsResponse| {
+        page.leads
+            .iter()
+            .map(|l| l.lead_id.clone())
+            .collect::<Vec<_>>()
+    };
+
+    let mqls = list(LeadStage::Mql, 10, String::new()).await;
+    assert_eq!(ids(&mqls), ["lead-b", "lead-a"]);
+    assert_eq!(
+        mqls.leads[0].score.as_ref().map(|s| s.score),
+        Some(75.0),
+        "listed leads carry their latest score"
+    );
+    assert_eq!(mqls.leads[1].score.as_ref().map(|s| s.score), Some(90.0));
+    let first = list(LeadStage::Mql, 1, String::new()).await;
+    assert_eq!(ids(&first), ["lead-b"]);
+    let second = list(LeadStage::Mql, 1, first.next_page_token).await;
+    assert_eq!(ids(&second), ["lead-a"]);
+    let everyone = list(LeadStage::Unspecified, 10, String::new()).await;
+    assert_eq!(ids(&everyone), ["lead-c", "lead-b", "lead-a"]);
+
+    // Entering another stage moves a lead to the head of that stage's list.
+    q.client()
+        .accept_lead(accept("r1", "lead-a"))
+        .await
+        .expect("accept");
+    assert_eq!(
+        ids(&list(LeadStage::Mql, 10, String::new()).await),
+        ["lead-b"]
+    );
+    assert_eq!(
+        ids(&list(LeadStage::Sal, 10, String::new()).await),
+        ["lead-a"]
+    );
+    let everyone = list(LeadStage::Unspecified, 10, String::new()).await;
+    assert_eq!(ids(&everyone), ["lead-a", "lead-c", "lead-b"]);
+
+    // A token of the update-time order of before is refused, not read in this order.
+    let stale = q
+        .client()
+        .list_leads(pb::ListLeadsRequest {
+            page_token: format!("{}.0.lead-b", at(&q).timestamp()),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a token of another order");
+    assert_eq!(fields(&stale), ["page_token"]);
+    q.stop().await;
+}
+
+/// Leads stored before `stage_entered_at` was a column get it from their state: the listing
+/// follows when they entered their stage, not when they last changed.
+async fn stored_leads_list_by_their_stage_entry_after_the_migration(db: TestDb) {
+    use leadflow_qualification::domain::{LeadQualification, Stage};
+    use leadflow_qualification::store::migrations::Migrator;
+    use sea_orm::ConnectionTrait;
+    use sea_orm_migration::MigratorTrait;
+
+    let conn = leadflow_runtime::db::connect(&db.url, 2)
+        .await
+        .expect("connect");
+    Migrator::up(&conn, Some(7))
+        .await
+        .expect("the migrations before it");
+    // More leads than one page of the backfill; each entered MQL a minute after the one
+    // before it, and changed last in the opposite order.
+    const LEADS: i64 = 520;
+    let first = Utc::now().trunc_subsecs(0) - Duration::days(30);
+    let rows: Vec<String> = (0..LEADS)
+        .map(|n| {
+            let mut state = LeadQualification::new(first + Duration::minutes(n));
+            state.stage = Stage::Mql;
+            let state = serde_json::to_string(&state).expect("state");
+            let updated = (first + Duration::minutes(2 * LEADS - n)).to_rfc3339();
+            format!(
+                "('default', 'lead-{n:04}', 'mql', '{state}', '', '', 0, 0, NULL, '{updated}', '{updated}')"
+            )
+        })
+        .collect();
+    conn.execute_unprepared(&format!(
+        "INSERT INTO qualification_leads (tenant_id, lead_id, stage, state, profile, score, \
+         source_channel, definition_version, merged_into, created_at, updated_at) VALUES {}",
+        rows.join(", ")
+    ))
+    .await
+    .expect("old leads");
+    let (q, _receiver) = start(&db).await;
+    let listed = q
+        .client()
+        .list_leads(pb::ListLeadsRequest {
+            stage: LeadStage::Mql as i32,
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    let ids: Vec<&str> = listed.leads.iter().map(|l| l.lead_id.as_str()).collect();
+    let newest_entry_first: Vec<String> =
+        (0..LEADS).rev().map(|n| format!("lead-{n:04}")).collect();
+    assert_eq!(ids, newest_entry_first);
+    assert_eq!(
+        listed.leads[0].stage_enter_time.map(|t| t.seconds),
+        Some((first + Duration::minutes(LEADS - 1)).timestamp())
+    );
+    q.stop().await;
+}
+
 /// The read RPCs' reads go through the read-only connections, so they answer while the one
 /// writer connection is held (on SQLite each delivery applied holds it; here a transaction the
 /// test keeps open).
@@ -934,4 +1097,6 @@ on_both_backends! {
     merge => a_merge_keeps_the_more_advanced_stage;
     funnel => the_funnel_reports_entries_conversions_and_times_by_channel;
     bad_requests => bad_requests_get_field_violations_and_lists_page;
+    list_order => a_stage_lists_its_leads_newest_entry_first;
+    list_migration => stored_leads_list_by_their_stage_entry_after_the_migration;
 }

@@ -14,7 +14,7 @@ use sea_orm::{
     QuerySelect,
 };
 
-use super::{LeadRecord, SAVED_COLUMNS, decode, lead, refresh_row, transition};
+use super::{LeadRecord, SAVED_COLUMNS, STAGE_COLUMNS, decode, lead, refresh_row, transition};
 use crate::domain::LeadQualification;
 use crate::error::Error;
 
@@ -76,15 +76,28 @@ impl LeadCache {
         script: &mut WriteScript,
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
-        let mut rows = Vec::new();
+        let (mut moved, mut stayed) = (Vec::new(), Vec::new());
         for (mut lead, ()) in self.leads.take_changed() {
+            let entered = (lead.row.stage.clone(), lead.row.stage_entered_at);
             refresh_row(&mut lead, now)?;
-            rows.push(lead.row.into_active_model());
+            if entered == (lead.row.stage.clone(), lead.row.stage_entered_at) {
+                stayed.push(lead.row.into_active_model());
+            } else {
+                moved.push(lead.row.into_active_model());
+            }
         }
-        let upsert = OnConflict::columns([lead::Column::TenantId, lead::Column::LeadId])
+        // A lead that stays in its stage (most score changes) leaves the stage columns out of
+        // its update: SQLite rewrites an index entry whenever its columns are assigned, equal
+        // or not, and the stage index would cost a random page per lead.
+        let keys = [lead::Column::TenantId, lead::Column::LeadId];
+        let stays = OnConflict::columns(keys)
             .update_columns(SAVED_COLUMNS)
             .to_owned();
-        script.insert_many(rows, Some(&upsert));
+        let moves = OnConflict::columns(keys)
+            .update_columns(SAVED_COLUMNS.into_iter().chain(STAGE_COLUMNS))
+            .to_owned();
+        script.insert_many(stayed, Some(&stays));
+        script.insert_many(moved, Some(&moves));
         script.insert_many(std::mem::take(&mut self.transitions), None);
         Ok(())
     }
@@ -137,6 +150,7 @@ pub(super) fn new_lead(tenant: &str, lead_id: &str, now: DateTime<Utc>) -> LeadR
             merged_into: None,
             created_at: now,
             updated_at: now,
+            stage_entered_at: state.stage_entered_at,
         },
         state,
         profile: common::Profile::default(),

@@ -59,6 +59,9 @@ pub mod lead {
         pub created_at: DateTimeUtc,
         /// Last change.
         pub updated_at: DateTimeUtc,
+        /// When the lead entered its stage (the state's, copied for listing a stage newest
+        /// first).
+        pub stage_entered_at: DateTimeUtc,
     }
 
     /// No relations.

@@ -288,8 +288,9 @@ impl Store {
         Ok(merged)
     }
 
-    /// Leads not merged away, most recently changed first, optionally in one stage and from one
-    /// source channel, after the `(updated_at, lead_id)` cursor when given.
+    /// Leads not merged away, those that entered their stage most recently first, optionally
+    /// in one stage and from one source channel, after the `(stage_entered_at, lead_id)` cursor
+    /// when given.
     pub async fn list_leads(
         &self,
         tenant: &str,
@@ -307,19 +308,19 @@ impl Store {
         if let Some(channel) = source_channel {
             query = query.filter(lead::Column::SourceChannel.eq(channel));
         }
-        if let Some((updated_at, lead_id)) = after {
+        if let Some((entered_at, lead_id)) = after {
             query = query.filter(
                 Condition::any()
-                    .add(lead::Column::UpdatedAt.lt(updated_at))
+                    .add(lead::Column::StageEnteredAt.lt(entered_at))
                     .add(
                         Condition::all()
-                            .add(lead::Column::UpdatedAt.eq(updated_at))
+                            .add(lead::Column::StageEnteredAt.eq(entered_at))
                             .add(lead::Column::LeadId.gt(lead_id)),
                     ),
             );
         }
         query
-            .order_by_desc(lead::Column::UpdatedAt)
+            .order_by_desc(lead::Column::StageEnteredAt)
             .order_by_asc(lead::Column::LeadId)
             .limit(limit)
             .all(&self.reader)
@@ -1003,16 +1004,15 @@ async fn save_lead(
 ) -> Result<(), Error> {
     refresh_row(lead, now)?;
     let mut active = lead.row.clone().into_active_model();
-    for column in SAVED_COLUMNS {
+    for column in SAVED_COLUMNS.into_iter().chain(STAGE_COLUMNS) {
         active.reset(column);
     }
     active.update(txn).await?;
     Ok(())
 }
 
-/// The columns a save writes.
-const SAVED_COLUMNS: [lead::Column; 7] = [
-    lead::Column::Stage,
+/// The columns every save writes.
+const SAVED_COLUMNS: [lead::Column; 6] = [
     lead::Column::State,
     lead::Column::Profile,
     lead::Column::Score,
@@ -1021,9 +1021,13 @@ const SAVED_COLUMNS: [lead::Column; 7] = [
     lead::Column::UpdatedAt,
 ];
 
+/// The columns of the stage index, which a save writes when the lead's stage changed.
+const STAGE_COLUMNS: [lead::Column; 2] = [lead::Column::Stage, lead::Column::StageEnteredAt];
+
 /// Brings `lead`'s row up to date with its state, profile and score, as saved at `now`.
 fn refresh_row(lead: &mut LeadRecord, now: DateTime<Utc>) -> Result<(), Error> {
     lead.row.stage = lead.state.stage.name().to_owned();
+    lead.row.stage_entered_at = lead.state.stage_entered_at;
     lead.row.state = serde_json::to_string(&lead.state)
         .map_err(|err| Error::corrupt("lead state does not serialise", err))?;
     lead.row.profile = lead.profile.encode_to_vec();
