@@ -15,6 +15,10 @@ pub enum Error {
     /// The request is valid but the lead's state does not allow it.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A concurrent change (another replica's merge) moved the lead the request resolved to
+    /// while it waited for it; a retry resolves again.
+    #[error("{0}")]
+    Conflict(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] sea_orm::DbErr),
@@ -29,6 +33,7 @@ impl From<Error> for Status {
             Error::Invalid(violations) => violations.into(),
             Error::LeadNotFound(id) => Status::not_found(format!("lead {id} not found")),
             Error::FailedPrecondition(message) => Status::failed_precondition(message),
+            Error::Conflict(message) => Status::aborted(message),
             Error::Store(db) => error::store(&db),
             Error::WriterStopped => Status::unavailable("shutting down, retry"),
         }

@@ -1227,6 +1227,144 @@ async fn reads_answer_while_the_writer_is_held(db: TestDb) {
     assert_eq!(page.entries.len(), 1);
 }
 
+/// On PostgreSQL several replicas write one database. A merge locks both leads before it
+/// moves their activities, so an activity another replica is recording on the merged-away lead
+/// at that moment is moved with the rest, not left behind on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_waits_for_an_activity_being_recorded_on_its_source() {
+    use leadflow_ingestion::convert::{self, Command};
+    use leadflow_ingestion::store::{Store, TimelineQuery, migrations::Migrator};
+    use leadflow_runtime::outbox::{SharedDeletes, Wakeup};
+    use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
+
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let leadflow_runtime::db::Pools { writer, reader, .. } =
+        leadflow_runtime::db::open_with_reader::<Migrator>(&db.url, 5)
+            .await
+            .expect("open");
+    let store = std::sync::Arc::new(
+        Store::new(writer.clone(), Wakeup::new(), SharedDeletes::new()).with_reader(reader),
+    );
+    let now = chrono::Utc::now();
+    let visit = track("m-1", "", "cookie-1", activity("page_view", 1, &[]));
+    let source = store
+        .apply(
+            "t",
+            vec![Command::Track(convert::track(visit, now).expect("valid"))],
+            now,
+        )
+        .await
+        .expect("the visitor's lead")[0]
+        .lead_id
+        .clone();
+    let known = identify("m-2", "ada@acme.io", "", common::Profile::default());
+    let target = store
+        .apply(
+            "t",
+            vec![Command::Identify(
+                convert::identify(known, now).expect("valid"),
+            )],
+            now,
+        )
+        .await
+        .expect("the user's lead")[0]
+        .lead_id
+        .clone();
+
+    // Another replica records an activity on the source: the lead locked, the activity
+    // written, the transaction not committed yet.
+    let other = leadflow_runtime::db::connect(&db.url, 1)
+        .await
+        .expect("another replica");
+    let replica = other.begin().await.expect("begin");
+    replica
+        .execute_unprepared(&format!(
+            "SELECT 1 FROM leads WHERE tenant_id = 't' AND lead_id = '{source}' FOR UPDATE"
+        ))
+        .await
+        .expect("lock the lead");
+    replica
+        .execute_unprepared(&format!(
+            "INSERT INTO activities (activity_id, tenant_id, lead_id, original_lead_id, \
+             activity_type, occurred_at_us, received_at, properties) VALUES \
+             ('00000000-0000-7000-8000-000000000001', 't', '{source}', '{source}', \
+             'pricing_view', 2, '{}', '{{}}')",
+            now.to_rfc3339()
+        ))
+        .await
+        .expect("record an activity");
+
+    let merging = tokio::spawn({
+        let (store, source, target) = (store.clone(), source.clone(), target.clone());
+        async move {
+            store
+                .merge("t", "m-3", &source, &target, chrono::Utc::now())
+                .await
+        }
+    });
+    // The merge is waiting for a lock (before moving anything, or, as it was, after moving
+    // what it could see): only then does the other replica commit.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let waiting = Statement::from_string(
+        sea_orm::DatabaseBackend::Postgres,
+        "SELECT count(*) AS n FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    );
+    loop {
+        let row = writer
+            .query_one_raw(waiting.clone())
+            .await
+            .expect("read the waits")
+            .expect("a row");
+        if row.try_get::<i64>("", "n").expect("a count") > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the merge never waited for the lead"
+        );
+        tokio::task::yield_now().await;
+    }
+    replica.commit().await.expect("the other replica commits");
+    merging.await.expect("the merge task").expect("the merge");
+
+    let timeline = store
+        .timeline(
+            "t",
+            &TimelineQuery {
+                lead_id: target.clone(),
+                types: Vec::new(),
+                start: None,
+                end: None,
+                page_size: 10,
+                after: None,
+            },
+        )
+        .await
+        .expect("timeline")
+        .expect("the survivor");
+    let mut types: Vec<&str> = timeline
+        .entries
+        .iter()
+        .map(|e| e.activity_type.as_str())
+        .collect();
+    types.sort_unstable();
+    assert_eq!(types, ["page_view", "pricing_view"]);
+    let left = writer
+        .query_one_raw(Statement::from_string(
+            sea_orm::DatabaseBackend::Postgres,
+            format!("SELECT count(*) AS n FROM activities WHERE lead_id = '{source}'"),
+        ))
+        .await
+        .expect("count")
+        .expect("a row")
+        .try_get::<i64>("", "n")
+        .expect("a count");
+    assert_eq!(left, 0, "no activity is left on the merged-away lead");
+}
+
 /// A lead's activity count and latest activity time follow its timeline, on the single and
 /// the batched path, in any order of occurrence; recording an activity leaves the lead's
 /// `update_time` (its own last change) where it was, and an `Identify` moves it.

@@ -134,8 +134,7 @@ impl Store {
         if let Some(previous) = find_request(&txn, tenant, message_id).await? {
             return Ok(previous);
         }
-        let source_lead = live_lead(&txn, tenant, source).await?;
-        let target_lead = live_lead(&txn, tenant, target).await?;
+        let (source_lead, target_lead) = live_pair(&txn, tenant, source, target).await?;
         if source_lead.lead_id == target_lead.lead_id {
             return Err(Error::FailedPrecondition(format!(
                 "lead {source} is already lead {target} or merged into it"
@@ -406,21 +405,26 @@ async fn resolve(
                     link(txn, tenant, ANONYMOUS, anonymous_id, &user_lead).await?;
                 }
             } else {
-                let source = live_lead(txn, tenant, &anonymous_lead).await?;
-                let target = live_lead(txn, tenant, &user_lead).await?;
+                let (source, target) = live_pair(txn, tenant, &anonymous_lead, &user_lead)
+                    .await
+                    .map_err(merged_meanwhile)?;
                 merge_leads(txn, tenant, source, target, now, events).await?;
                 merged.push(anonymous_lead);
             }
             user_lead
         }
     };
+    // Locked before anything is written for it: a merge of this lead on another replica
+    // either waits for this transaction or has committed, and then this one stops here.
+    let lead = live_lead(txn, tenant, &lead_id)
+        .await
+        .map_err(merged_meanwhile)?;
     if let Some(id) = &who.user_id {
         link(txn, tenant, USER, id, &lead_id).await?;
     }
     if let Some(id) = &who.anonymous_id {
         link(txn, tenant, ANONYMOUS, id, &lead_id).await?;
     }
-    let lead = live_lead(txn, tenant, &lead_id).await?;
     Ok((lead, merged))
 }
 
@@ -499,13 +503,18 @@ async fn create_lead(
     .await?)
 }
 
-/// The lead `lead_id` if it exists and was not merged away.
+/// The lead `lead_id` if it exists and was not merged away, its row locked until the end of
+/// `txn` on PostgreSQL (SQLite has one writer). Whatever reads a lead to write for it goes
+/// through here first: a merge locks both leads before it moves their activities, so an
+/// activity recorded on another replica meanwhile is either moved with the rest or recorded
+/// after the merge, on the lead it was merged into.
 async fn live_lead(
     txn: &DatabaseTransaction,
     tenant: &str,
     lead_id: &str,
 ) -> Result<lead::Model, Error> {
     let lead = lead::Entity::find_by_id((tenant.to_owned(), lead_id.to_owned()))
+        .lock_exclusive()
         .one(txn)
         .await?
         .ok_or_else(|| Error::LeadNotFound(lead_id.to_owned()))?;
@@ -514,6 +523,35 @@ async fn live_lead(
             "lead {lead_id} was merged into {survivor}"
         ))),
         None => Ok(lead),
+    }
+}
+
+/// [`live_lead`] for `first` and `second`, locked in key order, so two merges or a merge and a
+/// batch (which locks its leads in key order too) cannot deadlock.
+async fn live_pair(
+    txn: &DatabaseTransaction,
+    tenant: &str,
+    first: &str,
+    second: &str,
+) -> Result<(lead::Model, lead::Model), Error> {
+    if first <= second {
+        let a = live_lead(txn, tenant, first).await?;
+        Ok((a, live_lead(txn, tenant, second).await?))
+    } else {
+        let b = live_lead(txn, tenant, second).await?;
+        Ok((live_lead(txn, tenant, first).await?, b))
+    }
+}
+
+/// A lead an identity named, found merged away once locked: identities move with a merge, so
+/// another replica merged it after this request read the identity. Resolving again finds the
+/// survivor.
+fn merged_meanwhile(err: Error) -> Error {
+    match err {
+        Error::FailedPrecondition(message) => {
+            Error::Conflict(format!("{message} meanwhile, retry"))
+        }
+        other => other,
     }
 }
 
