@@ -25,7 +25,7 @@ pub(crate) enum LeadCommand {
     Stage(qualification::StageArgs),
     /// Shows every stage transition of a lead, with why and under which definition.
     History(qualification::HistoryArgs),
-    /// Lists leads by stage and source channel, most recently changed first.
+    /// Lists leads by stage and source channel, newest in their stage first.
     List(qualification::ListArgs),
     /// The SDR accepts an MQL: MQL → SAL.
     Accept(qualification::Decision),

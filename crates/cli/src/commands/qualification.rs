@@ -152,7 +152,7 @@ pub(crate) async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<(), CliError
     Ok(())
 }
 
-/// Lists leads, most recently changed first.
+/// Lists leads, newest in their stage first.
 #[derive(Debug, Args)]
 pub(crate) struct ListArgs {
     /// Only leads in this stage.
