@@ -1227,6 +1227,137 @@ async fn reads_answer_while_the_writer_is_held(db: TestDb) {
     assert_eq!(page.entries.len(), 1);
 }
 
+/// Returns once a connection to the test's PostgreSQL database waits for a lock.
+async fn until_a_lock_is_awaited(conn: &sea_orm::DatabaseConnection) {
+    use sea_orm::{ConnectionTrait, Statement};
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let waiting = Statement::from_string(
+        sea_orm::DatabaseBackend::Postgres,
+        "SELECT count(*) AS n FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    );
+    loop {
+        let row = conn
+            .query_one_raw(waiting.clone())
+            .await
+            .expect("read the waits")
+            .expect("a row");
+        if row.try_get::<i64>("", "n").expect("a count") > 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing ever waited for a lock"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// On PostgreSQL, a command that resolved an anonymous id to a lead another replica is
+/// merging away meanwhile is answered ABORTED once that merge commits, not applied to the
+/// merged-away lead; sent again, it resolves to the survivor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lead_merged_while_a_command_waited_for_it_aborts_the_command() {
+    use leadflow_ingestion::convert::{self, Command};
+    use leadflow_ingestion::error::Error;
+    use leadflow_ingestion::store::{Store, migrations::Migrator};
+    use leadflow_runtime::outbox::{SharedDeletes, Wakeup};
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let writer = leadflow_runtime::db::open::<Migrator>(&db.url, 5)
+        .await
+        .expect("open");
+    let store = std::sync::Arc::new(Store::new(
+        writer.clone(),
+        Wakeup::new(),
+        SharedDeletes::new(),
+    ));
+    let now = chrono::Utc::now();
+    let lead_of = |accepted: Vec<leadflow_ingestion::store::Accepted>| accepted[0].lead_id.clone();
+    let visit = move |id: &str, user: &str, anonymous: &str| {
+        let message = track(id, user, anonymous, activity("page_view", 1, &[]));
+        vec![Command::Track(convert::track(message, now).expect("valid"))]
+    };
+    // A visitor's anonymous lead, a known user's lead, and another visitor's.
+    let visitor = lead_of(
+        store
+            .apply("t", visit("m-1", "", "cookie-1"), now)
+            .await
+            .expect("visitor"),
+    );
+    let user = lead_of(
+        store
+            .apply("t", visit("m-2", "ada@acme.io", ""), now)
+            .await
+            .expect("user"),
+    );
+    let other = lead_of(
+        store
+            .apply("t", visit("m-3", "", "cookie-2"), now)
+            .await
+            .expect("other"),
+    );
+
+    // Another replica merges the visitor's lead into the other visitor's: the lead locked,
+    // the identity moved, the lead marked merged, not committed yet.
+    let replica_db = leadflow_runtime::db::connect(&db.url, 1)
+        .await
+        .expect("another replica");
+    let replica = replica_db.begin().await.expect("begin");
+    for sql in [
+        format!("SELECT 1 FROM leads WHERE tenant_id = 't' AND lead_id = '{visitor}' FOR UPDATE"),
+        format!("UPDATE identities SET lead_id = '{other}' WHERE lead_id = '{visitor}'"),
+        format!("UPDATE leads SET merged_into = '{other}' WHERE lead_id = '{visitor}'"),
+    ] {
+        replica
+            .execute_unprepared(&sql)
+            .await
+            .expect("the other merge");
+    }
+
+    // The visitor logs in: its anonymous lead (as read before that merge commits) is to merge
+    // into the user's. The command waits for the visitor's lead.
+    let login = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .apply(
+                    "t",
+                    visit("m-4", "ada@acme.io", "cookie-1"),
+                    chrono::Utc::now(),
+                )
+                .await
+        }
+    });
+    until_a_lock_is_awaited(&writer).await;
+    replica.commit().await.expect("the other merge commits");
+    let answer = login.await.expect("the login task");
+    assert!(
+        matches!(answer, Err(Error::Conflict(_))),
+        "answered {answer:?}"
+    );
+    assert_eq!(
+        tonic::Status::from(answer.expect_err("a conflict")).code(),
+        Code::Aborted
+    );
+
+    // Sent again, the login finds the anonymous id on the survivor and merges that.
+    let again = store
+        .apply(
+            "t",
+            visit("m-4", "ada@acme.io", "cookie-1"),
+            chrono::Utc::now(),
+        )
+        .await
+        .expect("the retry");
+    assert_eq!(again[0].lead_id, user);
+    assert_eq!(again[0].merged_lead_ids, [other]);
+}
+
 /// On PostgreSQL several replicas write one database. A merge locks both leads before it
 /// moves their activities, so an activity another replica is recording on the merged-away lead
 /// at that moment is moved with the rest, not left behind on it.
@@ -1306,27 +1437,7 @@ async fn a_merge_waits_for_an_activity_being_recorded_on_its_source() {
     });
     // The merge is waiting for a lock (before moving anything, or, as it was, after moving
     // what it could see): only then does the other replica commit.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let waiting = Statement::from_string(
-        sea_orm::DatabaseBackend::Postgres,
-        "SELECT count(*) AS n FROM pg_stat_activity \
-         WHERE datname = current_database() AND wait_event_type = 'Lock'",
-    );
-    loop {
-        let row = writer
-            .query_one_raw(waiting.clone())
-            .await
-            .expect("read the waits")
-            .expect("a row");
-        if row.try_get::<i64>("", "n").expect("a count") > 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the merge never waited for the lead"
-        );
-        tokio::task::yield_now().await;
-    }
+    until_a_lock_is_awaited(&writer).await;
     replica.commit().await.expect("the other replica commits");
     merging.await.expect("the merge task").expect("the merge");
 
