@@ -1165,13 +1165,25 @@ async fn interleaved_tenants_in_one_group_lose_no_write(db: TestDb) {
     server.stop().await;
 }
 
+/// The first page of ten of `lead_id`'s timeline, every type, read from the store.
+fn newest_ten(lead_id: &str) -> leadflow_ingestion::store::TimelineQuery {
+    leadflow_ingestion::store::TimelineQuery {
+        lead_id: lead_id.to_owned(),
+        types: Vec::new(),
+        start: None,
+        end: None,
+        page_size: 10,
+        after: None,
+    }
+}
+
 /// Lead and timeline reads go through the read-only connections, so they answer while the
 /// one writer connection is held (on SQLite a group commit holds it; here a transaction the
 /// test keeps open). Before, they queued for it: a hand-off's warm context timed out behind
 /// ingestion's writes.
 async fn reads_answer_while_the_writer_is_held(db: TestDb) {
     use leadflow_ingestion::convert::{self, Command};
-    use leadflow_ingestion::store::{Store, TimelineQuery, migrations::Migrator};
+    use leadflow_ingestion::store::{Store, migrations::Migrator};
     use leadflow_runtime::outbox::{SharedDeletes, Wakeup};
 
     let leadflow_runtime::db::Pools { writer, reader, .. } =
@@ -1206,17 +1218,7 @@ async fn reads_answer_while_the_writer_is_held(db: TestDb) {
             .expect("lead")
             .expect("known");
         let page = store
-            .timeline(
-                "t",
-                &TimelineQuery {
-                    lead_id: lead_id.clone(),
-                    types: Vec::new(),
-                    start: None,
-                    end: None,
-                    page_size: 10,
-                    after: None,
-                },
-            )
+            .timeline("t", &newest_ten(&lead_id))
             .await
             .expect("timeline")
             .expect("known");
@@ -1364,7 +1366,7 @@ async fn a_lead_merged_while_a_command_waited_for_it_aborts_the_command() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_merge_waits_for_an_activity_being_recorded_on_its_source() {
     use leadflow_ingestion::convert::{self, Command};
-    use leadflow_ingestion::store::{Store, TimelineQuery, migrations::Migrator};
+    use leadflow_ingestion::store::{Store, migrations::Migrator};
     use leadflow_runtime::outbox::{SharedDeletes, Wakeup};
     use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
 
@@ -1442,17 +1444,7 @@ async fn a_merge_waits_for_an_activity_being_recorded_on_its_source() {
     merging.await.expect("the merge task").expect("the merge");
 
     let timeline = store
-        .timeline(
-            "t",
-            &TimelineQuery {
-                lead_id: target.clone(),
-                types: Vec::new(),
-                start: None,
-                end: None,
-                page_size: 10,
-                after: None,
-            },
-        )
+        .timeline("t", &newest_ten(&target))
         .await
         .expect("timeline")
         .expect("the survivor");

@@ -880,39 +880,16 @@ async fn the_inbox_forgets_message_ids_past_their_retention(db: TestDb) {
 /// keeps a lead in its stage does not move it ahead, and paging follows the same order.
 async fn a_stage_lists_its_leads_newest_entry_first(db: TestDb) {
     let (q, _receiver) = start(&db).await;
-    let at = |q: &Qualification| q.clock.now();
-    apply(
-        &q,
-        vec![score_changed(
-            "m1",
-            "lead-a",
-            70.0,
-            FitGrade::A,
-            None,
-            at(&q),
-        )],
-    )
-    .await;
+    let scored = |id: &str, lead: &str, score: f64| {
+        score_changed(id, lead, score, FitGrade::A, None, q.clock.now())
+    };
+    apply(&q, vec![scored("m1", "lead-a", 70.0)]).await;
+    q.clock.advance(Duration::hours(1));
+    apply(&q, vec![scored("m2", "lead-b", 75.0)]).await;
     q.clock.advance(Duration::hours(1));
     apply(
         &q,
-        vec![score_changed(
-            "m2",
-            "lead-b",
-            75.0,
-            FitGrade::A,
-            None,
-            at(&q),
-        )],
-    )
-    .await;
-    q.clock.advance(Duration::hours(1));
-    apply(
-        &q,
-        vec![
-            score_changed("m3", "lead-a", 90.0, FitGrade::A, None, at(&q)),
-            score_changed("m4", "lead-c", 20.0, FitGrade::A, None, at(&q)),
-        ],
+        vec![scored("m3", "lead-a", 90.0), scored("m4", "lead-c", 20.0)],
     )
     .await;
     let list = |stage: LeadStage, page_size: i32, page_token: String| {
@@ -972,7 +949,7 @@ async fn a_stage_lists_its_leads_newest_entry_first(db: TestDb) {
     let stale = q
         .client()
         .list_leads(pb::ListLeadsRequest {
-            page_token: format!("{}.0.lead-b", at(&q).timestamp()),
+            page_token: format!("{}.0.lead-b", q.clock.now().timestamp()),
             ..Default::default()
         })
         .await

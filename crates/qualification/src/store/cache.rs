@@ -78,12 +78,13 @@ impl LeadCache {
     ) -> Result<(), Error> {
         let (mut moved, mut stayed) = (Vec::new(), Vec::new());
         for (mut lead, ()) in self.leads.take_changed() {
-            let entered = (lead.row.stage.clone(), lead.row.stage_entered_at);
+            let stage_moved = lead.row.stage != lead.state.stage.name()
+                || lead.row.stage_entered_at != lead.state.stage_entered_at;
             refresh_row(&mut lead, now)?;
-            if entered == (lead.row.stage.clone(), lead.row.stage_entered_at) {
-                stayed.push(lead.row.into_active_model());
-            } else {
+            if stage_moved {
                 moved.push(lead.row.into_active_model());
+            } else {
+                stayed.push(lead.row.into_active_model());
             }
         }
         // A lead that stays in its stage (most score changes) leaves the stage columns out of
