@@ -1,8 +1,10 @@
 //! Connections: the four services' endpoints and the API key, from flags or the environment,
 //! and what every command shares (output mode, idempotency key).
 
+use std::future::Future;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use clap::Args;
 use leadflow_proto::handoff::v1::handoff_service_client::HandoffServiceClient;
 use leadflow_proto::ingestion::v1::ingestion_service_client::IngestionServiceClient;
@@ -11,11 +13,41 @@ use leadflow_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
 use leadflow_runtime::auth::BearerInterceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
 
 use crate::error::CliError;
 
 /// A channel that sends the API key with every call.
 pub(crate) type Authed = InterceptedService<Channel, BearerInterceptor>;
+
+/// Times a call is sent again after a transient failure unless `--retries` says otherwise.
+const DEFAULT_RETRIES: usize = 3;
+
+/// Whether `status` is worth sending the same call again for: the service unavailable
+/// (restarting, not yet listening, shedding load), the connection closed under the call (a
+/// server recycling its connections), or a write that met a concurrent one (ABORTED). A call that
+/// ran out of `--timeout` is not: sending it again would only wait as long again.
+fn is_transient(status: &Status) -> bool {
+    match status.code() {
+        Code::Unavailable | Code::Aborted => true,
+        Code::Cancelled => status.message() != tonic::TimeoutExpired(()).to_string(),
+        _ => false,
+    }
+}
+
+/// `$client.$method($request)` through [`Ctx::retried`]: each attempt sends a clone of the
+/// request on a clone of the client (both cheap: a channel handle, a message).
+macro_rules! retried {
+    ($ctx:expr, $client:expr, $method:ident, $request:expr) => {{
+        let (client, request) = ($client, $request);
+        $ctx.retried(|| {
+            let (mut client, request) = (client.clone(), request.clone());
+            async move { client.$method(request).await }
+        })
+        .await
+    }};
+}
+pub(crate) use retried;
 
 /// Largest response accepted (a full hand-off list with warm contexts can be large).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
@@ -49,6 +81,12 @@ pub(crate) struct ConnectArgs {
     /// the same key again to retry a write safely.
     #[arg(long, global = true, env = "LEADFLOW_REQUEST_ID")]
     pub(crate) request_id: Option<String>,
+    /// How many times a call is sent again after a transient failure (the service unavailable or
+    /// restarting, the connection closed under the call, a write that met a concurrent one), with
+    /// the same idempotency key, waiting 100 ms, then twice as long each time (at most 2 s)
+    /// [default: 3; 0: never].
+    #[arg(long, global = true, env = "LEADFLOW_RETRIES")]
+    pub(crate) retries: Option<usize>,
 }
 
 /// What a command runs with.
@@ -74,6 +112,32 @@ impl Ctx {
             .request_id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+    }
+
+    /// The answer of `call`, sent again after each transient failure (see [`is_transient`]), up
+    /// to `--retries` times with exponential backoff. A resent write carries the idempotency key
+    /// it was built with, so the service applies it once.
+    pub(crate) async fn retried<T, F, Fut>(&self, call: F) -> Result<T, Status>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(2))
+            .with_max_times(self.args.retries.unwrap_or(DEFAULT_RETRIES))
+            .with_jitter();
+        call.retry(backoff)
+            .when(is_transient)
+            .notify(|status: &Status, wait: Duration| {
+                eprintln!(
+                    "warning: {:?}: {}; sending again in {} ms",
+                    status.code(),
+                    status.message(),
+                    wait.as_millis()
+                );
+            })
+            .await
     }
 
     fn channel(&self, flag: &str, url: Option<&str>, port: u16) -> Result<Authed, CliError> {

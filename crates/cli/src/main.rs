@@ -51,6 +51,7 @@ Exit codes:
   3  the server refused the request: INVALID_ARGUMENT (field violations are listed),
      FAILED_PRECONDITION, NOT_FOUND, ALREADY_EXISTS, OUT_OF_RANGE
   4  the server is unavailable, too slow or failed: UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, …
+     (UNAVAILABLE, ABORTED and a closed connection's CANCELLED after --retries resends)
   5  UNAUTHENTICATED or PERMISSION_DENIED: check --api-key / LEADFLOW_API_KEY";
 
 /// The operator's command line for Leadflow: leads, scores, the qualification definition,

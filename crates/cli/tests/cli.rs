@@ -9,6 +9,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use leadflow_proto::ingestion::v1 as ingestion;
+use leadflow_proto::ingestion::v1::ingestion_service_server::{
+    IngestionService, IngestionServiceServer,
+};
 use leadflow_runtime::auth::AuthArgs;
 use leadflow_runtime::clock::SystemClock;
 use leadflow_runtime::outbox::OutboxArgs;
@@ -471,4 +475,119 @@ fn failures_have_their_exit_codes() {
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("unknown column `kind`"), "{run:?}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An ingestion service whose `Track` answers each of `failures` in turn, then accepts, and
+/// records the message id of every call it gets. Only `Track` is called.
+struct FlakyIngestion {
+    failures: std::sync::Mutex<Vec<tonic::Status>>,
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[tonic::async_trait]
+impl IngestionService for FlakyIngestion {
+    async fn track(
+        &self,
+        request: tonic::Request<ingestion::TrackRequest>,
+    ) -> Result<tonic::Response<ingestion::TrackResponse>, tonic::Status> {
+        let message_id = request.into_inner().message_id;
+        self.seen.lock().expect("seen").push(message_id);
+        if let Some(status) = self.failures.lock().expect("failures").pop() {
+            return Err(status);
+        }
+        Ok(tonic::Response::new(ingestion::TrackResponse {
+            lead_id: "lead-1".into(),
+            duplicate: false,
+            ..Default::default()
+        }))
+    }
+
+    async fn identify(
+        &self,
+        _: tonic::Request<ingestion::IdentifyRequest>,
+    ) -> Result<tonic::Response<ingestion::IdentifyResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+
+    async fn batch(
+        &self,
+        _: tonic::Request<ingestion::BatchRequest>,
+    ) -> Result<tonic::Response<ingestion::BatchResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+
+    async fn get_lead(
+        &self,
+        _: tonic::Request<ingestion::GetLeadRequest>,
+    ) -> Result<tonic::Response<ingestion::GetLeadResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+
+    async fn get_timeline(
+        &self,
+        _: tonic::Request<ingestion::GetTimelineRequest>,
+    ) -> Result<tonic::Response<ingestion::GetTimelineResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+
+    async fn merge_leads(
+        &self,
+        _: tonic::Request<ingestion::MergeLeadsRequest>,
+    ) -> Result<tonic::Response<ingestion::MergeLeadsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+}
+
+/// `leadctl track` against a [`FlakyIngestion`] answering `failures` (the last one first)
+/// before it accepts; what it did, and the message ids the service got.
+fn track_against(failures: Vec<tonic::Status>, flags: &[&str]) -> (Run, Vec<String>) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let service = FlakyIngestion {
+        failures: std::sync::Mutex::new(failures),
+        seen: Arc::clone(&seen),
+    };
+    let listener = runtime
+        .block_on(TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    runtime.spawn(
+        tonic::transport::Server::builder()
+            .add_service(IngestionServiceServer::new(service))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let urls = [("LEADFLOW_INGESTION_URL", format!("http://{addr}"))];
+    let mut args = flags.to_vec();
+    args.extend(["track", "--user-id", "ana", "page_view"]);
+    let run = leadctl(&urls, &args);
+    let seen = seen.lock().expect("seen").clone();
+    (run, seen)
+}
+
+/// A call answered UNAVAILABLE (a restarting service) or ABORTED (a write that met a concurrent
+/// one) is sent again, with the same idempotency key, until it is accepted; `--retries 0` sends
+/// it once; an answer that would not change (INVALID_ARGUMENT) is never sent again.
+#[test]
+fn transient_failures_are_sent_again_with_the_same_key() {
+    let (run, seen) = track_against(
+        vec![
+            tonic::Status::aborted("lead merged meanwhile"),
+            tonic::Status::unavailable("restarting"),
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(seen.len(), 3, "sent three times: {seen:?}");
+    assert!(seen.iter().all(|id| id == &seen[0]), "one key: {seen:?}");
+    assert!(run.stderr.contains("sending again"), "{run:?}");
+
+    let (run, seen) = track_against(
+        vec![tonic::Status::unavailable("down")],
+        &["--retries", "0"],
+    );
+    assert_eq!((run.code, seen.len()), (4, 1), "{run:?}");
+    assert!(run.stderr.contains("error: UNAVAILABLE"), "{run:?}");
+
+    let (run, seen) = track_against(vec![tonic::Status::invalid_argument("bad")], &[]);
+    assert_eq!((run.code, seen.len()), (3, 1), "{run:?}");
 }

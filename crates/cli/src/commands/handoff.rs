@@ -19,7 +19,7 @@ use leadflow_proto::handoff::v1::{
 };
 
 use crate::args::{Page, Period, enum_arg, parse_time, pb_time};
-use crate::client::Ctx;
+use crate::client::{Ctx, retried};
 use crate::error::CliError;
 use crate::json::{from_file, from_value, read_document, to_json, to_json_text};
 use crate::output::{
@@ -234,7 +234,7 @@ async fn list(ctx: &Ctx, args: ListArgs) -> Result<(), CliError> {
         page_size: args.page.page_size,
         page_token: args.page.page_token,
     };
-    let response = ctx.handoff()?.list_handoffs(request).await?.into_inner();
+    let response = retried!(ctx, ctx.handoff()?, list_handoffs, request)?.into_inner();
     emit(
         ctx,
         &response,
@@ -327,7 +327,7 @@ async fn get(ctx: &Ctx, args: IdArgs) -> Result<(), CliError> {
     let request = GetHandoffRequest {
         handoff_id: args.id,
     };
-    let response = ctx.handoff()?.get_handoff(request).await?.into_inner();
+    let response = retried!(ctx, ctx.handoff()?, get_handoff, request)?.into_inner();
     emit(
         ctx,
         &response,
@@ -359,7 +359,7 @@ async fn stream(ctx: &Ctx, args: StreamArgs) -> Result<(), CliError> {
         filter: args.filter.filter(),
         view: args.filter.view(),
     };
-    let mut stream = ctx.handoff()?.stream_handoffs(request).await?.into_inner();
+    let mut stream = retried!(ctx, ctx.handoff()?, stream_handoffs, request)?.into_inner();
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
     let (mut last, mut seen) = (args.cursor, 0u64);
     let resume = |last: &str| {
@@ -435,11 +435,7 @@ async fn ack(ctx: &Ctx, args: AckArgs) -> Result<(), CliError> {
         handoff_id: args.handoff_id,
         crm_record_id: args.crm_record_id,
     };
-    let response = ctx
-        .handoff()?
-        .acknowledge_handoff(request)
-        .await?
-        .into_inner();
+    let response = retried!(ctx, ctx.handoff()?, acknowledge_handoff, request)?.into_inner();
     emit(
         ctx,
         &response,
@@ -481,7 +477,7 @@ async fn contact(ctx: &Ctx, args: ContactArgs) -> Result<(), CliError> {
         actor_id: args.act.actor.unwrap_or_default(),
         note: args.act.note.unwrap_or_default(),
     };
-    let response = ctx.handoff()?.record_contact(request).await?.into_inner();
+    let response = retried!(ctx, ctx.handoff()?, record_contact, request)?.into_inner();
     emit(
         ctx,
         &response,
@@ -499,7 +495,7 @@ async fn accept(ctx: &Ctx, args: ActArgs) -> Result<(), CliError> {
         actor_id: args.actor.unwrap_or_default(),
         note: args.note.unwrap_or_default(),
     };
-    let response = ctx.handoff()?.accept_handoff(request).await?.into_inner();
+    let response = retried!(ctx, ctx.handoff()?, accept_handoff, request)?.into_inner();
     emit(
         ctx,
         &response,
@@ -528,7 +524,7 @@ async fn reject(ctx: &Ctx, args: RejectArgs) -> Result<(), CliError> {
         actor_id: args.act.actor.unwrap_or_default(),
         note: args.act.note.unwrap_or_default(),
     };
-    let response = ctx.handoff()?.reject_handoff(request).await?.into_inner();
+    let response = retried!(ctx, ctx.handoff()?, reject_handoff, request)?.into_inner();
     emit(
         ctx,
         &response,
@@ -619,7 +615,7 @@ async fn outcome(ctx: &Ctx, args: OutcomeArgs) -> Result<(), CliError> {
         actor_id: args.act.actor.unwrap_or_default(),
         note: args.act.note.unwrap_or_default(),
     };
-    let response = ctx.handoff()?.report_outcome(request).await?.into_inner();
+    let response = retried!(ctx, ctx.handoff()?, report_outcome, request)?.into_inner();
     emit(
         ctx,
         &response,
@@ -676,7 +672,7 @@ async fn upsert_owners(ctx: &Ctx, args: FileArgs) -> Result<(), CliError> {
         CliError::Local(message) => CliError::Local(format!("{shown}: {message}")),
         other => other,
     })?;
-    let mut client = ctx.handoff()?;
+    let client = ctx.handoff()?;
     let (mut answers, mut table) = (
         Vec::new(),
         Table::new(&["OWNER", "ROLE", "ACTIVE", "CHANGE"]),
@@ -687,7 +683,7 @@ async fn upsert_owners(ctx: &Ctx, args: FileArgs) -> Result<(), CliError> {
             request_id: format!("{request_id}-{i}"),
             owner: Some(owner),
         };
-        let response = client.upsert_owner(request).await?.into_inner();
+        let response = retried!(ctx, &client, upsert_owner, request)?.into_inner();
         let o = response.owner.clone().unwrap_or_default();
         let created = if response.created {
             "created"
@@ -737,7 +733,7 @@ async fn list_owners(ctx: &Ctx, args: OwnerListArgs) -> Result<(), CliError> {
         page_size: args.page.page_size,
         page_token: args.page.page_token,
     };
-    let response = ctx.handoff()?.list_owners(request).await?.into_inner();
+    let response = retried!(ctx, ctx.handoff()?, list_owners, request)?.into_inner();
     emit(
         ctx,
         &response,
@@ -794,7 +790,7 @@ async fn deactivate(ctx: &Ctx, args: DeactivateArgs) -> Result<(), CliError> {
         owner_id: args.owner_id,
         reassign_open_handoffs: args.reassign,
     };
-    let response = ctx.handoff()?.deactivate_owner(request).await?.into_inner();
+    let response = retried!(ctx, ctx.handoff()?, deactivate_owner, request)?.into_inner();
     emit(
         ctx,
         &response,
@@ -817,11 +813,7 @@ async fn publish_routing(ctx: &Ctx, args: FileArgs) -> Result<(), CliError> {
         request_id: ctx.request_id(),
         routing_rules: Some(rules),
     };
-    let response = ctx
-        .handoff()?
-        .publish_routing_rules(request)
-        .await?
-        .into_inner();
+    let response = retried!(ctx, ctx.handoff()?, publish_routing_rules, request)?.into_inner();
     emit(
         ctx,
         &response,
@@ -883,11 +875,7 @@ async fn get_routing(ctx: &Ctx, args: RoutingGetArgs) -> Result<(), CliError> {
     let request = GetRoutingRulesRequest {
         version: args.version,
     };
-    let response = ctx
-        .handoff()?
-        .get_routing_rules(request)
-        .await?
-        .into_inner();
+    let response = retried!(ctx, ctx.handoff()?, get_routing_rules, request)?.into_inner();
     let rules = response.routing_rules.clone().unwrap_or_default();
     emit_document(
         ctx,
@@ -915,7 +903,7 @@ async fn sla_report(ctx: &Ctx, args: SlaArgs) -> Result<(), CliError> {
         end_time: Some(end),
         kind: args.kind.unwrap_or_default(),
     };
-    let response = ctx.handoff()?.get_sla_report(request).await?.into_inner();
+    let response = retried!(ctx, ctx.handoff()?, get_sla_report, request)?.into_inner();
     emit(
         ctx,
         &response,
@@ -977,7 +965,7 @@ async fn upsert_webhook(ctx: &Ctx, args: WebhookUpsertArgs) -> Result<(), CliErr
         webhook: Some(webhook),
         secret: args.secret.unwrap_or_default(),
     };
-    let response = ctx.handoff()?.upsert_webhook(request).await?.into_inner();
+    let response = retried!(ctx, ctx.handoff()?, upsert_webhook, request)?.into_inner();
     emit(
         ctx,
         &response,
@@ -1004,7 +992,7 @@ async fn list_webhooks(ctx: &Ctx, args: WebhookListArgs) -> Result<(), CliError>
         page_size: args.page.page_size,
         page_token: args.page.page_token,
     };
-    let response = ctx.handoff()?.list_webhooks(request).await?.into_inner();
+    let response = retried!(ctx, ctx.handoff()?, list_webhooks, request)?.into_inner();
     emit(
         ctx,
         &response,
@@ -1049,7 +1037,7 @@ async fn delete_webhook(ctx: &Ctx, args: IdArgs) -> Result<(), CliError> {
         request_id: ctx.request_id(),
         webhook_id: args.id.clone(),
     };
-    let response = ctx.handoff()?.delete_webhook(request).await?.into_inner();
+    let response = retried!(ctx, ctx.handoff()?, delete_webhook, request)?.into_inner();
     emit(
         ctx,
         &response,
@@ -1084,11 +1072,7 @@ async fn deliveries(ctx: &Ctx, args: DeliveriesArgs) -> Result<(), CliError> {
         page_size: args.page.page_size,
         page_token: args.page.page_token,
     };
-    let response = ctx
-        .handoff()?
-        .list_webhook_deliveries(request)
-        .await?
-        .into_inner();
+    let response = retried!(ctx, ctx.handoff()?, list_webhook_deliveries, request)?.into_inner();
     emit(
         ctx,
         &response,

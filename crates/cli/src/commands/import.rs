@@ -15,7 +15,7 @@ use leadflow_proto::ingestion::v1::{
 use serde_json::json;
 
 use crate::args::{parse_time, pb_time};
-use crate::client::Ctx;
+use crate::client::{Ctx, retried};
 use crate::error::{CliError, code_name};
 use crate::json::enum_number;
 use crate::output::{enums, print_value};
@@ -129,12 +129,12 @@ pub(crate) async fn run(ctx: &Ctx, args: ImportArgs) -> Result<(), CliError> {
     bar.inc(errors.len() as u64);
     let (mut accepted, mut duplicate) = (0usize, 0usize);
     let mut leads = Vec::new();
-    let mut client = ctx.ingestion()?;
+    let client = ctx.ingestion()?;
     for chunk in rows.chunks(usize::from(args.batch_size)) {
         let request = BatchRequest {
             items: chunk.iter().map(|r| r.item.clone()).collect(),
         };
-        let response = match client.batch(request).await {
+        let response = match retried!(ctx, &client, batch, request) {
             Ok(response) => response.into_inner(),
             Err(status) => {
                 bar.abandon();

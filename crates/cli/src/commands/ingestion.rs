@@ -9,7 +9,7 @@ use leadflow_proto::ingestion::v1::{
 };
 
 use crate::args::{Page, enum_arg, parse_kv, parse_time, pb_time};
-use crate::client::Ctx;
+use crate::client::{Ctx, retried};
 use crate::error::CliError;
 use crate::output::{Table, emit, enums, fields, label, next_page, opt, or_dash, ts};
 
@@ -62,7 +62,7 @@ pub(crate) async fn track(ctx: &Ctx, args: TrackArgs) -> Result<(), CliError> {
             properties: args.props.into_iter().collect(),
         }),
     };
-    let response = ctx.ingestion()?.track(request).await?.into_inner();
+    let response = retried!(ctx, ctx.ingestion()?, track, request)?.into_inner();
     emit(ctx, &response, "leadflow.ingestion.v1.TrackResponse", |r| {
         let duplicate = if r.duplicate {
             " (duplicate: already recorded)"
@@ -144,7 +144,7 @@ pub(crate) async fn identify(ctx: &Ctx, args: IdentifyArgs) -> Result<(), CliErr
         }),
         occurred_at: pb_time(args.at),
     };
-    let response = ctx.ingestion()?.identify(request).await?.into_inner();
+    let response = retried!(ctx, ctx.ingestion()?, identify, request)?.into_inner();
     emit(
         ctx,
         &response,
@@ -175,7 +175,7 @@ pub(crate) async fn get(ctx: &Ctx, args: GetArgs) -> Result<(), CliError> {
     let request = GetLeadRequest {
         lead_id: args.lead_id,
     };
-    let response = ctx.ingestion()?.get_lead(request).await?.into_inner();
+    let response = retried!(ctx, ctx.ingestion()?, get_lead, request)?.into_inner();
     emit(
         ctx,
         &response,
@@ -245,7 +245,7 @@ pub(crate) async fn timeline(ctx: &Ctx, args: TimelineArgs) -> Result<(), CliErr
         page_size: args.page.page_size,
         page_token: args.page.page_token,
     };
-    let response = ctx.ingestion()?.get_timeline(request).await?.into_inner();
+    let response = retried!(ctx, ctx.ingestion()?, get_timeline, request)?.into_inner();
     emit(
         ctx,
         &response,
@@ -291,7 +291,7 @@ pub(crate) async fn merge(ctx: &Ctx, args: MergeArgs) -> Result<(), CliError> {
         source_lead_id: args.source_lead_id,
         target_lead_id: args.target_lead_id,
     };
-    let response = ctx.ingestion()?.merge_leads(request).await?.into_inner();
+    let response = retried!(ctx, ctx.ingestion()?, merge_leads, request)?.into_inner();
     emit(
         ctx,
         &response,

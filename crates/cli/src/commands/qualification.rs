@@ -14,7 +14,7 @@ use leadflow_proto::qualification::v1::{
 };
 
 use crate::args::{Page, Period, enum_arg, parse_time, pb_time};
-use crate::client::Ctx;
+use crate::client::{Ctx, retried};
 use crate::error::CliError;
 use crate::json::from_file;
 use crate::output::{
@@ -71,11 +71,7 @@ pub(crate) async fn stage(ctx: &Ctx, args: StageArgs) -> Result<(), CliError> {
     let request = GetLeadStageRequest {
         lead_id: args.lead_id,
     };
-    let response = ctx
-        .qualification()?
-        .get_lead_stage(request)
-        .await?
-        .into_inner();
+    let response = retried!(ctx, ctx.qualification()?, get_lead_stage, request)?.into_inner();
     emit(
         ctx,
         &response,
@@ -135,11 +131,7 @@ pub(crate) async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<(), CliError
         page_size: args.page.page_size,
         page_token: args.page.page_token,
     };
-    let response = ctx
-        .qualification()?
-        .get_history(request)
-        .await?
-        .into_inner();
+    let response = retried!(ctx, ctx.qualification()?, get_history, request)?.into_inner();
     emit(
         ctx,
         &response,
@@ -173,7 +165,7 @@ pub(crate) async fn list(ctx: &Ctx, args: ListArgs) -> Result<(), CliError> {
         page_size: args.page.page_size,
         page_token: args.page.page_token,
     };
-    let response = ctx.qualification()?.list_leads(request).await?.into_inner();
+    let response = retried!(ctx, ctx.qualification()?, list_leads, request)?.into_inner();
     emit(
         ctx,
         &response,
@@ -244,11 +236,7 @@ pub(crate) async fn accept(ctx: &Ctx, args: Decision) -> Result<(), CliError> {
         actor_id: args.actor,
         note: args.note.unwrap_or_default(),
     };
-    let response = ctx
-        .qualification()?
-        .accept_lead(request)
-        .await?
-        .into_inner();
+    let response = retried!(ctx, ctx.qualification()?, accept_lead, request)?.into_inner();
     emit(
         ctx,
         &response,
@@ -268,11 +256,7 @@ pub(crate) async fn reject(ctx: &Ctx, args: RejectArgs) -> Result<(), CliError> 
         actor_id: args.decision.actor,
         note: args.decision.note.unwrap_or_default(),
     };
-    let response = ctx
-        .qualification()?
-        .reject_lead(request)
-        .await?
-        .into_inner();
+    let response = retried!(ctx, ctx.qualification()?, reject_lead, request)?.into_inner();
     emit(
         ctx,
         &response,
@@ -322,11 +306,7 @@ pub(crate) async fn bant(ctx: &Ctx, args: BantArgs) -> Result<(), CliError> {
         }),
         actor_id: args.actor,
     };
-    let response = ctx
-        .qualification()?
-        .record_bant(request)
-        .await?
-        .into_inner();
+    let response = retried!(ctx, ctx.qualification()?, record_bant, request)?.into_inner();
     emit(
         ctx,
         &response,
@@ -377,11 +357,7 @@ async fn publish(ctx: &Ctx, args: PublishArgs) -> Result<(), CliError> {
         request_id: ctx.request_id(),
         definition: Some(definition),
     };
-    let response = ctx
-        .qualification()?
-        .publish_definition(request)
-        .await?
-        .into_inner();
+    let response = retried!(ctx, ctx.qualification()?, publish_definition, request)?.into_inner();
     emit(
         ctx,
         &response,
@@ -483,11 +459,7 @@ async fn get(ctx: &Ctx, args: GetArgs) -> Result<(), CliError> {
     let request = GetDefinitionRequest {
         version: args.version,
     };
-    let response = ctx
-        .qualification()?
-        .get_definition(request)
-        .await?
-        .into_inner();
+    let response = retried!(ctx, ctx.qualification()?, get_definition, request)?.into_inner();
     let definition = response.definition.clone().unwrap_or_default();
     emit_document(
         ctx,
@@ -510,8 +482,8 @@ async fn list_definitions(ctx: &Ctx, args: DefinitionListArgs) -> Result<(), Cli
         page_size: args.page.page_size,
         page_token: args.page.page_token,
     };
-    let mut client = ctx.qualification()?;
-    let response = client.list_definition_versions(request).await?.into_inner();
+    let client = ctx.qualification()?;
+    let response = retried!(ctx, &client, list_definition_versions, request)?.into_inner();
     emit(
         ctx,
         &response,
@@ -617,7 +589,7 @@ pub(crate) async fn funnel(ctx: &Ctx, args: FunnelArgs) -> Result<(), CliError> 
         group_by: args.group_by,
         source_channels: args.channels,
     };
-    let response = ctx.qualification()?.get_funnel(request).await?.into_inner();
+    let response = retried!(ctx, ctx.qualification()?, get_funnel, request)?.into_inner();
     emit(
         ctx,
         &response,

@@ -15,7 +15,7 @@ use leadflow_proto::scoring::v1::{
 };
 
 use crate::args::{Page, parse_time, pb_time};
-use crate::client::Ctx;
+use crate::client::{Ctx, retried};
 use crate::error::CliError;
 use crate::json::from_file;
 use crate::output::{
@@ -109,12 +109,12 @@ fn score_table(scores: &[(&str, &Score)]) {
 }
 
 async fn get(ctx: &Ctx, args: ScoreGetArgs) -> Result<(), CliError> {
-    let mut client = ctx.scoring()?;
+    let client = ctx.scoring()?;
     if let [lead_id] = args.lead_ids.as_slice() {
         let request = GetScoreRequest {
             lead_id: lead_id.clone(),
         };
-        let response = client.get_score(request).await?.into_inner();
+        let response = retried!(ctx, &client, get_score, request)?.into_inner();
         return emit(
             ctx,
             &response,
@@ -129,7 +129,7 @@ async fn get(ctx: &Ctx, args: ScoreGetArgs) -> Result<(), CliError> {
     let request = BatchGetScoresRequest {
         lead_ids: args.lead_ids,
     };
-    let response = client.batch_get_scores(request).await?.into_inner();
+    let response = retried!(ctx, &client, batch_get_scores, request)?.into_inner();
     emit(
         ctx,
         &response,
@@ -198,7 +198,7 @@ async fn explain(ctx: &Ctx, args: ExplainArgs) -> Result<(), CliError> {
     let request = ExplainScoreRequest {
         lead_id: args.lead_id,
     };
-    let response = ctx.scoring()?.explain_score(request).await?.into_inner();
+    let response = retried!(ctx, ctx.scoring()?, explain_score, request)?.into_inner();
     emit(
         ctx,
         &response,
@@ -232,7 +232,7 @@ async fn what_if(ctx: &Ctx, args: WhatIfArgs) -> Result<(), CliError> {
     if args.as_of.is_some() {
         request.as_of_time = pb_time(args.as_of);
     }
-    let response = ctx.scoring()?.what_if(request).await?.into_inner();
+    let response = retried!(ctx, ctx.scoring()?, what_if, request)?.into_inner();
     emit(ctx, &response, "leadflow.scoring.v1.WhatIfResponse", |r| {
         if let Some(e) = &r.explanation {
             print_explanation(e);
@@ -267,11 +267,11 @@ fn print_job(job: &RescoreJob) {
 }
 
 async fn rescore(ctx: &Ctx, args: RescoreArgs) -> Result<(), CliError> {
-    let mut client = ctx.scoring()?;
+    let client = ctx.scoring()?;
     let request = RescoreRequest {
         request_id: ctx.request_id(),
     };
-    let mut response = client.rescore(request).await?.into_inner();
+    let mut response = retried!(ctx, &client, rescore, request)?.into_inner();
     if args.wait {
         let bar = if ctx.json || !std::io::stderr().is_terminal() {
             ProgressBar::hidden()
@@ -290,7 +290,9 @@ async fn rescore(ctx: &Ctx, args: RescoreArgs) -> Result<(), CliError> {
             let request = GetRescoreJobRequest {
                 job_id: job.job_id.clone(),
             };
-            response.job = client.get_rescore_job(request).await?.into_inner().job;
+            response.job = retried!(ctx, &client, get_rescore_job, request)?
+                .into_inner()
+                .job;
         }
         bar.finish_and_clear();
     }
@@ -318,7 +320,7 @@ async fn job(ctx: &Ctx, args: JobArgs) -> Result<(), CliError> {
     let request = GetRescoreJobRequest {
         job_id: args.job_id,
     };
-    let response = ctx.scoring()?.get_rescore_job(request).await?.into_inner();
+    let response = retried!(ctx, ctx.scoring()?, get_rescore_job, request)?.into_inner();
     emit(
         ctx,
         &response,
@@ -351,7 +353,7 @@ async fn publish(ctx: &Ctx, args: PublishArgs) -> Result<(), CliError> {
         request_id: ctx.request_id(),
         model: Some(model),
     };
-    let response = ctx.scoring()?.publish_model(request).await?.into_inner();
+    let response = retried!(ctx, ctx.scoring()?, publish_model, request)?.into_inner();
     emit(
         ctx,
         &response,
@@ -475,7 +477,7 @@ async fn get_model(ctx: &Ctx, args: GetArgs) -> Result<(), CliError> {
     let request = GetModelRequest {
         version: args.version,
     };
-    let response = ctx.scoring()?.get_model(request).await?.into_inner();
+    let response = retried!(ctx, ctx.scoring()?, get_model, request)?.into_inner();
     let model = response.model.clone().unwrap_or_default();
     emit_document(
         ctx,
@@ -498,11 +500,7 @@ async fn list(ctx: &Ctx, args: ListArgs) -> Result<(), CliError> {
         page_size: args.page.page_size,
         page_token: args.page.page_token,
     };
-    let response = ctx
-        .scoring()?
-        .list_model_versions(request)
-        .await?
-        .into_inner();
+    let response = retried!(ctx, ctx.scoring()?, list_model_versions, request)?.into_inner();
     emit(
         ctx,
         &response,
