@@ -1357,4 +1357,38 @@ on_both_backends! {
     full_page => a_full_page_carries_each_handoffs_own_history;
     webhooks => webhooks_are_signed_retried_and_logged;
     bad_requests => bad_requests_get_field_violations;
+    deadline_index => the_unused_deadline_index_is_dropped;
+}
+
+/// The `(status, sla_deadline)` index no query used is gone from a store made before its drop,
+/// and from a new one.
+async fn the_unused_deadline_index_is_dropped(db: TestDb) {
+    use leadflow_handoff::store::migrations::Migrator;
+    use sea_orm::{ConnectionTrait, Statement};
+    use sea_orm_migration::MigratorTrait;
+
+    let conn = leadflow_runtime::db::connect(&db.url, 2)
+        .await
+        .expect("connect");
+    let has_index = || async {
+        let sql = match conn.get_database_backend() {
+            sea_orm::DatabaseBackend::Postgres => {
+                "SELECT 1 FROM pg_indexes WHERE indexname = 'handoffs_status_deadline'"
+            }
+            _ => {
+                "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'handoffs_status_deadline'"
+            }
+        };
+        conn.query_one_raw(Statement::from_string(conn.get_database_backend(), sql))
+            .await
+            .expect("catalog")
+            .is_some()
+    };
+    let before = Migrator::migrations().len() as u32 - 1;
+    Migrator::up(&conn, Some(before))
+        .await
+        .expect("the migrations before the drop");
+    assert!(has_index().await, "made by the first schema");
+    Migrator::up(&conn, None).await.expect("the drop");
+    assert!(!has_index().await, "dropped");
 }

@@ -21,7 +21,37 @@ impl MigratorTrait for Migrator {
             Box::new(leadflow_runtime::outbox::InboxWithoutRowid),
             Box::new(leadflow_runtime::outbox::InboxProcessedAtIndex),
             Box::new(leadflow_runtime::outbox::OutboxBundles { destinations: &[] }),
+            Box::new(DropStatusDeadlineIndex),
         ]
+    }
+}
+
+/// Drops the `(status, sla_deadline)` index on hand-offs: no query filters or orders by the
+/// deadline since the SLA sweep looks for overdue hand-offs by `contact_due_at`
+/// (`handoffs_status_contact_due`), so the index only cost every hand-off written a second
+/// entry to keep.
+#[derive(Debug)]
+struct DropStatusDeadlineIndex;
+
+impl MigrationName for DropStatusDeadlineIndex {
+    fn name(&self) -> &str {
+        "m20261206_000001_drop_handoffs_status_deadline"
+    }
+}
+
+#[async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait signature of sea-orm-migration elides it
+impl MigrationTrait for DropStatusDeadlineIndex {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_index(
+                Index::drop()
+                    .name("handoffs_status_deadline")
+                    .table(Handoffs::Table)
+                    .if_exists()
+                    .to_owned(),
+            )
+            .await
     }
 }
 
