@@ -3,8 +3,10 @@
 //! memory message after message, and handed back once, in key order, for one multi-row write.
 //! A receiver that reads and writes a lead per message instead pays a statement per message.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
+
+use sea_orm::DatabaseBackend;
 
 /// `(tenant, lead id)`.
 pub type LeadKey = (String, String);
@@ -18,12 +20,14 @@ pub enum Found<L> {
     MergedInto(String),
 }
 
-/// A batch's leads keyed by the surviving lead, the ids merged into them as aliases, and a mark
-/// `D` on each lead changed since the last [`take_changed`](Self::take_changed).
+/// A batch's leads keyed by the surviving lead, the ids merged into them as aliases, the ids
+/// read and not found, and a mark `D` on each lead changed since the last
+/// [`take_changed`](Self::take_changed).
 #[derive(Debug)]
 pub struct LeadCache<L, D> {
     leads: HashMap<LeadKey, L>,
     aliases: HashMap<LeadKey, LeadKey>,
+    absent: HashSet<LeadKey>,
     changed: HashMap<LeadKey, D>,
 }
 
@@ -32,6 +36,7 @@ impl<L, D> Default for LeadCache<L, D> {
         Self {
             leads: HashMap::new(),
             aliases: HashMap::new(),
+            absent: HashSet::new(),
             changed: HashMap::new(),
         }
     }
@@ -57,7 +62,9 @@ impl<L, D> LeadCache<L, D> {
             ids.sort_unstable();
             ids.dedup();
             let mut survivors = Vec::new();
+            let mut missing: HashSet<String> = ids.iter().cloned().collect();
             for (id, found) in read(tenant.clone(), ids).await? {
+                missing.remove(&id);
                 match found {
                     Found::Live(lead) => {
                         self.leads.insert((tenant.clone(), id), lead);
@@ -69,6 +76,8 @@ impl<L, D> LeadCache<L, D> {
                     }
                 }
             }
+            self.absent
+                .extend(missing.into_iter().map(|id| (tenant.clone(), id)));
             survivors.sort_unstable();
             survivors.dedup();
             survivors.retain(|id| !self.leads.contains_key(&(tenant.clone(), id.clone())));
@@ -87,6 +96,17 @@ impl<L, D> LeadCache<L, D> {
     fn resolve(&self, tenant: &str, lead_id: &str) -> LeadKey {
         let requested = (tenant.to_owned(), lead_id.to_owned());
         self.aliases.get(&requested).cloned().unwrap_or(requested)
+    }
+
+    /// Whether the lead `lead_id` names, not held, must be read before it is taken for a new
+    /// lead: not when the prefetch found no row for it on SQLite, where the transaction reading
+    /// it is the one writer, so nothing can have stored it since; on PostgreSQL another
+    /// replica may have, and reading it again locks the row it committed.
+    pub fn needs_read(&self, tenant: &str, lead_id: &str, backend: DatabaseBackend) -> bool {
+        backend != DatabaseBackend::Sqlite
+            || !self
+                .absent
+                .contains(&(tenant.to_owned(), lead_id.to_owned()))
     }
 
     /// Whether the lead `lead_id` names (following merges) is held.
@@ -127,6 +147,7 @@ impl<L, D> LeadCache<L, D> {
             .collect();
         self.leads.clear();
         self.aliases.clear();
+        self.absent.clear();
         taken
     }
 }
@@ -186,5 +207,41 @@ mod tests {
             [(1, "first"), (3, "merged"), (10, "second")]
         );
         assert!(!cache.contains("t", "b"), "everything is forgotten");
+    }
+
+    #[tokio::test]
+    async fn an_id_read_and_not_found_is_read_again_only_where_another_writer_may_store_it() {
+        let mut cache: LeadCache<u32, ()> = LeadCache::default();
+        cache
+            .prefetch([key("a"), key("gone"), key("old")], |_, ids| async move {
+                Ok::<_, ()>(
+                    ids.into_iter()
+                        .filter_map(|id| match id.as_str() {
+                            "a" => Some((id, Found::Live(1))),
+                            "old" => Some((id, Found::MergedInto("c".into()))),
+                            _ => None,
+                        })
+                        .collect(),
+                )
+            })
+            .await
+            .expect("prefetch");
+        let (sqlite, postgres) = (DatabaseBackend::Sqlite, DatabaseBackend::Postgres);
+        assert!(!cache.needs_read("t", "gone", sqlite), "found absent");
+        assert!(
+            cache.needs_read("t", "gone", postgres),
+            "another replica may store it"
+        );
+        assert!(
+            cache.needs_read("t", "c", sqlite),
+            "a survivor not found is not known absent"
+        );
+        assert!(cache.needs_read("t", "never-asked", sqlite));
+        cache.mark_changed(key("a"), ());
+        cache.take_changed();
+        assert!(
+            cache.needs_read("t", "gone", sqlite),
+            "forgotten with the rest: a merge may have stored it"
+        );
     }
 }

@@ -10,8 +10,8 @@ use leadflow_runtime::lead_cache::{self, Found, LeadKey};
 use leadflow_runtime::script::WriteScript;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ColumnTrait, DatabaseTransaction, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
-    QuerySelect,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, IntoActiveModel, QueryFilter,
+    QueryOrder, QuerySelect,
 };
 
 use super::{LeadRecord, SAVED_COLUMNS, STAGE_COLUMNS, decode, lead, refresh_row, transition};
@@ -50,7 +50,13 @@ impl LeadCache {
         now: DateTime<Utc>,
     ) -> Result<&mut LeadRecord, Error> {
         if !self.leads.contains(tenant, lead_id) {
-            let lead = match super::load_lead(txn, tenant, lead_id).await? {
+            let backend = txn.get_database_backend();
+            let stored = if self.leads.needs_read(tenant, lead_id, backend) {
+                super::load_lead(txn, tenant, lead_id).await?
+            } else {
+                None
+            };
+            let lead = match stored {
                 Some(lead) => lead,
                 None => new_lead(tenant, lead_id, now),
             };

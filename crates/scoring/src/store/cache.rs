@@ -7,7 +7,7 @@ use leadflow_proto::common::v1 as common;
 use leadflow_runtime::lead_cache::{self, Found, LeadKey};
 use leadflow_runtime::script::WriteScript;
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{DatabaseTransaction, IntoActiveModel};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, IntoActiveModel};
 
 use super::{
     Announced, CacheWrites, LeadState, decode, fact, lead_score, record, rows_by_id, saved_row,
@@ -48,7 +48,13 @@ impl LeadCache {
         first_seen: DateTime<Utc>,
     ) -> Result<&mut LeadState, Error> {
         if !self.leads.contains(tenant, lead_id) {
-            let lead = match super::load_lead(txn, tenant, lead_id).await? {
+            let backend = txn.get_database_backend();
+            let stored = if self.leads.needs_read(tenant, lead_id, backend) {
+                super::load_lead(txn, tenant, lead_id).await?
+            } else {
+                None
+            };
+            let lead = match stored {
                 Some(lead) => lead,
                 None => new_lead(tenant, lead_id, model, first_seen),
             };
