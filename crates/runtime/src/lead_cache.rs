@@ -102,11 +102,40 @@ impl<L, D> LeadCache<L, D> {
     /// lead: not when the prefetch found no row for it on SQLite, where the transaction reading
     /// it is the one writer, so nothing can have stored it since; on PostgreSQL another
     /// replica may have, and reading it again locks the row it committed.
-    pub fn needs_read(&self, tenant: &str, lead_id: &str, backend: DatabaseBackend) -> bool {
+    fn needs_read(&self, tenant: &str, lead_id: &str, backend: DatabaseBackend) -> bool {
         backend != DatabaseBackend::Sqlite
             || !self
                 .absent
                 .contains(&(tenant.to_owned(), lead_id.to_owned()))
+    }
+
+    /// The lead `lead_id` names (following merges): the one held, else the one `load` reads,
+    /// else `new()`, held from now on under the key `survivor` gives it (the lead an id merged
+    /// into another reads as). On SQLite `load` is skipped for an id the prefetch found no row
+    /// for: the transaction reading it is the one writer, so nothing can have stored it since.
+    pub async fn get_or_load<E, Fut>(
+        &mut self,
+        (tenant, lead_id): (&str, &str),
+        backend: DatabaseBackend,
+        load: impl FnOnce() -> Fut,
+        new: impl FnOnce() -> L,
+        survivor: impl FnOnce(&L) -> String,
+    ) -> Result<&mut L, E>
+    where
+        Fut: Future<Output = Result<Option<L>, E>>,
+    {
+        let key = self.resolve(tenant, lead_id);
+        if !self.leads.contains_key(&key) {
+            let stored = if self.needs_read(tenant, lead_id, backend) {
+                load().await?
+            } else {
+                None
+            };
+            let lead = stored.unwrap_or_else(new);
+            let survivor = survivor(&lead);
+            return Ok(self.insert(tenant, lead_id, &survivor, lead));
+        }
+        Ok(self.leads.entry(key).or_insert_with(new))
     }
 
     /// Whether the lead `lead_id` names (following merges) is held.
@@ -237,6 +266,38 @@ mod tests {
             "a survivor not found is not known absent"
         );
         assert!(cache.needs_read("t", "never-asked", sqlite));
+
+        let loads = std::cell::Cell::new(0);
+        let load = |stored: Option<u32>| {
+            loads.set(loads.get() + 1);
+            async move { Ok::<_, ()>(stored) }
+        };
+        let survivor = |_: &u32| "gone".to_owned();
+        let held = *cache
+            .get_or_load(("t", "a"), sqlite, || load(None), || 0, survivor)
+            .await
+            .expect("held");
+        assert_eq!((held, loads.get()), (1, 0), "held: not read");
+        let new = *cache
+            .get_or_load(("t", "gone"), sqlite, || load(Some(7)), || 0, survivor)
+            .await
+            .expect("new");
+        assert_eq!(
+            (new, loads.get()),
+            (0, 0),
+            "found absent: new, not read again"
+        );
+        let mut elsewhere: LeadCache<u32, ()> = LeadCache::default();
+        elsewhere.absent.insert(key("gone"));
+        let stored = *elsewhere
+            .get_or_load(("t", "gone"), postgres, || load(Some(7)), || 0, survivor)
+            .await
+            .expect("read");
+        assert_eq!(
+            (stored, loads.get()),
+            (7, 1),
+            "on PostgreSQL read again, and what another replica stored is taken"
+        );
         cache.mark_changed(key("a"), ());
         cache.take_changed();
         assert!(

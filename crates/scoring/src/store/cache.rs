@@ -47,23 +47,15 @@ impl LeadCache {
         model: &Model,
         first_seen: DateTime<Utc>,
     ) -> Result<&mut LeadState, Error> {
-        if !self.leads.contains(tenant, lead_id) {
-            let backend = txn.get_database_backend();
-            let stored = if self.leads.needs_read(tenant, lead_id, backend) {
-                super::load_lead(txn, tenant, lead_id).await?
-            } else {
-                None
-            };
-            let lead = match stored {
-                Some(lead) => lead,
-                None => new_lead(tenant, lead_id, model, first_seen),
-            };
-            let survivor = lead.row.lead_id.clone();
-            return Ok(self.leads.insert(tenant, lead_id, &survivor, lead));
-        }
         self.leads
-            .get_mut(tenant, lead_id)
-            .ok_or_else(|| Error::Corrupt(format!("lead {lead_id} not cached")))
+            .get_or_load(
+                (tenant, lead_id),
+                txn.get_database_backend(),
+                || super::load_lead(txn, tenant, lead_id),
+                || new_lead(tenant, lead_id, model, first_seen),
+                |lead| lead.row.lead_id.clone(),
+            )
+            .await
     }
 
     /// Marks the lead `key` changed, with what its row announces and the fact that changed it.
