@@ -1236,6 +1236,60 @@ on_both_backends! {
     bundling_migration => pending_rows_move_to_their_partition_when_bundling_starts;
 }
 
+/// On SQLite a pass deletes what the pass before delivered while it delivers: when both its
+/// delivery and that delete fail, the failed rows still back off (attempts and error recorded),
+/// and once the store accepts deletes again everything is delivered once and deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_delivery_backs_off_even_when_its_carried_delete_fails() {
+    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+    let conn = connect(&db).await;
+    let expected = enqueue_messages(&conn, 2, 2).await;
+    let (sink, _watcher) = RecordingSink::failing_first(0);
+    let config = RelayConfig {
+        batch_size: 1,
+        backoff_base: Duration::ZERO,
+        ..fast_config()
+    };
+    let relay = Relay::new(conn.clone(), sink.clone(), config, Wakeup::new());
+    assert_eq!(relay.run_once().await.expect("first pass").delivered, 1);
+
+    sink.state.lock().expect("lock").failures_left = 1;
+    conn.execute_unprepared(
+        "CREATE TRIGGER refuse_deletes BEFORE DELETE ON outbox \
+         BEGIN SELECT RAISE(ABORT, 'deletes refused'); END",
+    )
+    .await
+    .expect("trigger");
+    let failed = relay.run_once().await;
+    assert!(
+        failed.is_err(),
+        "the delete's error is the pass's: {failed:?}"
+    );
+    let rows = outbox_message::Entity::find()
+        .order_by_asc(outbox_message::Column::Id)
+        .all(&conn)
+        .await
+        .expect("rows");
+    let attempts: Vec<(i32, Option<&str>)> = rows
+        .iter()
+        .map(|row| (row.attempts, row.last_error.as_deref()))
+        .collect();
+    assert_eq!(
+        attempts,
+        [(0, None), (1, Some("receiver unavailable"))],
+        "the delivered row awaits its delete, the failed one has backed off"
+    );
+
+    conn.execute_unprepared("DROP TRIGGER refuse_deletes")
+        .await
+        .expect("drop trigger");
+    assert_eq!(relay.run_once().await.expect("retry").delivered, 1);
+    assert_eq!(relay.run_once().await.expect("idle pass").delivered, 0);
+    let left = outbox::backlog(&conn, "receiver").await.expect("backlog");
+    assert_eq!(left.count, 0, "every delivered row is deleted");
+    sink.assert_once_in_order(&expected);
+}
+
 /// A relay woken from idle lingers before its pass, so the commits that follow the one that
 /// woke it go in the same delivery: three commits of three messages, each waking the relay,
 /// arrive as one delivery of nine. (SQLite: its idle pass deletes what the pass before

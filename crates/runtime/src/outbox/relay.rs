@@ -432,11 +432,10 @@ impl<S: OutboxSink> Relay<S> {
         let (outcome, deleted) = self.deliver_while_deleting(&messages, &deleting).await;
         self.settle_deletes(deleting, matches!(deleted, Ok(true)))
             .await;
-        if let Err(err) = deleted {
-            self.settle_deliveries(&ids, outcome.is_ok()).await;
-            return Err(err);
-        }
-        match outcome {
+        // The delivery's outcome is recorded whatever became of the carried delete: a failed
+        // delivery backs off (its limit halved) even when the delete failed too, instead of
+        // being sent again at full size on the next poll.
+        let pass = match outcome {
             Ok(()) => {
                 self.settle_deliveries(&ids, true).await;
                 Ok(self.delivered(count(&messages), next_due))
@@ -448,7 +447,9 @@ impl<S: OutboxSink> Relay<S> {
                 self.settle_deliveries(&ids, false).await;
                 failed
             }
-        }
+        };
+        deleted?;
+        pass
     }
 
     /// Delivers `messages` while the delivered rows `deleting` are deleted: by the service's
