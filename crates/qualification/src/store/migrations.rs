@@ -20,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(leadflow_runtime::outbox::InboxProcessedAtIndex),
             Box::new(leadflow_runtime::outbox::OutboxBundles { destinations: &[] }),
             Box::new(ListLeadsByStageEntry),
+            Box::new(ListAllLeadsByStageEntry),
         ]
     }
 }
@@ -296,6 +297,41 @@ impl MigrationTrait for ListLeadsByStageEntry {
         Some(true)
     }
 }
+
+/// Lists a tenant's leads of every stage in the listing's own order (stage entry newest first,
+/// then lead id) from an index, `(tenant_id, stage_entered_at DESC, lead_id)`: without it each
+/// page of an unfiltered `ListLeads` read and sorted every lead of the tenant, so paging through
+/// them all was quadratic. The entry moves only when a lead changes stage.
+#[derive(Debug)]
+struct ListAllLeadsByStageEntry;
+
+impl MigrationName for ListAllLeadsByStageEntry {
+    fn name(&self) -> &str {
+        "m20261207_000001_list_all_leads_by_stage_entry"
+    }
+}
+
+#[async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait signature of sea-orm-migration elides it
+impl MigrationTrait for ListAllLeadsByStageEntry {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_index(
+                Index::create()
+                    .if_not_exists()
+                    .name(ALL_LEADS_BY_ENTRY_INDEX)
+                    .table(QualificationLeads::Table)
+                    .col(QualificationLeads::TenantId)
+                    .col((QualificationLeads::StageEnteredAt, IndexOrder::Desc))
+                    .col(QualificationLeads::LeadId)
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+/// The index unfiltered `ListLeads` pages read.
+pub const ALL_LEADS_BY_ENTRY_INDEX: &str = "qualification_leads_entry";
 
 /// Sets every stored lead's `stage_entered_at` from its state, a page of leads at a time.
 async fn backfill_stage_entry(manager: &SchemaManager<'_>) -> Result<(), DbErr> {

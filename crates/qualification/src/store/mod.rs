@@ -299,30 +299,7 @@ impl Store {
         after: Option<(DateTime<Utc>, String)>,
         limit: u64,
     ) -> Result<Vec<LeadRecord>, Error> {
-        let mut query = lead::Entity::find()
-            .filter(lead::Column::TenantId.eq(tenant))
-            .filter(lead::Column::MergedInto.is_null());
-        if let Some(stage) = stage {
-            query = query.filter(lead::Column::Stage.eq(stage.name()));
-        }
-        if let Some(channel) = source_channel {
-            query = query.filter(lead::Column::SourceChannel.eq(channel));
-        }
-        if let Some((entered_at, lead_id)) = after {
-            query = query.filter(
-                Condition::any()
-                    .add(lead::Column::StageEnteredAt.lt(entered_at))
-                    .add(
-                        Condition::all()
-                            .add(lead::Column::StageEnteredAt.eq(entered_at))
-                            .add(lead::Column::LeadId.gt(lead_id)),
-                    ),
-            );
-        }
-        query
-            .order_by_desc(lead::Column::StageEnteredAt)
-            .order_by_asc(lead::Column::LeadId)
-            .limit(limit)
+        list_leads_query(tenant, stage, source_channel, after, limit)
             .all(&self.reader)
             .await?
             .into_iter()
@@ -925,6 +902,39 @@ fn parse_definition(body: &str) -> Result<Definition, Error> {
         .map_err(|err| Error::corrupt("stored definition does not parse", err))
 }
 
+/// The query of [`Store::list_leads`]: in the order of the listing's indexes, the cursor a range
+/// of them, so a page starts where the last one ended instead of walking every lead before it.
+fn list_leads_query(
+    tenant: &str,
+    stage: Option<Stage>,
+    source_channel: Option<i32>,
+    after: Option<(DateTime<Utc>, String)>,
+    limit: u64,
+) -> sea_orm::Select<lead::Entity> {
+    let mut query = lead::Entity::find()
+        .filter(lead::Column::TenantId.eq(tenant))
+        .filter(lead::Column::MergedInto.is_null());
+    if let Some(stage) = stage {
+        query = query.filter(lead::Column::Stage.eq(stage.name()));
+    }
+    if let Some(channel) = source_channel {
+        query = query.filter(lead::Column::SourceChannel.eq(channel));
+    }
+    if let Some((entered_at, lead_id)) = after {
+        query = query
+            .filter(lead::Column::StageEnteredAt.lte(entered_at))
+            .filter(
+                Condition::any()
+                    .add(lead::Column::StageEnteredAt.lt(entered_at))
+                    .add(lead::Column::LeadId.gt(lead_id)),
+            );
+    }
+    query
+        .order_by_desc(lead::Column::StageEnteredAt)
+        .order_by_asc(lead::Column::LeadId)
+        .limit(limit)
+}
+
 fn decode(row: lead::Model, merged: bool) -> Result<LeadRecord, Error> {
     let state = serde_json::from_str(&row.state)
         .map_err(|err| Error::corrupt("stored lead state does not parse", err))?;
@@ -1085,4 +1095,58 @@ async fn save_request(
     .insert(txn)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use leadflow_test_support::{Backend, TestDb};
+    use sea_orm::{DbBackend, QueryTrait, Statement};
+    use sea_orm_migration::MigratorTrait;
+
+    use super::*;
+    use crate::store::migrations::{ALL_LEADS_BY_ENTRY_INDEX, Migrator};
+
+    /// SQLite's plan of `query`, one line per step.
+    async fn plan(conn: &DatabaseConnection, query: sea_orm::Select<lead::Entity>) -> String {
+        let statement = query.build(DbBackend::Sqlite);
+        let explain = Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            format!("EXPLAIN QUERY PLAN {}", statement.sql),
+            statement.values.map(|values| values.0).unwrap_or_default(),
+        );
+        let rows = conn.query_all_raw(explain).await.expect("explain");
+        rows.iter()
+            .map(|row| row.try_get::<String>("", "detail").expect("detail"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// An unfiltered page of `ListLeads` walks the listing's index from its cursor: no sort of
+    /// the tenant's leads, no walk over the pages before it.
+    #[tokio::test]
+    async fn unfiltered_pages_read_from_their_cursor_in_index_order() {
+        let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+        let conn = leadflow_runtime::db::connect(&db.url, 1)
+            .await
+            .expect("connect");
+        Migrator::up(&conn, None).await.expect("migrations");
+        let cursor = (Utc::now(), "lead-1".to_owned());
+
+        let first = plan(&conn, list_leads_query("t", None, None, None, 101)).await;
+        assert!(first.contains(ALL_LEADS_BY_ENTRY_INDEX), "{first}");
+        assert!(!first.contains("TEMP B-TREE"), "no sort: {first}");
+
+        let next = plan(
+            &conn,
+            list_leads_query("t", None, Some(1), Some(cursor), 101),
+        )
+        .await;
+        assert!(
+            next.contains(&format!(
+                "{ALL_LEADS_BY_ENTRY_INDEX} (tenant_id=? AND stage_entered_at<?)"
+            )),
+            "the cursor is a range of the index: {next}"
+        );
+        assert!(!next.contains("TEMP B-TREE"), "no sort: {next}");
+    }
 }
