@@ -461,15 +461,17 @@ impl HandoffService for HandoffApi {
                         continue;
                     }
                     if full {
-                        // The full view adds the history and the warm context (built once).
-                        let full = async {
+                        // The full view adds the history as of this change and the warm
+                        // context (built once, with the hand-off).
+                        let history = async {
                             let read = api.store.read().await?;
-                            Self::full(&read, &tenant, &row).await
+                            read.history_through(&tenant, &row.handoff_id, id).await
                         };
-                        match full.await {
-                            Ok(now) => {
-                                handoff.status_history = now.status_history;
-                                handoff.context = now.context;
+                        match history.await {
+                            Ok(history) => {
+                                let full = convert::handoff_to_pb(&row, Some(history));
+                                handoff.status_history = full.status_history;
+                                handoff.context = full.context;
                             }
                             Err(err) => {
                                 let _ = sender.send(Err(Status::from(err))).await;

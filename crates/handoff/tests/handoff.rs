@@ -628,6 +628,40 @@ async fn a_stream_resumes_from_its_cursor_without_loss_or_repeats(db: TestDb) {
         .await
         .expect_err("bad cursor");
     assert_eq!(fields(&bad), ["cursor"]);
+
+    // The full view carries each item's history as of its change too, not as of now.
+    let mut full = h
+        .client()
+        .stream_handoffs(pb::StreamHandoffsRequest {
+            view: pb::HandoffView::Full as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("full stream")
+        .into_inner();
+    let mut lead_0 = Vec::new();
+    for _ in 0..4 {
+        let handoff = full
+            .next()
+            .await
+            .expect("an item")
+            .expect("ok")
+            .handoff
+            .expect("handoff");
+        assert!(
+            handoff.context.is_some(),
+            "the warm context is in the full view"
+        );
+        if handoff.lead_id == "lead-0" {
+            let statuses: Vec<i32> = handoff.status_history.iter().map(|c| c.to_status).collect();
+            lead_0.push(statuses);
+        }
+    }
+    let (pending, acknowledged) = (
+        HandoffStatus::Pending as i32,
+        HandoffStatus::Acknowledged as i32,
+    );
+    assert_eq!(lead_0, [vec![pending], vec![pending, acknowledged]]);
     h.stop().await;
 }
 

@@ -108,9 +108,21 @@ impl Reader {
         tenant: &str,
         handoff_id: &str,
     ) -> Result<Vec<pb::HandoffStatusChange>, Error> {
+        self.history_through(tenant, handoff_id, i64::MAX).await
+    }
+
+    /// A hand-off's changes up to the change `last_change` (its id in the change log), oldest
+    /// first: its history as of that change.
+    pub async fn history_through(
+        &self,
+        tenant: &str,
+        handoff_id: &str,
+        last_change: i64,
+    ) -> Result<Vec<pb::HandoffStatusChange>, Error> {
         change::Entity::find()
             .filter(change::Column::TenantId.eq(tenant))
             .filter(change::Column::HandoffId.eq(handoff_id))
+            .filter(change::Column::Id.lte(last_change))
             .order_by_asc(change::Column::Id)
             .all(&self.txn)
             .await?
