@@ -89,10 +89,47 @@ impl Lease {
             .await?;
         Ok(taken.rows_affected == 1)
     }
+
+    /// Runs `work`, just after taking this lease, renewing the lease every third of its time to
+    /// live meanwhile, so work longer than that keeps it. `None` when the lease was lost first
+    /// (another replica took it, or no renewal succeeded for a whole time to live, after which
+    /// another may have): `work` is dropped at its next await point then, as if this replica
+    /// had stopped.
+    pub async fn hold_while<F: std::future::Future>(&self, work: F) -> Option<F::Output> {
+        let ttl = self.ttl.to_std().unwrap_or(Duration::MAX);
+        tokio::select! {
+            output = work => Some(output),
+            () = self.renew_until_lost(ttl) => None,
+        }
+    }
+
+    /// Renews the lease every third of `ttl`; returns once it is lost.
+    async fn renew_until_lost(&self, ttl: Duration) {
+        let period = (ttl / 3).max(Duration::from_millis(1));
+        let mut held_until = tokio::time::Instant::now() + ttl;
+        let mut renewals = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        renewals.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            renewals.tick().await;
+            match self.acquire().await {
+                Ok(true) => held_until = tokio::time::Instant::now() + ttl,
+                Ok(false) => {
+                    tracing::warn!(lease = self.name, "lease taken by another replica");
+                    return;
+                }
+                Err(err) if tokio::time::Instant::now() >= held_until => {
+                    tracing::warn!(lease = self.name, error = %err, "lease not renewed in time");
+                    return;
+                }
+                Err(err) => tracing::warn!(lease = self.name, error = %err, "lease renewal failed"),
+            }
+        }
+    }
 }
 
 /// Runs `pass` every `interval` until `shutdown`, on this replica only while it holds `lease`
-/// (renewed before each pass). A store error taking the lease skips that pass.
+/// (renewed before each pass and during it, see [`Lease::hold_while`]; a pass whose lease is
+/// lost stops). A store error taking the lease skips that pass.
 pub async fn every<F, Fut>(
     lease: Lease,
     interval: Duration,
@@ -108,7 +145,11 @@ pub async fn every<F, Fut>(
             () = tokio::time::sleep(interval) => {}
         }
         match lease.acquire().await {
-            Ok(true) => pass().await,
+            Ok(true) => {
+                if lease.hold_while(pass()).await.is_none() {
+                    tracing::warn!(lease = lease.name, "pass stopped: its lease was lost");
+                }
+            }
             Ok(false) => {}
             Err(err) => tracing::warn!(lease = lease.name, error = %err, "lease unavailable"),
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use leadflow_proto::common::v1::MessageHeader;
 use leadflow_proto::ingestion::v1::{ActivityRecorded, LeadEvent, lead_event};
-use leadflow_runtime::lease::{CreateLeases, Lease};
+use leadflow_runtime::lease::{CreateLeases, Lease, lease_row};
 use leadflow_runtime::outbox::{
     self, CreateOutboxAndInbox, DeliveryError, InboxProcessedAtIndex, InboxWithoutRowid,
     KeyIndexOnlyOnPostgres, NewMessage, OutboxBundles, OutboxMessage, OutboxSink, Packing, Relay,
@@ -531,6 +531,56 @@ async fn a_lease_has_one_holder_until_it_expires(db: TestDb) {
     assert!(
         !first.acquire_at(at(52)).await.expect("acquire"),
         "the first lost it"
+    );
+}
+
+/// A pass longer than its lease's time to live keeps the lease (renewed meanwhile), and a pass
+/// whose lease another replica took stops.
+async fn a_long_pass_keeps_its_lease_and_a_lost_lease_stops_it(db: TestDb) {
+    let conn = connect(&db).await;
+    let ttl = Duration::from_millis(300);
+    let first = Lease::new(conn.clone(), "test.long", ttl);
+    let second = Lease::new(conn.clone(), "test.long", ttl);
+    assert!(first.acquire().await.expect("acquire"));
+    let taken = Utc::now();
+    let expiry = || async {
+        lease_row::Entity::find_by_id("test.long")
+            .one(&conn)
+            .await
+            .expect("lease row")
+            .expect("a lease row")
+            .expires_at
+    };
+    let past_first_expiry = taken + chrono::Duration::milliseconds(400);
+    let long_pass = async {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while expiry().await < past_first_expiry {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("renewed during the pass");
+        second
+            .acquire_at(past_first_expiry - chrono::Duration::milliseconds(1))
+            .await
+            .expect("acquire")
+    };
+    assert_eq!(
+        first.hold_while(long_pass).await,
+        Some(false),
+        "the pass ends, the lease still the first's past its first expiry"
+    );
+
+    let stopped = first.hold_while(async {
+        let later = Utc::now() + chrono::Duration::seconds(10);
+        assert!(second.acquire_at(later).await.expect("take over"));
+        std::future::pending::<()>().await
+    });
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), stopped)
+            .await
+            .expect("the pass stops"),
+        None
     );
 }
 
@@ -1217,6 +1267,7 @@ async fn pending_rows_move_to_their_partition_when_bundling_starts(db: TestDb) {
 on_both_backends! {
     inbox_retention => inbox_forgets_ids_applied_longer_ago_than_its_retention;
     lease => a_lease_has_one_holder_until_it_expires;
+    long_lease => a_long_pass_keeps_its_lease_and_a_lost_lease_stops_it;
     failing_receiver => failing_receiver_gets_everything_once_in_order;
     shrinking_deliveries => a_receiver_that_times_out_on_large_deliveries_gets_smaller_ones;
     relay_reader => a_relay_reading_through_readers_delivers_each_row_once;
