@@ -22,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(leadflow_runtime::outbox::InboxProcessedAtIndex),
             Box::new(leadflow_runtime::outbox::OutboxBundles { destinations: &[] }),
             Box::new(DropStatusDeadlineIndex),
+            Box::new(leadflow_runtime::outbox::OutboxBacklogCountsMessages),
         ]
     }
 }

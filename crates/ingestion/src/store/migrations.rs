@@ -22,6 +22,7 @@ impl MigratorTrait for Migrator {
                 destinations: &[super::SCORING],
             }),
             Box::new(ActivitySummaryFromTimeline),
+            Box::new(leadflow_runtime::outbox::OutboxBacklogCountsMessages),
         ]
     }
 }

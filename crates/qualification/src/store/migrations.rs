@@ -21,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(leadflow_runtime::outbox::OutboxBundles { destinations: &[] }),
             Box::new(ListLeadsByStageEntry),
             Box::new(ListAllLeadsByStageEntry),
+            Box::new(leadflow_runtime::outbox::OutboxBacklogCountsMessages),
         ]
     }
 }

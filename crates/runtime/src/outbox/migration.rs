@@ -195,6 +195,50 @@ impl MigrationTrait for InboxProcessedAtIndex {
     }
 }
 
+/// Indexes `outbox` by `(destination, id, bundled)` in place of `(destination, id)`, so the
+/// backlog counts messages, a bundle each of its own as deliveries and failures count them,
+/// from the index alone: still no payload read, however large the backlog.
+#[derive(Debug)]
+pub struct OutboxBacklogCountsMessages;
+
+impl MigrationName for OutboxBacklogCountsMessages {
+    fn name(&self) -> &str {
+        "m20261207_000002_outbox_backlog_counts_messages"
+    }
+}
+
+#[async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait signature of sea-orm-migration elides it
+impl MigrationTrait for OutboxBacklogCountsMessages {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_index(
+                Index::create()
+                    .name("outbox_destination_id_bundled")
+                    .table(Outbox::Table)
+                    .col(Outbox::Destination)
+                    .col(Outbox::Id)
+                    .col(Outbox::Bundled)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .drop_index(
+                Index::drop()
+                    .name("outbox_destination_id")
+                    .table(Outbox::Table)
+                    .if_exists()
+                    .to_owned(),
+            )
+            .await
+    }
+
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+}
+
 /// Adds `bundled` to `outbox` ([`crate::outbox::Packing::Bundled`]) and moves the rows pending
 /// for `destinations`, the destinations the service now bundles for, from their lead's key to
 /// the lead's partition, the key its new bundles get: otherwise a lead's older unbundled row

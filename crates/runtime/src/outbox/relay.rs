@@ -725,21 +725,24 @@ async fn read_messages<R: ConnectionTrait>(
 /// What waits in the outbox for one destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backlog {
-    /// Pending rows.
+    /// Pending messages (a bundled row counts each of its messages).
     pub count: u64,
     /// When the oldest pending row was enqueued; `None` when nothing waits.
     pub oldest: Option<DateTime<Utc>>,
 }
 
-/// The backlog of `destination`. The count reads only the `(destination, id)` index and the
-/// age one row (the oldest id is the oldest message): a `min(created_at)` would visit every
-/// pending row, hundreds of megabytes of payloads once a big backlog builds up, and starve
-/// the very deliveries that drain it.
+/// The backlog of `destination`. The count reads only the `(destination, id, bundled)` index
+/// and the age one row (the oldest id is the oldest message): a `min(created_at)` would visit
+/// every pending row, hundreds of megabytes of payloads once a big backlog builds up, and
+/// starve the very deliveries that drain it.
 pub async fn backlog<C: ConnectionTrait>(conn: &C, destination: &str) -> Result<Backlog, DbErr> {
     let pending = outbox_message::Column::Destination.eq(destination);
     let count: i64 = outbox_message::Entity::find()
         .select_only()
-        .column_as(Expr::col(outbox_message::Column::Id).count(), "count")
+        .column_as(
+            Expr::cust("CAST(COALESCE(SUM(COALESCE(bundled, 1)), 0) AS BIGINT)"),
+            "count",
+        )
         .filter(pending.clone())
         .into_tuple()
         .one(conn)

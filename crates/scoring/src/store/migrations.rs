@@ -24,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(leadflow_runtime::outbox::OutboxBundles {
                 destinations: &[super::QUALIFICATION],
             }),
+            Box::new(leadflow_runtime::outbox::OutboxBacklogCountsMessages),
         ]
     }
 }
