@@ -29,6 +29,10 @@ const MAX_VALUES_TO_SHARE: usize = 320;
 /// [`MAX_STATEMENTS_PER_SCRIPT`] statements (SQLite binds a script's `?` parameters in order
 /// across its statements), the large ones alone; on PostgreSQL, where a statement with
 /// parameters cannot share a round trip with another, one after another.
+///
+/// Nothing is written until [`WriteScript::run`]: a script dropped before it (an error on the
+/// way, say) writes nothing, like the transaction it was meant for when that rolls back. Run it
+/// before the transaction commits and before any read that must see its writes.
 #[derive(Debug)]
 pub struct WriteScript {
     backend: DatabaseBackend,
