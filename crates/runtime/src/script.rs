@@ -26,7 +26,7 @@ const MAX_VALUES_TO_SHARE: usize = 320;
 /// Write statements to run in order inside one transaction, without results.
 ///
 /// On SQLite the small ones go to the connection as scripts of up to
-/// [`MAX_STATEMENTS_PER_SCRIPT`] statements (SQLite binds a script's `?` parameters in order
+/// `MAX_STATEMENTS_PER_SCRIPT` statements (SQLite binds a script's `?` parameters in order
 /// across its statements), the large ones alone; on PostgreSQL, where a statement with
 /// parameters cannot share a round trip with another, one after another.
 ///
