@@ -477,9 +477,11 @@ fn failures_have_their_exit_codes() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// An ingestion service whose `Track` answers each of `failures` in turn, then accepts, and
-/// records the message id of every call it gets. Only `Track` is called.
+/// The real ingestion API with faults injected into `Track`: it answers each of `failures` in
+/// turn before the real handler takes the call, and records the message id of every `Track` it
+/// gets. Every other method is the real one.
 struct FlakyIngestion {
+    api: leadflow_ingestion::api::IngestionApi,
     failures: std::sync::Mutex<Vec<tonic::Status>>,
     seen: Arc<std::sync::Mutex<Vec<String>>>,
 }
@@ -490,72 +492,82 @@ impl IngestionService for FlakyIngestion {
         &self,
         request: tonic::Request<ingestion::TrackRequest>,
     ) -> Result<tonic::Response<ingestion::TrackResponse>, tonic::Status> {
-        let message_id = request.into_inner().message_id;
+        let message_id = request.get_ref().message_id.clone();
         self.seen.lock().expect("seen").push(message_id);
         if let Some(status) = self.failures.lock().expect("failures").pop() {
             return Err(status);
         }
-        Ok(tonic::Response::new(ingestion::TrackResponse {
-            lead_id: "lead-1".into(),
-            duplicate: false,
-            ..Default::default()
-        }))
+        self.api.track(request).await
     }
 
     async fn identify(
         &self,
-        _: tonic::Request<ingestion::IdentifyRequest>,
+        request: tonic::Request<ingestion::IdentifyRequest>,
     ) -> Result<tonic::Response<ingestion::IdentifyResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("not in this test"))
+        self.api.identify(request).await
     }
 
     async fn batch(
         &self,
-        _: tonic::Request<ingestion::BatchRequest>,
+        request: tonic::Request<ingestion::BatchRequest>,
     ) -> Result<tonic::Response<ingestion::BatchResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("not in this test"))
+        self.api.batch(request).await
     }
 
     async fn get_lead(
         &self,
-        _: tonic::Request<ingestion::GetLeadRequest>,
+        request: tonic::Request<ingestion::GetLeadRequest>,
     ) -> Result<tonic::Response<ingestion::GetLeadResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("not in this test"))
+        self.api.get_lead(request).await
     }
 
     async fn get_timeline(
         &self,
-        _: tonic::Request<ingestion::GetTimelineRequest>,
+        request: tonic::Request<ingestion::GetTimelineRequest>,
     ) -> Result<tonic::Response<ingestion::GetTimelineResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("not in this test"))
+        self.api.get_timeline(request).await
     }
 
     async fn merge_leads(
         &self,
-        _: tonic::Request<ingestion::MergeLeadsRequest>,
+        request: tonic::Request<ingestion::MergeLeadsRequest>,
     ) -> Result<tonic::Response<ingestion::MergeLeadsResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("not in this test"))
+        self.api.merge_leads(request).await
     }
 }
 
 /// `leadctl track` against a [`FlakyIngestion`] answering `failures` (the last one first)
-/// before it accepts; what it did, and the message ids the service got.
+/// before the real handler takes it; what it did, and the message ids the service got.
 fn track_against(failures: Vec<tonic::Status>, flags: &[&str]) -> (Run, Vec<String>) {
+    use leadflow_ingestion::store::{Store, migrations::Migrator};
+    use leadflow_runtime::outbox::{SharedDeletes, Wakeup};
+
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let db = TestDb::sqlite("ingestion");
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let service = FlakyIngestion {
-        failures: std::sync::Mutex::new(failures),
-        seen: Arc::clone(&seen),
-    };
-    let listener = runtime
-        .block_on(TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    runtime.spawn(
-        tonic::transport::Server::builder()
-            .add_service(IngestionServiceServer::new(service))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let addr = runtime.block_on(async {
+        let conn = leadflow_runtime::db::open::<Migrator>(&db.url, 2)
+            .await
+            .expect("open");
+        let store = Store::new(conn, Wakeup::new(), SharedDeletes::new());
+        let service = FlakyIngestion {
+            api: leadflow_ingestion::api::IngestionApi::new(store, Arc::new(SystemClock)),
+            failures: std::sync::Mutex::new(failures),
+            seen: Arc::clone(&seen),
+        };
+        let keys = leadflow_runtime::auth::Keys::from_args(&AuthArgs::default()).expect("keys");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(tonic::service::interceptor::InterceptedService::new(
+                    IngestionServiceServer::new(service),
+                    keys.public(),
+                ))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        addr
+    });
     let urls = [("LEADFLOW_INGESTION_URL", format!("http://{addr}"))];
     let mut args = flags.to_vec();
     args.extend(["track", "--user-id", "ana", "page_view"]);

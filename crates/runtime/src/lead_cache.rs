@@ -135,6 +135,8 @@ impl<L, D> LeadCache<L, D> {
             let survivor = survivor(&lead);
             return Ok(self.insert(tenant, lead_id, &survivor, lead));
         }
+        // Held, so the entry is occupied and `new` is not called: a `get_mut` returned from
+        // inside the check above would keep `self` borrowed for the insert after it.
         Ok(self.leads.entry(key).or_insert_with(new))
     }
 
