@@ -15,8 +15,10 @@ use anyhow::Context;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use leadflow_runtime::auth::AuthArgs;
+use leadflow_runtime::background::Background;
 use leadflow_runtime::clock::{SharedClock, SystemClock};
 use leadflow_runtime::outbox::OutboxArgs;
+use leadflow_runtime::shutdown::cancel_on_error;
 use leadflow_runtime::telemetry::{self, TelemetryArgs};
 use tokio_util::sync::CancellationToken;
 
@@ -207,64 +209,47 @@ impl Suite {
         let scoring_listener = bind("scoring", addrs.scoring).await?;
         let qualification_listener = bind("qualification", addrs.qualification).await?;
         let handoff_listener = bind("handoff", addrs.handoff).await?;
+        // Scoring, qualification and handoff drain ingestion's outbox: in one process they
+        // yield the CPU to the calls ingestion acknowledges (see `runtime::background`).
+        let drain = Background::start("leadflow-drain", cpus())?;
+        let ingestion = tokio::spawn(cancel_on_error(
+            leadflow_ingestion::serve(
+                ingestion,
+                ingestion_listener,
+                clock.clone(),
+                shutdown.clone(),
+            ),
+            shutdown.clone(),
+        ));
+        let scoring = drain.handle().spawn(cancel_on_error(
+            leadflow_scoring::serve(scoring, scoring_listener, clock.clone(), shutdown.clone()),
+            shutdown.clone(),
+        ));
+        let qualification = drain.handle().spawn(cancel_on_error(
+            leadflow_qualification::serve(
+                qualification,
+                qualification_listener,
+                clock.clone(),
+                shutdown.clone(),
+            ),
+            shutdown.clone(),
+        ));
+        let handoff = drain.handle().spawn(cancel_on_error(
+            leadflow_handoff::serve(handoff, handoff_listener, clock, shutdown.clone()),
+            shutdown,
+        ));
         let task = tokio::spawn(async move {
-            // A service that fails stops the others: the suite runs whole or not at all.
-            let stop_all = |result: anyhow::Result<()>| {
-                if result.is_err() {
-                    shutdown.cancel();
-                }
-                result
-            };
-            let (ingestion, scoring, qualification, handoff) = tokio::join!(
-                async {
-                    stop_all(
-                        leadflow_ingestion::serve(
-                            ingestion,
-                            ingestion_listener,
-                            clock.clone(),
-                            shutdown.clone(),
-                        )
-                        .await,
-                    )
-                },
-                async {
-                    stop_all(
-                        leadflow_scoring::serve(
-                            scoring,
-                            scoring_listener,
-                            clock.clone(),
-                            shutdown.clone(),
-                        )
-                        .await,
-                    )
-                },
-                async {
-                    stop_all(
-                        leadflow_qualification::serve(
-                            qualification,
-                            qualification_listener,
-                            clock.clone(),
-                            shutdown.clone(),
-                        )
-                        .await,
-                    )
-                },
-                async {
-                    stop_all(
-                        leadflow_handoff::serve(
-                            handoff,
-                            handoff_listener,
-                            clock.clone(),
-                            shutdown.clone(),
-                        )
-                        .await,
-                    )
-                },
-            );
-            ingestion.context("ingestion")?;
-            scoring.context("scoring")?;
-            qualification.context("qualification")?;
-            handoff.context("handoff")?;
+            let (ingestion, scoring, qualification, handoff) =
+                tokio::join!(ingestion, scoring, qualification, handoff);
+            drop(drain);
+            ingestion
+                .context("ingestion's task")?
+                .context("ingestion")?;
+            scoring.context("scoring's task")?.context("scoring")?;
+            qualification
+                .context("qualification's task")?
+                .context("qualification")?;
+            handoff.context("handoff's task")?.context("handoff")?;
             Ok(())
         });
         Ok(Self {
@@ -323,6 +308,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     println!("leadflow is up (ctrl-c stops it)");
     suite.print_listing();
     suite.wait().await
+}
+
+/// The CPUs this process may use (one if that cannot be read).
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 /// Binds `service`'s listener on `addr`.

@@ -1,5 +1,6 @@
 //! `leadflow up` as a user runs it: it prints where each service listens, serves, keeps its data
-//! in one SQLite file per service under the data folder, and stops cleanly on Ctrl-C.
+//! in one SQLite file per service under the data folder, runs the services behind ingestion's
+//! outbox at a lower CPU priority, and stops cleanly on Ctrl-C.
 
 use std::time::Duration;
 
@@ -110,6 +111,8 @@ async fn up_serves_every_service_and_stops_on_ctrl_c() {
     }
 
     let pid = child.id().expect("pid").to_string();
+    #[cfg(target_os = "linux")]
+    drain_threads_yield_to_ingestion(&pid);
     assert!(
         std::process::Command::new("kill")
             .args(["-INT", &pid])
@@ -123,4 +126,69 @@ async fn up_serves_every_service_and_stops_on_ctrl_c() {
         .expect("wait");
     assert!(status.success(), "clean exit on ctrl-c: {status}");
     let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// Name and nice value of each thread of process `pid`, from `/proc`.
+#[cfg(target_os = "linux")]
+fn threads(pid: &str) -> Vec<(String, i32)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("list the threads");
+    tasks
+        .filter_map(|task| {
+            let dir = task.ok()?.path();
+            let name = std::fs::read_to_string(dir.join("comm")).ok()?;
+            Some((
+                name.trim().to_owned(),
+                nice_in(&std::fs::read_to_string(dir.join("stat")).ok()?),
+            ))
+        })
+        .collect()
+}
+
+/// The nice value in a `/proc/<pid>/stat` line: the 19th field, the 17th after the name.
+#[cfg(target_os = "linux")]
+fn nice_in(stat: &str) -> i32 {
+    let (_, after_name) = stat.rsplit_once(')').expect("a stat line");
+    after_name
+        .split_whitespace()
+        .nth(16)
+        .and_then(|nice| nice.parse().ok())
+        .expect("a nice value")
+}
+
+/// Scoring, qualification and handoff run on the `leadflow-drain` runtime, niced, and so do the
+/// SQLite connection threads they opened; ingestion's runtime and its SQLite thread keep the
+/// process's priority.
+#[cfg(target_os = "linux")]
+fn drain_threads_yield_to_ingestion(pid: &str) {
+    let base = nice_in(&std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat"));
+    let lowered = (base + leadflow_runtime::background::NICE_INCREMENT).min(19);
+    let threads = threads(pid);
+    let nices = |name: &str| -> Vec<i32> {
+        threads
+            .iter()
+            .filter(|(thread, _)| thread.starts_with(name))
+            .map(|(_, nice)| *nice)
+            .collect()
+    };
+    let drain = nices("leadflow-drain");
+    assert!(!drain.is_empty(), "a drain runtime: {threads:?}");
+    assert!(
+        drain.iter().all(|n| *n == lowered),
+        "drain threads niced: {threads:?}"
+    );
+    let foreground = nices("tokio-rt");
+    assert!(!foreground.is_empty(), "the main runtime: {threads:?}");
+    assert!(
+        foreground.iter().all(|n| *n == base),
+        "main runtime at base: {threads:?}"
+    );
+    let sqlite = nices("sqlx-sqlite");
+    assert!(
+        sqlite.contains(&base),
+        "ingestion's SQLite thread at base: {threads:?}"
+    );
+    assert!(
+        sqlite.iter().filter(|n| **n == lowered).count() >= 3,
+        "the other three services' SQLite threads niced: {threads:?}"
+    );
 }

@@ -12,8 +12,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use leadflow_runtime::auth::AuthArgs;
+use leadflow_runtime::background::Background;
 use leadflow_runtime::clock::{SharedClock, SystemClock};
 use leadflow_runtime::outbox::OutboxArgs;
+use leadflow_runtime::shutdown::cancel_on_error;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
@@ -281,48 +283,36 @@ pub(crate) async fn serve(databases: Databases) -> anyhow::Result<()> {
     stop_when_stdin_closes(stop.clone());
     println!("{}", ready_line(&[ingestion, scoring]));
     let clock: SharedClock = Arc::new(SystemClock);
-    let stop_all = |result: anyhow::Result<()>| {
-        if result.is_err() {
-            stop.cancel();
-        }
-        result
-    };
-    let (i, s, q, h) = tokio::join!(
-        async {
-            stop_all(
-                leadflow_ingestion::serve(
-                    ingestion_config,
-                    ingestion_l,
-                    clock.clone(),
-                    stop.clone(),
-                )
-                .await,
-            )
-        },
-        async {
-            stop_all(
-                leadflow_scoring::serve(scoring_config, scoring_l, clock.clone(), stop.clone())
-                    .await,
-            )
-        },
-        async {
-            stop_all(
-                leadflow_qualification::serve(
-                    qualification_config,
-                    qualification_l,
-                    clock.clone(),
-                    stop.clone(),
-                )
-                .await,
-            )
-        },
-        async {
-            stop_all(
-                leadflow_handoff::serve(handoff_config, handoff_l, clock.clone(), stop.clone())
-                    .await,
-            )
-        },
-    );
+    // As `leadflow up` runs them: the services draining ingestion's outbox on a runtime of
+    // lower priority.
+    let drain = Background::start(
+        "leadflow-drain",
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+    )?;
+    let i = tokio::spawn(cancel_on_error(
+        leadflow_ingestion::serve(ingestion_config, ingestion_l, clock.clone(), stop.clone()),
+        stop.clone(),
+    ));
+    let s = drain.handle().spawn(cancel_on_error(
+        leadflow_scoring::serve(scoring_config, scoring_l, clock.clone(), stop.clone()),
+        stop.clone(),
+    ));
+    let q = drain.handle().spawn(cancel_on_error(
+        leadflow_qualification::serve(
+            qualification_config,
+            qualification_l,
+            clock.clone(),
+            stop.clone(),
+        ),
+        stop.clone(),
+    ));
+    let h = drain.handle().spawn(cancel_on_error(
+        leadflow_handoff::serve(handoff_config, handoff_l, clock, stop.clone()),
+        stop,
+    ));
+    let (i, s, q, h) = tokio::join!(i, s, q, h);
+    drop(drain);
+    let (i, s, q, h) = (i?, s?, q?, h?);
     i.context("ingestion")?;
     s.context("scoring")?;
     q.context("qualification")?;

@@ -1,9 +1,10 @@
 //! Plumbing every Leadflow service shares, and only that: configuration pieces, telemetry,
 //! authentication, database connection and migrations, planner statistics, error mapping,
 //! queue draining, the transactional outbox, health and reflection wiring, graceful shutdown,
-//! and an injectable clock.
+//! a lower-priority runtime for background work, and an injectable clock.
 
 pub mod auth;
+pub mod background;
 pub mod batched;
 pub mod client;
 pub mod clock;

@@ -40,3 +40,35 @@ pub fn on_signal() -> CancellationToken {
     });
     token
 }
+
+/// Runs `work` (a service, say) to its end; if it fails, cancels `token` first, so the other
+/// services of the process stop too: a suite runs whole or not at all.
+pub async fn cancel_on_error<T, E>(
+    work: impl Future<Output = Result<T, E>>,
+    token: CancellationToken,
+) -> Result<T, E> {
+    let result = work.await;
+    if result.is_err() {
+        token.cancel();
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failure_stops_the_others_and_a_success_does_not() {
+        let token = CancellationToken::new();
+        let ok: Result<u8, &str> = cancel_on_error(async { Ok(1) }, token.clone()).await;
+        assert_eq!(ok, Ok(1));
+        assert!(
+            !token.is_cancelled(),
+            "a service that ends well stops nothing"
+        );
+        let failed: Result<u8, &str> = cancel_on_error(async { Err("bind") }, token.clone()).await;
+        assert_eq!(failed, Err("bind"));
+        assert!(token.is_cancelled(), "a failed service stops the others");
+    }
+}

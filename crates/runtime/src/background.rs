@@ -1,0 +1,148 @@
+//! A tokio runtime for work that can wait while callers are served: its threads, and the threads
+//! they start (each SQLite connection's worker thread among them), run at a lower CPU priority
+//! than the rest of the process.
+//!
+//! `leadflow up` runs the whole suite in one process, where a separate deployment would give
+//! each service its own CPUs. There, the services that drain ingestion's outbox — scoring,
+//! qualification and handoff — run on this runtime, so a burst of `Track` and `Batch` calls is
+//! committed and acknowledged first and the pipeline behind the outbox catches up with the CPU
+//! left over (all of it once the burst ends). Nothing is dropped or reordered: the outbox holds
+//! what waits, and its backlog gauge shows how much.
+
+use std::io;
+
+use tokio::runtime::{Builder, Handle, Runtime};
+
+/// How much lower than the thread that starts the runtime: a nice value 10 higher. Against a
+/// busy foreground thread, a busy background one gets about a tenth of a core (the kernel weighs
+/// nice 10 at 110 against nice 0 at 1,024); with the foreground idle it gets all of it.
+pub const NICE_INCREMENT: i32 = 10;
+
+/// The highest nice value Linux accepts (the lowest priority).
+const LOWEST_PRIORITY: i32 = 19;
+
+/// A multi-threaded tokio runtime whose threads run at a lower CPU priority. Dropping it stops
+/// its tasks without waiting for them: await what should finish first.
+#[derive(Debug)]
+pub struct Background {
+    handle: Handle,
+    /// Taken out only by `drop`.
+    runtime: Option<Runtime>,
+}
+
+impl Background {
+    /// Starts `workers` worker threads named `name` (and blocking threads on demand), each
+    /// [`NICE_INCREMENT`] below the priority of the calling thread. Where thread priorities
+    /// cannot be lowered (not Linux, or refused), the runtime runs at the caller's priority and
+    /// a warning says so.
+    pub fn start(name: &str, workers: usize) -> io::Result<Self> {
+        let nice = lowered(current_nice());
+        let runtime = Builder::new_multi_thread()
+            .worker_threads(workers.max(1))
+            .thread_name(name)
+            .enable_all()
+            .on_thread_start(move || set_current_nice(nice))
+            .build()?;
+        Ok(Self {
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+        })
+    }
+
+    /// Where to spawn the background work.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            // Does not block, so it may run inside another runtime's task.
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// `nice` lowered by [`NICE_INCREMENT`], within what the kernel accepts.
+fn lowered(nice: i32) -> i32 {
+    nice.saturating_add(NICE_INCREMENT).min(LOWEST_PRIORITY)
+}
+
+#[cfg(target_os = "linux")]
+fn current_nice() -> i32 {
+    // On Linux the nice value is per thread, and `None` names the calling one.
+    rustix::process::getpriority_process(None).unwrap_or(0)
+}
+
+#[cfg(target_os = "linux")]
+fn set_current_nice(nice: i32) {
+    if let Err(err) = rustix::process::setpriority_process(None, nice) {
+        tracing::warn!(%err, nice, "cannot lower a background thread's priority");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn current_nice() -> i32 {
+    0
+}
+
+/// Elsewhere the nice value belongs to the whole process: lowering it would slow the callers'
+/// work too, so background threads keep the process's priority.
+#[cfg(not(target_os = "linux"))]
+fn set_current_nice(_nice: i32) {}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    fn nice() -> i32 {
+        rustix::process::getpriority_process(None).expect("read this thread's nice value")
+    }
+
+    #[test]
+    fn its_threads_and_the_threads_they_start_run_at_a_lower_priority() {
+        let foreground = nice();
+        let background = Background::start("test-background", 1).expect("start the runtime");
+        let (worker, started, blocking) = background.handle().block_on(async {
+            let worker = tokio::spawn(async { nice() }).await.expect("worker task");
+            let started = tokio::spawn(async {
+                // As sqlx starts an SQLite connection's worker thread from the task opening it.
+                std::thread::spawn(nice).join().expect("started thread")
+            })
+            .await
+            .expect("starting task");
+            let blocking = tokio::task::spawn_blocking(nice)
+                .await
+                .expect("blocking task");
+            (worker, started, blocking)
+        });
+        let expected = lowered(foreground);
+        assert!(expected > foreground || foreground == LOWEST_PRIORITY);
+        assert_eq!(worker, expected, "a worker thread");
+        assert_eq!(started, expected, "a thread a task starts");
+        assert_eq!(blocking, expected, "a blocking thread");
+        assert_eq!(nice(), foreground, "the caller keeps its priority");
+    }
+
+    #[test]
+    fn priorities_stay_within_what_the_kernel_accepts() {
+        assert_eq!(lowered(0), NICE_INCREMENT);
+        assert_eq!(lowered(15), LOWEST_PRIORITY);
+        assert_eq!(lowered(LOWEST_PRIORITY), LOWEST_PRIORITY);
+        assert_eq!(lowered(-20), -20 + NICE_INCREMENT);
+    }
+
+    #[test]
+    fn it_can_be_dropped_inside_another_runtime() {
+        let background = Background::start("test-background", 1).expect("start the runtime");
+        let outer = Builder::new_current_thread()
+            .build()
+            .expect("outer runtime");
+        outer.block_on(async move {
+            let done = background.handle().spawn(async { 7 });
+            assert_eq!(done.await.expect("background task"), 7);
+            drop(background);
+        });
+    }
+}
