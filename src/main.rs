@@ -211,7 +211,8 @@ impl Suite {
         let handoff_listener = bind("handoff", addrs.handoff).await?;
         // Scoring, qualification and handoff drain ingestion's outbox: in one process they
         // yield the CPU to the calls ingestion acknowledges (see `runtime::background`).
-        let drain = Background::start("leadflow-drain", cpus())?;
+        let drain =
+            Background::start("leadflow-drain", cpus()).context("start the drain runtime")?;
         let ingestion = tokio::spawn(cancel_on_error(
             leadflow_ingestion::serve(
                 ingestion,

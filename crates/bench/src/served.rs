@@ -288,7 +288,8 @@ pub(crate) async fn serve(databases: Databases) -> anyhow::Result<()> {
     let drain = Background::start(
         "leadflow-drain",
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
-    )?;
+    )
+    .context("start the drain runtime")?;
     let i = tokio::spawn(cancel_on_error(
         leadflow_ingestion::serve(ingestion_config, ingestion_l, clock.clone(), stop.clone()),
         stop.clone(),

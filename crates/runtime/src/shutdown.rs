@@ -41,15 +41,18 @@ pub fn on_signal() -> CancellationToken {
     token
 }
 
-/// Runs `work` (a service, say) to its end; if it fails, cancels `token` first, so the other
-/// services of the process stop too: a suite runs whole or not at all.
+/// Runs `work` (a service, say) to its end; if it fails, panics or is dropped before its end,
+/// cancels `token`, so the other services of the process stop too: a suite runs whole or not at
+/// all.
 pub async fn cancel_on_error<T, E>(
     work: impl Future<Output = Result<T, E>>,
     token: CancellationToken,
 ) -> Result<T, E> {
+    // Cancels when dropped: by an error below, or by a panic unwinding through here.
+    let armed = token.drop_guard();
     let result = work.await;
-    if result.is_err() {
-        token.cancel();
+    if result.is_ok() {
+        armed.disarm();
     }
     result
 }
@@ -70,5 +73,20 @@ mod tests {
         let failed: Result<u8, &str> = cancel_on_error(async { Err("bind") }, token.clone()).await;
         assert_eq!(failed, Err("bind"));
         assert!(token.is_cancelled(), "a failed service stops the others");
+    }
+
+    #[tokio::test]
+    async fn a_panic_stops_the_others() {
+        let token = CancellationToken::new();
+        let panicked = tokio::spawn(cancel_on_error(
+            async { panic!("a service's bug") as Result<(), ()> },
+            token.clone(),
+        ))
+        .await;
+        assert!(panicked.is_err_and(|err| err.is_panic()));
+        assert!(
+            token.is_cancelled(),
+            "a service that panicked stops the others"
+        );
     }
 }
