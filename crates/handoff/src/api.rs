@@ -77,6 +77,25 @@ impl HandoffApi {
         ))
     }
 
+    /// Adds the full view to streamed changes: each hand-off's history as of its change (a
+    /// later change left out) and its warm context. Read in one snapshot, closed before any of
+    /// them is sent, so a slow consumer holds no read transaction open.
+    async fn add_full_view(
+        &self,
+        tenant: &str,
+        changes: &mut [(i64, pb::Handoff, handoff::Model)],
+    ) -> Result<(), Error> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let read = self.store.read().await?;
+        for (id, handoff, row) in changes.iter_mut() {
+            handoff.status_history = read.history_through(tenant, &row.handoff_id, *id).await?;
+            handoff.context = convert::warm_context(row);
+        }
+        Ok(())
+    }
+
     async fn full(read: &Reader, tenant: &str, row: &handoff::Model) -> Result<pb::Handoff, Error> {
         let history = read.history(tenant, &row.handoff_id).await?;
         Ok(convert::handoff_to_pb(row, Some(history)))
@@ -455,30 +474,18 @@ impl HandoffService for HandoffApi {
                     }
                 };
                 let caught_up = (batch.len() as u64) < STREAM_BATCH;
-                for (id, mut handoff, row) in batch {
-                    cursor = id;
-                    if !passes(&filter, &handoff) {
-                        continue;
-                    }
-                    if full {
-                        // The full view adds the history as of this change and the warm
-                        // context (built once, with the hand-off).
-                        let history = async {
-                            let read = api.store.read().await?;
-                            read.history_through(&tenant, &row.handoff_id, id).await
-                        };
-                        match history.await {
-                            Ok(history) => {
-                                let full = convert::handoff_to_pb(&row, Some(history));
-                                handoff.status_history = full.status_history;
-                                handoff.context = full.context;
-                            }
-                            Err(err) => {
-                                let _ = sender.send(Err(Status::from(err))).await;
-                                return;
-                            }
-                        }
-                    }
+                if let Some((last, ..)) = batch.last() {
+                    cursor = *last;
+                }
+                let mut items: Vec<_> = batch
+                    .into_iter()
+                    .filter(|(_, handoff, _)| passes(&filter, handoff))
+                    .collect();
+                if full && let Err(err) = api.add_full_view(&tenant, &mut items).await {
+                    let _ = sender.send(Err(Status::from(err))).await;
+                    return;
+                }
+                for (id, handoff, _) in items {
                     let item = pb::StreamHandoffsResponse {
                         handoff: Some(handoff),
                         cursor: id.to_string(),

@@ -357,6 +357,11 @@ pub fn sla_stats_to_pb(s: &SlaStats) -> pb::SlaStats {
     }
 }
 
+/// The warm context stored with hand-off `row` (the full view's; `None` if it does not decode).
+pub fn warm_context(row: &handoff::Model) -> Option<pb::WarmContext> {
+    pb::WarmContext::decode(row.context.as_slice()).ok()
+}
+
 /// A stored hand-off in the contract's terms; `history` and the warm context only in the full
 /// view.
 pub fn handoff_to_pb(
@@ -364,10 +369,7 @@ pub fn handoff_to_pb(
     full: Option<Vec<pb::HandoffStatusChange>>,
 ) -> pb::Handoff {
     let (status_history, context) = match full {
-        Some(history) => (
-            history,
-            pb::WarmContext::decode(row.context.as_slice()).ok(),
-        ),
+        Some(history) => (history, warm_context(row)),
         None => (Vec::new(), None),
     };
     pb::Handoff {
