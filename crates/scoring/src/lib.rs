@@ -181,14 +181,15 @@ pub async fn serve(
     Ok(())
 }
 
-/// One sweep: applies inactivity rules and announces decay.
+/// One sweep: applies inactivity rules and announces decay to the leads that are due.
 async fn sweep(store: Store, clock: SharedClock) {
     match store.sweep(clock.now()).await {
-        Ok(0) => {}
-        Ok(announced) => tracing::info!(
+        Ok(swept) if swept.visited == 0 => {}
+        Ok(swept) => tracing::info!(
             service = SERVICE,
-            announced,
-            "sweep announced score changes"
+            visited = swept.visited,
+            announced = swept.announced,
+            "swept due leads"
         ),
         Err(err) => tracing::warn!(service = SERVICE, error = %err, "sweep failed"),
     }

@@ -1510,6 +1510,155 @@ async fn the_score_cache_setting_reaches_the_store() {
     assert_eq!(answers[1], Err(Code::Internal), "read from the file");
 }
 
+/// A store on `db` with every migration applied, as the service opens it.
+async fn open_store(db: &TestDb) -> leadflow_scoring::store::Store {
+    use leadflow_scoring::store::{Store, migrations::Migrator};
+    let pools = leadflow_runtime::db::open_with_reader::<Migrator>(&db.url, 2)
+        .await
+        .expect("open");
+    Store::new(pools.writer, leadflow_runtime::outbox::Wakeup::new())
+        .with_reader(pools.reader, pools.reads_beside_writer)
+}
+
+/// The sweeper reads the leads whose next sweep is due, not every lead: none right after their
+/// events, the leads a rule has come due for once its time has passed (never a lead merged
+/// into another), each once. A newly published model has every live lead of its tenant read
+/// once, since it can change when any of them is due.
+async fn the_sweeper_reads_only_due_leads(db: TestDb) {
+    use leadflow_scoring::store::Swept;
+    let store = open_store(&db).await;
+    let now = Utc::now();
+    let mut events = Vec::new();
+    for lead in ["a", "b", "c"] {
+        events.push(profile_event(
+            &format!("p-{lead}"),
+            lead,
+            now,
+            manager_profile(),
+        ));
+        events.push(activity_event(
+            &format!("o-{lead}"),
+            lead,
+            "email_open",
+            now,
+            &[("asset_id", lead)],
+        ));
+    }
+    events.push(merge_event("m", "b", "c", now, manager_profile()));
+    store.apply_lead_events(events, now).await.expect("apply");
+
+    let nothing = Swept::default();
+    assert_eq!(
+        store.sweep(now).await.expect("sweep"),
+        nothing,
+        "none is due yet"
+    );
+    let later = now + Duration::days(15);
+    assert_eq!(
+        store.sweep(later).await.expect("sweep"),
+        Swept {
+            visited: 2,
+            announced: 2
+        },
+        "no e-mail opened for 14 days: a and b (which c was merged into) lose points"
+    );
+    assert_eq!(
+        store.sweep(later).await.expect("sweep"),
+        nothing,
+        "a lead swept is not due again at once"
+    );
+
+    store
+        .publish("default", "doubled", doubled_engagement(), later)
+        .await
+        .expect("publish");
+    assert_eq!(
+        store.sweep(later).await.expect("sweep").visited,
+        2,
+        "a new model has every live lead read once"
+    );
+    assert_eq!(store.sweep(later).await.expect("sweep"), nothing);
+}
+
+/// A lead stored before leads had due times is read by the first sweep, which stores its time.
+async fn a_lead_stored_before_due_times_is_swept_once(db: TestDb) {
+    use leadflow_scoring::domain::{ActivityFact, LeadScore};
+    use leadflow_scoring::store::{Swept, migrations::Migrator, state};
+    use sea_orm::ConnectionTrait;
+    use sea_orm::sea_query::{Alias, Query};
+    use sea_orm_migration::MigratorTrait;
+
+    let now = Utc::now();
+    let seen = now - Duration::days(20);
+    let mut legacy = LeadScore::new(seen);
+    legacy.apply_activity(
+        &default_model(),
+        &ActivityFact {
+            id: "old-open".into(),
+            activity_type: "email_open".into(),
+            occurred_at: seen,
+            properties: [("asset_id".to_owned(), "n1".to_owned())].into(),
+        },
+    );
+    let conn = leadflow_runtime::db::connect(&db.url, 2)
+        .await
+        .expect("connect");
+    let before_due_times = u32::try_from(Migrator::migrations().len() - 1).expect("few");
+    Migrator::up(&conn, Some(before_due_times))
+        .await
+        .expect("the migrations before due times");
+    let row = |lead: &str, merged_into: Option<&str>| {
+        Query::insert()
+            .into_table(Alias::new("lead_scores"))
+            .columns([
+                "tenant_id",
+                "lead_id",
+                "state",
+                "profile",
+                "first_seen",
+                "model_version",
+                "merged_into",
+                "announced_score",
+                "announced_grade",
+                "updated_at",
+            ])
+            .values_panic([
+                "default".into(),
+                lead.into(),
+                state::encode(&legacy).expect("encodes").into(),
+                Vec::<u8>::new().into(),
+                seen.into(),
+                default_model().version.into(),
+                merged_into.map(str::to_owned).into(),
+                0.0_f64.into(),
+                0_i32.into(),
+                seen.into(),
+            ])
+            .to_owned()
+    };
+    for (lead, merged_into) in [("legacy", None), ("gone", Some("legacy"))] {
+        conn.execute(&row(lead, merged_into))
+            .await
+            .expect("a lead stored before due times");
+    }
+    Migrator::up(&conn, None).await.expect("due times");
+
+    let store = open_store(&db).await;
+    assert_eq!(
+        store.sweep(now).await.expect("sweep"),
+        Swept {
+            visited: 1,
+            announced: 1
+        },
+        "the live lead is read (its 14 days without an e-mail opened cost points), the merged one not"
+    );
+    assert_eq!(
+        store.sweep(now).await.expect("sweep"),
+        Swept::default(),
+        "its due time is stored"
+    );
+}
+
 on_both_backends! {
     inbox_retention => the_inbox_forgets_message_ids_past_their_retention;
     facts_migration => stored_facts_survive_the_clustering_migration;
@@ -1527,4 +1676,6 @@ on_both_backends! {
     merge => a_merge_counts_every_point_once;
     reads_after_writes => a_score_read_after_a_write_sees_it;
     models_and_internal => models_internal_explanations_and_decisions;
+    sweeper_reads_due_leads => the_sweeper_reads_only_due_leads;
+    sweeper_migration => a_lead_stored_before_due_times_is_swept_once;
 }

@@ -50,6 +50,26 @@ impl Decaying {
     pub fn value_at(&self, now: DateTime<Utc>, half_life: Option<Duration>) -> f64 {
         self.value * factor(self.as_of, now, half_life)
     }
+
+    /// The earliest time at which the value has decayed to `target` or past it, towards zero:
+    /// the reference time when it already has, `None` when it never will (a target of zero or
+    /// of the other sign, no half-life, or a time beyond what a timestamp holds).
+    pub fn reaches(&self, target: f64, half_life: Option<Duration>) -> Option<DateTime<Utc>> {
+        let ratio = self.value / target;
+        if !ratio.is_finite() || ratio <= 0.0 {
+            return None;
+        }
+        if ratio <= 1.0 {
+            return Some(self.as_of);
+        }
+        let half_life_ms = half_life?.num_milliseconds().max(1) as f64;
+        let elapsed_ms = (ratio.log2() * half_life_ms).ceil();
+        if elapsed_ms >= i64::MAX as f64 {
+            return None;
+        }
+        self.as_of
+            .checked_add_signed(Duration::try_milliseconds(elapsed_ms as i64)?)
+    }
 }
 
 #[cfg(test)]
@@ -83,6 +103,42 @@ mod tests {
             let sum: f64 = points.iter().map(|(p, at)| p * factor(t0 + Duration::hours(*at), now, h)).sum();
             prop_assert!((d.value_at(now, h) - sum).abs() < 1e-9 * sum.max(1.0));
             prop_assert!(d.value_at(now + Duration::hours(1), h) <= d.value_at(now, h));
+        }
+    }
+
+    #[test]
+    fn reaches_a_value_after_whole_half_lives() {
+        let t0 = Utc::now();
+        let h = Some(Duration::days(7));
+        let mut d = Decaying::zero(t0);
+        d.add(40.0, t0, h);
+        assert_eq!(d.reaches(10.0, h), Some(t0 + Duration::days(14)));
+        assert_eq!(d.reaches(40.0, h), Some(t0), "already there");
+        assert_eq!(d.reaches(0.0, h), None, "decay never reaches zero");
+        assert_eq!(d.reaches(-1.0, h), None, "nor crosses it");
+        assert_eq!(
+            d.reaches(10.0, None),
+            None,
+            "without a half-life nothing decays"
+        );
+    }
+
+    proptest! {
+        /// Just before the time `reaches` gives the value is short of the target, at it the
+        /// target is reached.
+        #[test]
+        fn reaches_is_the_first_time(value in -100.0f64..100.0, fraction in 0.001f64..1.0, h_hours in 1i64..2000) {
+            prop_assume!(value.abs() > 1e-6);
+            let t0 = Utc::now();
+            let h = Some(Duration::hours(h_hours));
+            let mut d = Decaying::zero(t0);
+            d.add(value, t0, h);
+            let target = value * fraction;
+            let at = d.reaches(target, h).expect("a target between zero and the value is reached");
+            prop_assert!(d.value_at(at, h).abs() <= target.abs() * (1.0 + 1e-9));
+            if at > t0 + Duration::seconds(1) {
+                prop_assert!(d.value_at(at - Duration::seconds(1), h).abs() > target.abs());
+            }
         }
     }
 }

@@ -11,7 +11,7 @@ use super::compact_id;
 use super::decay::{Decaying, factor};
 use super::fit::{self, Grade};
 use super::inactivity;
-use super::model::Model;
+use super::model::{InactivityRule, Model};
 use super::stamp;
 
 mod v1;
@@ -346,11 +346,7 @@ impl LeadScore {
     pub fn sweep(&mut self, model: &Model, now: DateTime<Utc>) -> Vec<LedgerLine> {
         let mut lines = Vec::new();
         for rule in &model.inactivity_rules {
-            let last_seen = match &rule.activity_type {
-                Some(kind) => self.last_seen.get(kind).copied(),
-                None => self.last_any,
-            }
-            .unwrap_or(self.first_seen);
+            let last_seen = self.inactive_since(rule);
             let applied = self.inactivity_applied.get(&rule.id).copied();
             for at in inactivity::due(rule, last_seen, applied, now) {
                 self.inactivity_applied.insert(rule.id.clone(), at);
@@ -360,6 +356,39 @@ impl LeadScore {
             }
         }
         lines
+    }
+
+    /// The earliest time at which a sweep could change what the lead's score at `now` announces:
+    /// an inactivity rule comes due, or decay takes the score across a rounding edge (the grade
+    /// follows fit alone, which only events move). `None` when no sweep will change anything
+    /// before the next event does. A sweep that visits each lead only once this time has come
+    /// announces exactly what visiting every lead would.
+    pub fn next_sweep_due(&self, model: &Model, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let inactivity = model.inactivity_rules.iter().filter_map(|rule| {
+            let applied = self.inactivity_applied.get(&rule.id).copied();
+            inactivity::next_due(rule, self.inactive_since(rule), applied)
+        });
+        let view = self.score(model, now);
+        let rounded = view.score.round();
+        let edge = if view.engagement > 0.0 {
+            rounded - 0.5
+        } else {
+            rounded + 0.5
+        };
+        let decay = self
+            .engagement
+            .reaches(edge - view.fit_points, model.half_life);
+        inactivity.chain(decay).min()
+    }
+
+    /// Since when the lead has been inactive as `rule` counts it: its last activity of the
+    /// rule's type (or of any type), else its first appearance.
+    fn inactive_since(&self, rule: &InactivityRule) -> DateTime<Utc> {
+        match &rule.activity_type {
+            Some(kind) => self.last_seen.get(kind).copied(),
+            None => self.last_any,
+        }
+        .unwrap_or(self.first_seen)
     }
 
     /// The score at `now`, in O(1) of the history.
@@ -550,6 +579,51 @@ mod tests {
             let whole: LeadScore = serde_json::from_str(&json).expect("state deserializes");
             prop_assert_eq!(inputs.score(&model, now), whole.score(&model, now));
             prop_assert_eq!(&whole, &lead);
+        }
+    }
+
+    proptest! {
+        /// Until the lead's next sweep is due a sweep changes nothing it announces; a little
+        /// after it, something has changed (or the due time was only an inactivity rule's
+        /// earliest chance, and a rule applied).
+        #[test]
+        fn no_sweep_before_the_due_time_changes_anything(
+            events in prop::collection::vec((0usize..8, 0i64..2000, 0u8..4), 0..20),
+            size in 0i32..3000,
+            after_last in 0i64..3000,
+            probes in prop::collection::vec(0.0f64..1.0, 1..6),
+        ) {
+            let model = default_model();
+            let kinds = ["page_view", "pricing_view", "content_download", "email_open", "webinar_attended", "unsubscribe", "demo_request", "bounce"];
+            let t0 = Utc::now();
+            let mut lead = LeadScore::new(t0);
+            lead.set_profile(&model, &BTreeMap::from([("company_size".into(), size.to_string())]), t0);
+            for (i, (kind, hours, asset)) in events.iter().enumerate() {
+                let at = t0 + Duration::hours(*hours);
+                lead.sweep(&model, at);
+                lead.apply_activity(&model, &fact(&i.to_string(), kinds[*kind], at, &[("asset_id", &asset.to_string())]));
+            }
+            let now = t0 + Duration::hours(2000 + after_last);
+            lead.sweep(&model, now);
+            let announced = lead.score(&model, now);
+            let due = lead.next_sweep_due(&model, now);
+            let horizon = due.unwrap_or(now + Duration::days(3650));
+            prop_assert!(due.is_none_or(|due| due > now), "nothing is due at the sweep that just ran");
+            for probe in probes {
+                let at = now + Duration::milliseconds(((horizon - now).num_milliseconds() as f64 * probe) as i64);
+                if at + Duration::seconds(1) > horizon && due.is_some() {
+                    continue;
+                }
+                let mut swept = lead.clone();
+                prop_assert!(swept.sweep(&model, at).is_empty(), "no rule applies before {:?}", due);
+                prop_assert_eq!(swept.score(&model, at).score.round(), announced.score.round());
+            }
+            if let Some(due) = due {
+                let at = due + Duration::minutes(1);
+                let mut swept = lead.clone();
+                let lines = swept.sweep(&model, at);
+                prop_assert!(!lines.is_empty() || swept.score(&model, at).score.round() != announced.score.round());
+            }
         }
     }
 }

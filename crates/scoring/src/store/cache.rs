@@ -108,6 +108,7 @@ pub(super) fn save_rows(script: &mut WriteScript, rows: Vec<lead_score::Model>) 
             lead_score::Column::AnnouncedScore,
             lead_score::Column::AnnouncedGrade,
             lead_score::Column::UpdatedAt,
+            lead_score::Column::SweepDueUs,
         ])
         .to_owned();
     let rows = rows.into_iter().map(IntoActiveModel::into_active_model);
@@ -155,6 +156,7 @@ pub(super) fn new_lead(
             announced_score: 0.0,
             announced_grade: crate::convert::grade_to_pb(crate::domain::Grade::D) as i32,
             updated_at: first_seen,
+            sweep_due_us: None,
         },
         score: LeadScore::new(first_seen),
         profile: common::Profile::default(),

@@ -57,6 +57,34 @@ pub mod lead_score {
         pub announced_grade: i32,
         /// Last change.
         pub updated_at: DateTimeUtc,
+        /// When the sweeper next needs to look at the lead, in microseconds since the epoch
+        /// (`LeadScore::next_sweep_due`); `None` when no sweep would change it before an event
+        /// does, and for merged leads.
+        pub sweep_due_us: Option<i64>,
+    }
+
+    /// No relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `scoring_sweep_passes`: the model version under which the sweeper last visited every lead
+/// of a tenant. A newer published version can change any lead's due time, so the sweeper
+/// visits all of the tenant's leads once more.
+pub mod sweep_pass {
+    use sea_orm::entity::prelude::*;
+
+    /// A tenant's last full sweep.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "scoring_sweep_passes")]
+    pub struct Model {
+        /// Owning tenant.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        /// The model version every live lead of the tenant was last swept under.
+        pub model_version: i32,
     }
 
     /// No relations.

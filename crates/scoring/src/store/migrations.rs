@@ -2,7 +2,7 @@
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::{
-    big_integer, blob, double, integer, string, string_null, text, text_null,
+    big_integer, big_integer_null, blob, double, integer, string, string_null, text, text_null,
     timestamp_with_time_zone, timestamp_with_time_zone_null,
 };
 
@@ -25,6 +25,7 @@ impl MigratorTrait for Migrator {
                 destinations: &[super::QUALIFICATION],
             }),
             Box::new(leadflow_runtime::outbox::OutboxBacklogCountsMessages),
+            Box::new(SweepDueTimes),
         ]
     }
 }
@@ -363,5 +364,73 @@ impl MigrationTrait for StoreStatesAsBytes {
             )
             .await
             .map(|_| ())
+    }
+}
+
+/// Each lead's row says when the sweeper next needs it (`sweep_due_us`, indexed), so a sweep
+/// reads the leads that are due instead of every lead. Rows stored before get a due time of
+/// zero (the epoch): the first sweep visits each live one once and stores its real time; merged
+/// rows get none. `scoring_sweep_passes` records, per tenant, the model version the sweeper
+/// last visited every lead under.
+#[derive(Debug)]
+struct SweepDueTimes;
+
+impl MigrationName for SweepDueTimes {
+    fn name(&self) -> &str {
+        "m20261207_000001_sweep_due_times"
+    }
+}
+
+#[derive(DeriveIden)]
+enum ScoringSweepPasses {
+    Table,
+    TenantId,
+    ModelVersion,
+}
+
+#[derive(DeriveIden)]
+enum SweepDue {
+    SweepDueUs,
+}
+
+#[async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait signature of sea-orm-migration elides it
+impl MigrationTrait for SweepDueTimes {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(LeadScores::Table)
+                    .add_column(big_integer_null(SweepDue::SweepDueUs).default(0))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .exec_stmt(
+                Query::update()
+                    .table(LeadScores::Table)
+                    .value(SweepDue::SweepDueUs, Option::<i64>::None)
+                    .and_where(Expr::col(LeadScores::MergedInto).is_not_null())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("lead_scores_sweep_due")
+                    .table(LeadScores::Table)
+                    .col(SweepDue::SweepDueUs)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(ScoringSweepPasses::Table)
+                    .col(string(ScoringSweepPasses::TenantId).primary_key())
+                    .col(integer(ScoringSweepPasses::ModelVersion))
+                    .to_owned(),
+            )
+            .await
     }
 }

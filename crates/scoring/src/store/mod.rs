@@ -22,7 +22,7 @@ use leadflow_runtime::db::{self, MAX_ROWS_PER_STATEMENT};
 use leadflow_runtime::outbox::{self, NewMessage, Packing, SharedDeletes, Wakeup, inbox};
 use leadflow_runtime::script::WriteScript;
 use prost::Message;
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
     DatabaseTransaction, EntityTrait, ExprTrait, QueryFilter, QueryOrder, QuerySelect,
@@ -34,7 +34,7 @@ use crate::domain::default_model::default_model;
 use crate::domain::{ActivityFact, LeadScore, Model, ScoreInputs};
 use crate::error::Error;
 use cache::LeadCache;
-pub use entities::{decision, fact, lead_score, model, request, rescore_job};
+pub use entities::{decision, fact, lead_score, model, request, rescore_job, sweep_pass};
 use reads::ScoreReader;
 use score_cache::{CacheWrites, ScoreCache};
 
@@ -513,6 +513,10 @@ impl Store {
                 .map(|r| r.first_seen);
         lead_score::Entity::update_many()
             .col_expr(lead_score::Column::MergedInto, Expr::value(target))
+            .col_expr(
+                lead_score::Column::SweepDueUs,
+                Expr::value(Option::<i64>::None),
+            )
             .filter(lead_score::Column::TenantId.eq(tenant))
             .filter(
                 lead_score::Column::LeadId
@@ -579,74 +583,182 @@ impl Store {
         Ok(applied)
     }
 
-    /// Applies inactivity and announces decay for every lead, a page at a time: a lead whose
-    /// rounded score or grade moved since it was last announced gets a score change.
-    pub async fn sweep(&self, now: DateTime<Utc>) -> Result<usize, Error> {
-        let mut after: Option<(String, String)> = None;
-        let mut models = ActiveModels::default();
-        let mut announced = 0;
+    /// Applies inactivity and announces decay for the leads that are due by `now` (each row
+    /// stores when it next is), a page at a time: a lead whose rounded score or grade moved
+    /// since it was last announced gets a score change. First, a tenant whose active model is
+    /// newer than the one its leads were last all swept under has every live lead visited once.
+    pub async fn sweep(&self, now: DateTime<Utc>) -> Result<Swept, Error> {
+        let mut sweep = Sweep {
+            store: self,
+            models: ActiveModels::default(),
+            now,
+            swept: Swept::default(),
+        };
+        for tenant in self.tenants_with_unswept_models().await? {
+            sweep.every_lead_of(&tenant).await?;
+        }
         loop {
-            let mut query = lead_score::Entity::find()
+            let due = lead_score::Entity::find()
+                .filter(lead_score::Column::SweepDueUs.lte(now.timestamp_micros()))
                 .filter(lead_score::Column::MergedInto.is_null())
-                .order_by_asc(lead_score::Column::TenantId)
-                .order_by_asc(lead_score::Column::LeadId)
-                .limit(200);
-            if let Some((tenant, lead)) = &after {
-                query = query.filter(
-                    lead_score::Column::TenantId.gt(tenant.clone()).or(
-                        lead_score::Column::TenantId
-                            .eq(tenant.clone())
-                            .and(lead_score::Column::LeadId.gt(lead.clone())),
-                    ),
-                );
-            }
-            // The page is read in the transaction that writes it back, its rows locked on
-            // PostgreSQL: an event applied between a read outside it and the write would be
-            // overwritten by the swept copy.
-            let mut written = CacheWrites::begin(self.scores.as_ref()).await;
-            let txn = self.db.begin().await?;
-            let page = query.lock_exclusive().all(&txn).await?;
-            let Some(last) = page.last() else { break };
-            after = Some((last.tenant_id.clone(), last.lead_id.clone()));
-            let mut out = Vec::new();
-            for row in page {
-                let model = models.get(self, &txn, &row.tenant_id).await?;
-                let mut lead = decode(row, false)?;
-                let lines = lead.score.sweep(model, now);
-                let view = lead.score.score(model, now);
-                let grade = convert::grade_to_pb(view.grade) as i32;
-                let moved = view.score.round() != lead.row.announced_score.round()
-                    || grade != lead.row.announced_grade;
-                if lines.is_empty() && !moved {
-                    continue;
-                }
-                if moved {
-                    let reason = if lines.is_empty() {
-                        ScoreChangeReason::Decay
-                    } else {
-                        ScoreChangeReason::Inactivity
-                    };
-                    let previous = events::Previous {
-                        score: lead.row.announced_score,
-                        grade: lead.row.announced_grade,
-                    };
-                    out.push(events::message(events::score_changed(
-                        &lead, model, previous, reason, None, now,
-                    )));
-                    announced += 1;
-                }
-                save_lead(&txn, &mut lead, model, now).await?;
-                record(&mut written, &lead.row)?;
-            }
-            let enqueued = !out.is_empty();
-            outbox::enqueue(&txn, out, Packing::Bundled).await?;
-            txn.commit().await?;
-            written.committed();
-            if enqueued {
-                self.wakeup.wake();
+                .order_by_asc(lead_score::Column::SweepDueUs)
+                .limit(SWEEP_PAGE);
+            if sweep.page(due).await?.is_none() {
+                break;
             }
         }
-        Ok(announced)
+        Ok(sweep.swept)
+    }
+
+    /// Tenants whose newest published model is newer than the one their leads were last all
+    /// swept under.
+    async fn tenants_with_unswept_models(&self) -> Result<Vec<String>, Error> {
+        let newest: Vec<(String, i32)> = model::Entity::find()
+            .select_only()
+            .column(model::Column::TenantId)
+            .column_as(model::Column::Version.max(), "version")
+            .group_by(model::Column::TenantId)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        let swept: HashMap<String, i32> = sweep_pass::Entity::find()
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|pass| (pass.tenant_id, pass.model_version))
+            .collect();
+        Ok(newest
+            .into_iter()
+            .filter(|(tenant, version)| swept.get(tenant).is_none_or(|swept| swept < version))
+            .map(|(tenant, _)| tenant)
+            .collect())
+    }
+}
+
+/// Leads one sweep reads in one transaction.
+const SWEEP_PAGE: u64 = 200;
+
+/// What a sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    /// Leads it read and swept.
+    pub visited: usize,
+    /// Leads whose score change it announced.
+    pub announced: usize,
+}
+
+/// One sweep in progress.
+struct Sweep<'a> {
+    store: &'a Store,
+    models: ActiveModels,
+    now: DateTime<Utc>,
+    swept: Swept,
+}
+
+impl Sweep<'_> {
+    /// Visits every live lead of `tenant`, then records the model version they were swept
+    /// under.
+    async fn every_lead_of(&mut self, tenant: &str) -> Result<(), Error> {
+        let mut after: Option<String> = None;
+        loop {
+            let mut page = lead_score::Entity::find()
+                .filter(lead_score::Column::TenantId.eq(tenant))
+                .filter(lead_score::Column::MergedInto.is_null())
+                .order_by_asc(lead_score::Column::LeadId)
+                .limit(SWEEP_PAGE);
+            if let Some(after) = &after {
+                page = page.filter(lead_score::Column::LeadId.gt(after.clone()));
+            }
+            match self.page(page).await? {
+                Some(last) => after = Some(last),
+                None => break,
+            }
+        }
+        let version = self
+            .models
+            .get(self.store, &self.store.db, tenant)
+            .await?
+            .version;
+        let pass = sweep_pass::ActiveModel {
+            tenant_id: Set(tenant.to_owned()),
+            model_version: Set(version),
+        };
+        sweep_pass::Entity::insert(pass)
+            .on_conflict(
+                OnConflict::column(sweep_pass::Column::TenantId)
+                    .update_column(sweep_pass::Column::ModelVersion)
+                    .to_owned(),
+            )
+            .exec(&self.store.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Sweeps the leads `query` selects, in one transaction, and returns the last one's id
+    /// (`None`: the query selected none). Each lead visited is written back with its next due
+    /// time, which is after this sweep's time.
+    async fn page(
+        &mut self,
+        query: sea_orm::Select<lead_score::Entity>,
+    ) -> Result<Option<String>, Error> {
+        // The page is read in the transaction that writes it back, its rows locked on
+        // PostgreSQL: an event applied between a read outside it and the write would be
+        // overwritten by the swept copy.
+        let now = self.now;
+        let mut written = CacheWrites::begin(self.store.scores.as_ref()).await;
+        let txn = self.store.db.begin().await?;
+        let page = query.lock_exclusive().all(&txn).await?;
+        let Some(last) = page.last().map(|row| row.lead_id.clone()) else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        for row in page {
+            self.swept.visited += 1;
+            let model = self.models.get(self.store, &txn, &row.tenant_id).await?;
+            let mut lead = decode(row, false)?;
+            let lines = lead.score.sweep(model, now);
+            let view = lead.score.score(model, now);
+            let grade = convert::grade_to_pb(view.grade) as i32;
+            let moved = view.score.round() != lead.row.announced_score.round()
+                || grade != lead.row.announced_grade;
+            if lines.is_empty() && !moved {
+                let due = sweep_due_us(&lead.score, model, now);
+                if due != lead.row.sweep_due_us {
+                    lead_score::Entity::update_many()
+                        .col_expr(lead_score::Column::SweepDueUs, Expr::value(due))
+                        .filter(lead_score::Column::TenantId.eq(&lead.row.tenant_id))
+                        .filter(lead_score::Column::LeadId.eq(&lead.row.lead_id))
+                        .exec(&txn)
+                        .await?;
+                }
+                continue;
+            }
+            if moved {
+                let reason = if lines.is_empty() {
+                    ScoreChangeReason::Decay
+                } else {
+                    ScoreChangeReason::Inactivity
+                };
+                let previous = events::Previous {
+                    score: lead.row.announced_score,
+                    grade: lead.row.announced_grade,
+                };
+                out.push(events::message(events::score_changed(
+                    &lead, model, previous, reason, None, now,
+                )));
+                self.swept.announced += 1;
+            }
+            save_lead(&txn, &mut lead, model, now).await?;
+            record(&mut written, &lead.row)?;
+        }
+        let enqueued = !out.is_empty();
+        outbox::enqueue(&txn, out, Packing::Bundled).await?;
+        txn.commit().await?;
+        written.committed();
+        if enqueued {
+            self.store.wakeup.wake();
+        }
+        Ok(Some(last))
     }
 }
 
@@ -877,6 +989,7 @@ struct Announced {
     model_version: i32,
     score: f64,
     grade: i32,
+    sweep_due_us: Option<i64>,
 }
 
 impl Announced {
@@ -886,8 +999,17 @@ impl Announced {
             model_version: model.version,
             score: view.score,
             grade: convert::grade_to_pb(view.grade) as i32,
+            sweep_due_us: sweep_due_us(&lead.score, model, now),
         }
     }
+}
+
+/// When the sweeper next needs `score`, as stored: never before the next sweep after `now`
+/// (one that is due at once is visited by the next sweep, and a sweep at `now` that just
+/// visited the lead does not visit it again).
+fn sweep_due_us(score: &LeadScore, model: &Model, now: DateTime<Utc>) -> Option<i64> {
+    let due = score.next_sweep_due(model, now)?;
+    Some(Ord::max(due.timestamp_micros(), now.timestamp_micros() + 1))
 }
 
 /// `lead`'s row as saved at `now`: its state, profile and what it announces.
@@ -903,6 +1025,7 @@ fn saved_row(
         announced_score: announced.score,
         announced_grade: announced.grade,
         updated_at: now,
+        sweep_due_us: announced.sweep_due_us,
         ..lead.row.clone()
     })
 }
@@ -922,6 +1045,7 @@ async fn save_lead(
     row.announced_score = Set(saved.announced_score);
     row.announced_grade = Set(saved.announced_grade);
     row.updated_at = Set(saved.updated_at);
+    row.sweep_due_us = Set(saved.sweep_due_us);
     lead.row = row.update(txn).await?;
     Ok(())
 }
