@@ -15,10 +15,8 @@ use anyhow::Context;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use leadflow_runtime::auth::AuthArgs;
-use leadflow_runtime::background::Background;
 use leadflow_runtime::clock::{SharedClock, SystemClock};
 use leadflow_runtime::outbox::OutboxArgs;
-use leadflow_runtime::shutdown::cancel_on_error;
 use leadflow_runtime::telemetry::{self, TelemetryArgs};
 use tokio_util::sync::CancellationToken;
 
@@ -205,54 +203,19 @@ impl Suite {
             ),
             ("handoff", addrs.handoff, handoff.database_url()),
         ];
-        let ingestion_listener = bind("ingestion", addrs.ingestion).await?;
-        let scoring_listener = bind("scoring", addrs.scoring).await?;
-        let qualification_listener = bind("qualification", addrs.qualification).await?;
-        let handoff_listener = bind("handoff", addrs.handoff).await?;
-        // Scoring, qualification and handoff drain ingestion's outbox: in one process they
-        // yield the CPU to the calls ingestion acknowledges (see `runtime::background`).
-        let drain =
-            Background::start("leadflow-drain", cpus()).context("start the drain runtime")?;
-        let ingestion = tokio::spawn(cancel_on_error(
-            leadflow_ingestion::serve(
-                ingestion,
-                ingestion_listener,
-                clock.clone(),
-                shutdown.clone(),
-            ),
-            shutdown.clone(),
-        ));
-        let scoring = drain.handle().spawn(cancel_on_error(
-            leadflow_scoring::serve(scoring, scoring_listener, clock.clone(), shutdown.clone()),
-            shutdown.clone(),
-        ));
-        let qualification = drain.handle().spawn(cancel_on_error(
-            leadflow_qualification::serve(
-                qualification,
-                qualification_listener,
-                clock.clone(),
-                shutdown.clone(),
-            ),
-            shutdown.clone(),
-        ));
-        let handoff = drain.handle().spawn(cancel_on_error(
-            leadflow_handoff::serve(handoff, handoff_listener, clock, shutdown.clone()),
-            shutdown,
-        ));
-        let task = tokio::spawn(async move {
-            let (ingestion, scoring, qualification, handoff) =
-                tokio::join!(ingestion, scoring, qualification, handoff);
-            drop(drain);
-            ingestion
-                .context("ingestion's task")?
-                .context("ingestion")?;
-            scoring.context("scoring's task")?.context("scoring")?;
-            qualification
-                .context("qualification's task")?
-                .context("qualification")?;
-            handoff.context("handoff's task")?.context("handoff")?;
-            Ok(())
-        });
+        let listeners = leadflow_suite::Listeners {
+            ingestion: bind("ingestion", addrs.ingestion).await?,
+            scoring: bind("scoring", addrs.scoring).await?,
+            qualification: bind("qualification", addrs.qualification).await?,
+            handoff: bind("handoff", addrs.handoff).await?,
+        };
+        let configs = leadflow_suite::Configs {
+            ingestion,
+            scoring,
+            qualification,
+            handoff,
+        };
+        let task = tokio::spawn(leadflow_suite::run(configs, listeners, clock, shutdown));
         Ok(Self {
             addrs,
             listing,
@@ -309,11 +272,6 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     println!("leadflow is up (ctrl-c stops it)");
     suite.print_listing();
     suite.wait().await
-}
-
-/// The CPUs this process may use (one if that cannot be read).
-fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 /// Binds `service`'s listener on `addr`.

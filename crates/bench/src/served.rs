@@ -12,10 +12,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use leadflow_runtime::auth::AuthArgs;
-use leadflow_runtime::background::Background;
 use leadflow_runtime::clock::{SharedClock, SystemClock};
 use leadflow_runtime::outbox::OutboxArgs;
-use leadflow_runtime::shutdown::cancel_on_error;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
@@ -283,42 +281,19 @@ pub(crate) async fn serve(databases: Databases) -> anyhow::Result<()> {
     stop_when_stdin_closes(stop.clone());
     println!("{}", ready_line(&[ingestion, scoring]));
     let clock: SharedClock = Arc::new(SystemClock);
-    // As `leadflow up` runs them: the services draining ingestion's outbox on a runtime of
-    // lower priority.
-    let drain = Background::start(
-        "leadflow-drain",
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
-    )
-    .context("start the drain runtime")?;
-    let i = tokio::spawn(cancel_on_error(
-        leadflow_ingestion::serve(ingestion_config, ingestion_l, clock.clone(), stop.clone()),
-        stop.clone(),
-    ));
-    let s = drain.handle().spawn(cancel_on_error(
-        leadflow_scoring::serve(scoring_config, scoring_l, clock.clone(), stop.clone()),
-        stop.clone(),
-    ));
-    let q = drain.handle().spawn(cancel_on_error(
-        leadflow_qualification::serve(
-            qualification_config,
-            qualification_l,
-            clock.clone(),
-            stop.clone(),
-        ),
-        stop.clone(),
-    ));
-    let h = drain.handle().spawn(cancel_on_error(
-        leadflow_handoff::serve(handoff_config, handoff_l, clock, stop.clone()),
-        stop,
-    ));
-    let (i, s, q, h) = tokio::join!(i, s, q, h);
-    drop(drain);
-    let (i, s, q, h) = (i?, s?, q?, h?);
-    i.context("ingestion")?;
-    s.context("scoring")?;
-    q.context("qualification")?;
-    h.context("handoff")?;
-    Ok(())
+    let configs = leadflow_suite::Configs {
+        ingestion: ingestion_config,
+        scoring: scoring_config,
+        qualification: qualification_config,
+        handoff: handoff_config,
+    };
+    let listeners = leadflow_suite::Listeners {
+        ingestion: ingestion_l,
+        scoring: scoring_l,
+        qualification: qualification_l,
+        handoff: handoff_l,
+    };
+    leadflow_suite::run(configs, listeners, clock, stop).await
 }
 
 /// Cancels `stop` once standard input reaches its end: the bench closes it to stop the suite,

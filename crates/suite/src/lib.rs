@@ -1,0 +1,103 @@
+//! The four services in one process, as `leadflow up` runs them and the benchmark measures
+//! them: ingestion on the caller's runtime; scoring, qualification and handoff, which drain
+//! ingestion's outbox, on a runtime of lower priority ([`leadflow_runtime::background`]), so
+//! that in one process the callers' writes are acknowledged first and the drain catches up
+//! behind the outbox. Each service is the same `serve` its own binary runs.
+
+use anyhow::Context;
+use leadflow_runtime::background::Background;
+use leadflow_runtime::clock::SharedClock;
+use leadflow_runtime::shutdown::cancel_on_error;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Name of the drain runtime's threads.
+pub const DRAIN_THREAD_NAME: &str = "leadflow-drain";
+
+/// Each service's configuration.
+#[derive(Debug, Clone)]
+pub struct Configs {
+    /// Ingestion's.
+    pub ingestion: leadflow_ingestion::Config,
+    /// Scoring's.
+    pub scoring: leadflow_scoring::Config,
+    /// Qualification's.
+    pub qualification: leadflow_qualification::Config,
+    /// Handoff's.
+    pub handoff: leadflow_handoff::Config,
+}
+
+/// Each service's bound listener.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Ingestion's.
+    pub ingestion: TcpListener,
+    /// Scoring's.
+    pub scoring: TcpListener,
+    /// Qualification's.
+    pub qualification: TcpListener,
+    /// Handoff's.
+    pub handoff: TcpListener,
+}
+
+/// Runs the four services until `shutdown` fires, then waits for each to stop. A service that
+/// fails (or panics) cancels `shutdown`, so the others stop too, and its error is returned,
+/// named after it.
+pub async fn run(
+    configs: Configs,
+    listeners: Listeners,
+    clock: SharedClock,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let drain = Background::start(DRAIN_THREAD_NAME, cpus())
+        .context("start the drain runtime")
+        .inspect_err(|_| shutdown.cancel())?;
+    let ingestion = tokio::spawn(cancel_on_error(
+        leadflow_ingestion::serve(
+            configs.ingestion,
+            listeners.ingestion,
+            clock.clone(),
+            shutdown.clone(),
+        ),
+        shutdown.clone(),
+    ));
+    let scoring = drain.handle().spawn(cancel_on_error(
+        leadflow_scoring::serve(
+            configs.scoring,
+            listeners.scoring,
+            clock.clone(),
+            shutdown.clone(),
+        ),
+        shutdown.clone(),
+    ));
+    let qualification = drain.handle().spawn(cancel_on_error(
+        leadflow_qualification::serve(
+            configs.qualification,
+            listeners.qualification,
+            clock.clone(),
+            shutdown.clone(),
+        ),
+        shutdown.clone(),
+    ));
+    let handoff = drain.handle().spawn(cancel_on_error(
+        leadflow_handoff::serve(configs.handoff, listeners.handoff, clock, shutdown.clone()),
+        shutdown,
+    ));
+    let (ingestion, scoring, qualification, handoff) =
+        tokio::join!(ingestion, scoring, qualification, handoff);
+    drop(drain);
+    ingestion
+        .context("ingestion's task")?
+        .context("ingestion")?;
+    scoring.context("scoring's task")?.context("scoring")?;
+    qualification
+        .context("qualification's task")?
+        .context("qualification")?;
+    handoff.context("handoff's task")?.context("handoff")?;
+    Ok(())
+}
+
+/// The CPUs this process may use: the drain runtime's worker threads.
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
