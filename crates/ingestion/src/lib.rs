@@ -22,6 +22,7 @@ use leadflow_runtime::clock::SharedClock;
 use leadflow_runtime::outbox::{OutboxArgs, Relay, SharedDeletes, Wakeup};
 use leadflow_runtime::server::{self, Health, MAX_MESSAGE_BYTES};
 use tokio::net::TcpListener;
+use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::service::Routes;
@@ -85,6 +86,20 @@ pub async fn serve(
     clock: SharedClock,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_with_relay_on(config, listener, clock, shutdown, Handle::current()).await
+}
+
+/// [`serve`], with the relay of the outbox to scoring (its task and its connection to scoring)
+/// on `relay_runtime`. In one process with the services it feeds (`leadflow up`), the relay
+/// runs with them, at their lower priority, and ingestion's own runtime is left to the calls
+/// it acknowledges.
+pub async fn serve_with_relay_on(
+    config: Config,
+    listener: TcpListener,
+    clock: SharedClock,
+    shutdown: CancellationToken,
+    relay_runtime: Handle,
+) -> anyhow::Result<()> {
     let keys = Keys::from_args(&config.auth).context("api keys")?;
     keys.log_mode(SERVICE);
     let leadflow_runtime::db::Pools {
@@ -115,16 +130,20 @@ pub async fn serve(
         <IngestionServiceServer<IngestionApi> as NamedService>::NAME,
         <IngestionInternalServiceServer<IngestionApi> as NamedService>::NAME,
     ]);
-    let sink = ScoringSink::new(&config.scoring_url, keys.internal_key())?;
-    let relay = Relay::new(
-        db.clone(),
-        sink,
-        config.outbox.relay_config(store::SCORING),
-        wakeup,
-    )
-    .with_reader(reader)
-    .with_shared_deletes(deletes);
-    let relay = tokio::spawn(relay.run(shutdown.clone()));
+    let relay = {
+        // The channel to scoring spawns its connection's tasks where it is created.
+        let _on_relay_runtime = relay_runtime.enter();
+        let sink = ScoringSink::new(&config.scoring_url, keys.internal_key())?;
+        let relay = Relay::new(
+            db.clone(),
+            sink,
+            config.outbox.relay_config(store::SCORING),
+            wakeup,
+        )
+        .with_reader(reader)
+        .with_shared_deletes(deletes);
+        relay_runtime.spawn(relay.run(shutdown.clone()))
+    };
     server::run_until_shutdown(SERVICE, listener, routes, health, db, vec![relay], shutdown)
         .await?;
     Ok(())

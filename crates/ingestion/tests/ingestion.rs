@@ -1555,8 +1555,43 @@ async fn activities_are_counted_without_changing_the_lead(db: TestDb) {
     server.stop().await;
 }
 
+/// The relay runs where it is told to (in `leadflow up`, on the drain's runtime of lower
+/// priority), its task and its connection to scoring both, and delivers from there.
+async fn the_relay_runs_on_the_runtime_it_is_given(db: TestDb) {
+    let relay_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let tasks = || relay_runtime.metrics().num_alive_tasks();
+    let receiver = ScoringReceiver::start(0).await;
+    let server = Ingestion::start_with_relay_on(
+        &db,
+        Options {
+            scoring_url: Some(receiver.url()),
+            ..Options::default()
+        },
+        relay_runtime.handle().clone(),
+    )
+    .await;
+    server
+        .client(None)
+        .track(track("m1", "u1", "", activity("email_open", 0, &[])))
+        .await
+        .expect("track");
+    assert_eq!(receiver.wait_for(1).await.len(), 1, "delivered");
+    assert!(
+        tasks() >= 2,
+        "the relay and its connection's tasks run there: {} tasks",
+        tasks()
+    );
+    server.stop().await;
+    relay_runtime.shutdown_background();
+}
+
 on_both_backends! {
     reads_beside_the_writer => reads_answer_while_the_writer_is_held;
+    relay_runtime => the_relay_runs_on_the_runtime_it_is_given;
     round_trip => identify_track_and_read_back;
     activity_summary => activities_are_counted_without_changing_the_lead;
     timeline_paging => timeline_pages_and_filters;

@@ -1,8 +1,9 @@
 //! The four services in one process, as `leadflow up` runs them and the benchmark measures
-//! them: ingestion on the caller's runtime; scoring, qualification and handoff, which drain
-//! ingestion's outbox, on a runtime of lower priority ([`leadflow_runtime::background`]), so
-//! that in one process the callers' writes are acknowledged first and the drain catches up
-//! behind the outbox. Each service is the same `serve` its own binary runs.
+//! them: ingestion's API on the caller's runtime; what drains ingestion's outbox (its relay,
+//! then scoring, qualification and handoff) on a runtime of lower priority
+//! ([`leadflow_runtime::background`]), so that in one process the callers' writes are
+//! acknowledged first and the drain catches up behind the outbox. Each service is the same
+//! `serve` its own binary runs.
 
 use anyhow::Context;
 use leadflow_runtime::background::Background;
@@ -53,11 +54,12 @@ pub async fn run(
         .context("start the drain runtime")
         .inspect_err(|_| shutdown.cancel())?;
     let ingestion = tokio::spawn(cancel_on_error(
-        leadflow_ingestion::serve(
+        leadflow_ingestion::serve_with_relay_on(
             configs.ingestion,
             listeners.ingestion,
             clock.clone(),
             shutdown.clone(),
+            drain.handle().clone(),
         ),
         shutdown.clone(),
     ));

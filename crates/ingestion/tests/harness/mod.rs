@@ -53,6 +53,15 @@ type InternalClient =
 impl Ingestion {
     /// Starts ingestion on `db`; calls made right away queue on the bound listener.
     pub(crate) async fn start(db: &TestDb, options: Options) -> Self {
+        Self::start_with_relay_on(db, options, tokio::runtime::Handle::current()).await
+    }
+
+    /// [`Ingestion::start`], its outbox relayed from `relay_runtime`.
+    pub(crate) async fn start_with_relay_on(
+        db: &TestDb,
+        options: Options,
+        relay_runtime: tokio::runtime::Handle,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -82,11 +91,12 @@ impl Ingestion {
             },
         };
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(leadflow_ingestion::serve(
+        let task = tokio::spawn(leadflow_ingestion::serve_with_relay_on(
             config,
             listener,
             Arc::new(SystemClock),
             shutdown.clone(),
+            relay_runtime,
         ));
         Self {
             addr,
