@@ -1084,30 +1084,16 @@ async fn a_state_in_the_first_binary_layout_still_scores(db: TestDb) {
     an_old_state_scores_and_is_rewritten(db, stored.into(), legacy, seen, None).await;
 }
 
-/// Stores `stored` as the state of lead "legacy" after the first `migrated_before` migrations
-/// (all of them when `None`), migrates the rest, and checks that the lead scores as `legacy`
-/// does, that a new activity is applied on top of it, and that its state is then written in
-/// the current layout.
-async fn an_old_state_scores_and_is_rewritten(
-    db: TestDb,
-    stored: sea_orm::Value,
-    legacy: leadflow_scoring::domain::LeadScore,
+/// The insert of a lead row of tenant `default` in the columns `lead_scores` had before due
+/// times, first seen at `seen`, with nothing announced yet.
+fn old_lead_row(
+    lead_id: &str,
+    state: sea_orm::Value,
+    merged_into: Option<&str>,
     seen: chrono::DateTime<Utc>,
-    migrated_before: Option<u32>,
-) {
-    use leadflow_scoring::store::{migrations::Migrator, state};
+) -> sea_orm::sea_query::InsertStatement {
     use sea_orm::sea_query::{Alias, Query};
-    use sea_orm::{ConnectionTrait, Statement};
-    use sea_orm_migration::MigratorTrait;
-
-    let conn = leadflow_runtime::db::connect(&db.url, 2)
-        .await
-        .expect("connect");
-    Migrator::up(&conn, migrated_before)
-        .await
-        .expect("the migrations before it");
-    let model = default_model();
-    let insert = Query::insert()
+    Query::insert()
         .into_table(Alias::new("lead_scores"))
         .columns([
             "tenant_id",
@@ -1123,18 +1109,42 @@ async fn an_old_state_scores_and_is_rewritten(
         ])
         .values_panic([
             "default".into(),
-            "legacy".into(),
-            stored.into(),
+            lead_id.into(),
+            state.into(),
             Vec::<u8>::new().into(),
             seen.into(),
-            model.version.into(),
-            Option::<String>::None.into(),
+            default_model().version.into(),
+            merged_into.map(str::to_owned).into(),
             0.0_f64.into(),
             0_i32.into(),
             seen.into(),
         ])
-        .to_owned();
-    conn.execute(&insert)
+        .to_owned()
+}
+
+/// Stores `stored` as the state of lead "legacy" after the first `migrated_before` migrations
+/// (all of them when `None`), migrates the rest, and checks that the lead scores as `legacy`
+/// does, that a new activity is applied on top of it, and that its state is then written in
+/// the current layout.
+async fn an_old_state_scores_and_is_rewritten(
+    db: TestDb,
+    stored: sea_orm::Value,
+    legacy: leadflow_scoring::domain::LeadScore,
+    seen: chrono::DateTime<Utc>,
+    migrated_before: Option<u32>,
+) {
+    use leadflow_scoring::store::{migrations::Migrator, state};
+    use sea_orm::{ConnectionTrait, Statement};
+    use sea_orm_migration::MigratorTrait;
+
+    let conn = leadflow_runtime::db::connect(&db.url, 2)
+        .await
+        .expect("connect");
+    Migrator::up(&conn, migrated_before)
+        .await
+        .expect("the migrations before it");
+    let model = default_model();
+    conn.execute(&old_lead_row("legacy", stored, None, seen))
         .await
         .expect("a state in its old form");
     Migrator::up(&conn, None).await.expect("the rest");
@@ -1585,7 +1595,6 @@ async fn a_lead_stored_before_due_times_is_swept_once(db: TestDb) {
     use leadflow_scoring::domain::{ActivityFact, LeadScore};
     use leadflow_scoring::store::{Swept, migrations::Migrator, state};
     use sea_orm::ConnectionTrait;
-    use sea_orm::sea_query::{Alias, Query};
     use sea_orm_migration::MigratorTrait;
 
     let now = Utc::now();
@@ -1607,39 +1616,16 @@ async fn a_lead_stored_before_due_times_is_swept_once(db: TestDb) {
     Migrator::up(&conn, Some(before_due_times))
         .await
         .expect("the migrations before due times");
-    let row = |lead: &str, merged_into: Option<&str>| {
-        Query::insert()
-            .into_table(Alias::new("lead_scores"))
-            .columns([
-                "tenant_id",
-                "lead_id",
-                "state",
-                "profile",
-                "first_seen",
-                "model_version",
-                "merged_into",
-                "announced_score",
-                "announced_grade",
-                "updated_at",
-            ])
-            .values_panic([
-                "default".into(),
-                lead.into(),
-                state::encode(&legacy).expect("encodes").into(),
-                Vec::<u8>::new().into(),
-                seen.into(),
-                default_model().version.into(),
-                merged_into.map(str::to_owned).into(),
-                0.0_f64.into(),
-                0_i32.into(),
-                seen.into(),
-            ])
-            .to_owned()
-    };
+    let stored = state::encode(&legacy).expect("encodes");
     for (lead, merged_into) in [("legacy", None), ("gone", Some("legacy"))] {
-        conn.execute(&row(lead, merged_into))
-            .await
-            .expect("a lead stored before due times");
+        conn.execute(&old_lead_row(
+            lead,
+            stored.clone().into(),
+            merged_into,
+            seen,
+        ))
+        .await
+        .expect("a lead stored before due times");
     }
     Migrator::up(&conn, None).await.expect("due times");
 

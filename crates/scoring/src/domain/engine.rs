@@ -368,16 +368,16 @@ impl LeadScore {
             let applied = self.inactivity_applied.get(&rule.id).copied();
             inactivity::next_due(rule, self.inactive_since(rule), applied)
         });
-        let view = self.score(model, now);
-        let rounded = view.score.round();
-        let edge = if view.engagement > 0.0 {
+        // The score's two parts as `score` adds them, without building a whole view.
+        let fit_points: f64 = self.fit_rules.iter().map(|(_, points)| points).sum();
+        let engagement = self.engagement.value_at(now, model.half_life);
+        let rounded = (fit_points + engagement).round();
+        let edge = if engagement > 0.0 {
             rounded - 0.5
         } else {
             rounded + 0.5
         };
-        let decay = self
-            .engagement
-            .reaches(edge - view.fit_points, model.half_life);
+        let decay = self.engagement.reaches(edge - fit_points, model.half_life);
         inactivity.chain(decay).min()
     }
 
@@ -475,6 +475,42 @@ mod tests {
         }
     }
 
+    /// A lead first seen at `t0` with a manager's profile at a company of `size`, then the
+    /// generated `events` (activity kind, hours after `t0`, asset), each after a sweep to its
+    /// time, as the store applies them.
+    fn lead_with_history(
+        model: &Model,
+        t0: DateTime<Utc>,
+        size: i32,
+        events: &[(usize, i64, u8)],
+    ) -> LeadScore {
+        let kinds = [
+            "page_view",
+            "pricing_view",
+            "content_download",
+            "email_open",
+            "webinar_attended",
+            "unsubscribe",
+            "demo_request",
+            "bounce",
+        ];
+        let mut lead = LeadScore::new(t0);
+        let profile = BTreeMap::from([
+            ("company_size".into(), size.to_string()),
+            ("seniority".into(), "SENIORITY_MANAGER".into()),
+        ]);
+        lead.set_profile(model, &profile, t0);
+        for (i, (kind, hours, asset)) in events.iter().enumerate() {
+            let at = t0 + Duration::hours(*hours);
+            lead.sweep(model, at);
+            let properties = [("asset_id", asset.to_string()), ("path", "/pricing".into())];
+            let properties: Vec<(&str, &str)> =
+                properties.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            lead.apply_activity(model, &fact(&i.to_string(), kinds[*kind], at, &properties));
+        }
+        lead
+    }
+
     #[test]
     fn the_same_asset_scores_once() {
         let model = default_model();
@@ -549,15 +585,8 @@ mod tests {
             later in 0i64..2000,
         ) {
             let model = default_model();
-            let kinds = ["page_view", "pricing_view", "content_download", "email_open", "webinar_attended", "unsubscribe", "demo_request", "bounce"];
             let t0 = Utc::now();
-            let mut lead = LeadScore::new(t0);
-            lead.set_profile(&model, &BTreeMap::from([("company_size".into(), size.to_string()), ("seniority".into(), "SENIORITY_MANAGER".into())]), t0);
-            for (i, (kind, hours, asset)) in events.iter().enumerate() {
-                let at = t0 + Duration::hours(*hours);
-                lead.sweep(&model, at);
-                lead.apply_activity(&model, &fact(&i.to_string(), kinds[*kind], at, &[("asset_id", &asset.to_string()), ("path", "/pricing")]));
-            }
+            let mut lead = lead_with_history(&model, t0, size, &events);
             let now = t0 + Duration::hours(2000 + later);
             lead.sweep(&model, now);
             let explanation = lead.explain(&model, now);
@@ -594,15 +623,8 @@ mod tests {
             probes in prop::collection::vec(0.0f64..1.0, 1..6),
         ) {
             let model = default_model();
-            let kinds = ["page_view", "pricing_view", "content_download", "email_open", "webinar_attended", "unsubscribe", "demo_request", "bounce"];
             let t0 = Utc::now();
-            let mut lead = LeadScore::new(t0);
-            lead.set_profile(&model, &BTreeMap::from([("company_size".into(), size.to_string())]), t0);
-            for (i, (kind, hours, asset)) in events.iter().enumerate() {
-                let at = t0 + Duration::hours(*hours);
-                lead.sweep(&model, at);
-                lead.apply_activity(&model, &fact(&i.to_string(), kinds[*kind], at, &[("asset_id", &asset.to_string())]));
-            }
+            let mut lead = lead_with_history(&model, t0, size, &events);
             let now = t0 + Duration::hours(2000 + after_last);
             lead.sweep(&model, now);
             let announced = lead.score(&model, now);

@@ -712,6 +712,7 @@ impl Sweep<'_> {
             return Ok(None);
         };
         let mut out = Vec::new();
+        let mut due_times = WriteScript::new(txn.get_database_backend());
         for row in page {
             self.swept.visited += 1;
             let model = self.models.get(self.store, &txn, &row.tenant_id).await?;
@@ -724,12 +725,12 @@ impl Sweep<'_> {
             if lines.is_empty() && !moved {
                 let due = sweep_due_us(&lead.score, model, now);
                 if due != lead.row.sweep_due_us {
-                    lead_score::Entity::update_many()
-                        .col_expr(lead_score::Column::SweepDueUs, Expr::value(due))
-                        .filter(lead_score::Column::TenantId.eq(&lead.row.tenant_id))
-                        .filter(lead_score::Column::LeadId.eq(&lead.row.lead_id))
-                        .exec(&txn)
-                        .await?;
+                    due_times.push(
+                        &lead_score::Entity::update_many()
+                            .col_expr(lead_score::Column::SweepDueUs, Expr::value(due))
+                            .filter(lead_score::Column::TenantId.eq(&lead.row.tenant_id))
+                            .filter(lead_score::Column::LeadId.eq(&lead.row.lead_id)),
+                    );
                 }
                 continue;
             }
@@ -751,6 +752,7 @@ impl Sweep<'_> {
             save_lead(&txn, &mut lead, model, now).await?;
             record(&mut written, &lead.row)?;
         }
+        due_times.run(&txn).await?;
         let enqueued = !out.is_empty();
         outbox::enqueue(&txn, out, Packing::Bundled).await?;
         txn.commit().await?;
