@@ -1590,6 +1590,83 @@ async fn the_sweeper_reads_only_due_leads(db: TestDb) {
     assert_eq!(store.sweep(later).await.expect("sweep"), nothing);
 }
 
+/// An applied event writes a lead's stored due time only when it moves it earlier: a later
+/// one is left to the sweeper, which visits the lead at the stored time without announcing
+/// anything and stores the real one.
+async fn an_event_stores_only_an_earlier_due_time(db: TestDb) {
+    use chrono::TimeZone;
+    use leadflow_scoring::store::Swept;
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set, IntoActiveModel};
+
+    let store = open_store(&db).await;
+    let model = default_model();
+    let stored_and_real = |at: chrono::DateTime<Utc>| {
+        let store = &store;
+        let model = &model;
+        async move {
+            let lead = store
+                .lead(harness::TENANT, "a")
+                .await
+                .expect("read")
+                .expect("stored");
+            let real = lead
+                .score
+                .next_sweep_due(model, at)
+                .map(|due| Ord::max(due.timestamp_micros(), at.timestamp_micros() + 1));
+            (lead.row, real)
+        }
+    };
+    let open = |id: &str, at| activity_event(id, "a", "email_open", at, &[("asset_id", id)]);
+
+    let t0 = Utc::now();
+    store
+        .apply_lead_events(vec![open("o1", t0)], t0)
+        .await
+        .expect("apply");
+    let (row, real) = stored_and_real(t0).await;
+    let first = row
+        .sweep_due_us
+        .expect("decay and inactivity will change the score");
+    assert_eq!(Some(first), real, "a new lead stores its due time");
+
+    let t1 = Utc.timestamp_micros(first).single().expect("a time") + Duration::minutes(1);
+    store
+        .apply_lead_events(vec![open("o2", t1)], t1)
+        .await
+        .expect("apply");
+    let (row, real) = stored_and_real(t1).await;
+    assert!(real.expect("due") > first);
+    assert_eq!(
+        row.sweep_due_us,
+        Some(first),
+        "a later due time is not written"
+    );
+    assert_eq!(
+        store.sweep(t1).await.expect("sweep"),
+        Swept {
+            visited: 1,
+            announced: 0
+        },
+        "the early visit changes nothing the lead announces"
+    );
+    let (row, real) = stored_and_real(t1).await;
+    assert_eq!(row.sweep_due_us, real, "the sweeper stores the real time");
+    assert_eq!(store.sweep(t1).await.expect("sweep"), Swept::default());
+
+    let mut late = row.into_active_model();
+    late.sweep_due_us = Set(Some(i64::MAX));
+    late.update(store.db())
+        .await
+        .expect("a due time later than need be");
+    let t2 = t1 + Duration::seconds(1);
+    store
+        .apply_lead_events(vec![open("o3", t2)], t2)
+        .await
+        .expect("apply");
+    let (row, real) = stored_and_real(t2).await;
+    assert_eq!(row.sweep_due_us, real, "an earlier due time is written");
+}
+
 /// A lead stored before leads had due times is read by the first sweep, which stores its time.
 async fn a_lead_stored_before_due_times_is_swept_once(db: TestDb) {
     use leadflow_scoring::domain::{ActivityFact, LeadScore};
@@ -1663,5 +1740,6 @@ on_both_backends! {
     reads_after_writes => a_score_read_after_a_write_sees_it;
     models_and_internal => models_internal_explanations_and_decisions;
     sweeper_reads_due_leads => the_sweeper_reads_only_due_leads;
+    due_time_writes => an_event_stores_only_an_earlier_due_time;
     sweeper_migration => a_lead_stored_before_due_times_is_swept_once;
 }

@@ -9,6 +9,7 @@ use leadflow_runtime::script::WriteScript;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{ConnectionTrait, DatabaseTransaction, IntoActiveModel};
 
+use super::sweep_due::DueWrite;
 use super::{
     Announced, CacheWrites, LeadState, decode, fact, lead_score, record, rows_by_id, saved_row,
 };
@@ -69,9 +70,9 @@ impl LeadCache {
         self.facts.extend(fact);
     }
 
-    /// Adds the writes of the new facts and every changed lead (one upsert, in key order) to
-    /// `script`, and forgets everything: what comes next reads the store again, once the
-    /// script has run.
+    /// Adds the writes of the new facts and every changed lead (two upserts, in key order: the
+    /// rows whose sweep due time is written, then the rest) to `script`, and forgets
+    /// everything: what comes next reads the store again, once the script has run.
     pub(super) fn flush(
         &mut self,
         script: &mut WriteScript,
@@ -86,30 +87,50 @@ impl LeadCache {
                     .to_owned(),
             ),
         );
-        let mut rows = Vec::new();
+        let (mut due_moved, mut due_kept) = (Vec::new(), Vec::new());
         for (lead, announced) in self.leads.take_changed() {
             let row = saved_row(&lead, &announced, now)?;
             record(written, &row)?;
-            rows.push(row);
+            // Rows storing no due time (every new row among them) go in the first upsert, so
+            // new rows are inserted in key order: on PostgreSQL they are the only ones not
+            // locked yet.
+            let stored = lead.row.sweep_due_us;
+            if stored.is_none() || DueWrite::WhenEarlier.writes(stored, row.sweep_due_us) {
+                due_moved.push(row);
+            } else {
+                due_kept.push(row);
+            }
         }
-        save_rows(script, rows);
+        save_rows(script, due_moved, true);
+        save_rows(script, due_kept, false);
         Ok(())
     }
 }
 
-/// Adds the upserts of `rows` (new or stored leads' rows) to `script`.
-pub(super) fn save_rows(script: &mut WriteScript, rows: Vec<lead_score::Model>) {
+/// Adds the upserts of `rows` (new or stored leads' rows) to `script`. A stored row keeps its
+/// sweep due time unless `with_due_time`; a new row is inserted with its own.
+pub(super) fn save_rows(
+    script: &mut WriteScript,
+    rows: Vec<lead_score::Model>,
+    with_due_time: bool,
+) {
+    if rows.is_empty() {
+        return;
+    }
+    let mut columns = vec![
+        lead_score::Column::State,
+        lead_score::Column::Profile,
+        lead_score::Column::FirstSeen,
+        lead_score::Column::ModelVersion,
+        lead_score::Column::AnnouncedScore,
+        lead_score::Column::AnnouncedGrade,
+        lead_score::Column::UpdatedAt,
+    ];
+    if with_due_time {
+        columns.push(lead_score::Column::SweepDueUs);
+    }
     let upsert = OnConflict::columns([lead_score::Column::TenantId, lead_score::Column::LeadId])
-        .update_columns([
-            lead_score::Column::State,
-            lead_score::Column::Profile,
-            lead_score::Column::FirstSeen,
-            lead_score::Column::ModelVersion,
-            lead_score::Column::AnnouncedScore,
-            lead_score::Column::AnnouncedGrade,
-            lead_score::Column::UpdatedAt,
-            lead_score::Column::SweepDueUs,
-        ])
+        .update_columns(columns)
         .to_owned();
     let rows = rows.into_iter().map(IntoActiveModel::into_active_model);
     script.insert_many(rows.collect(), Some(&upsert));

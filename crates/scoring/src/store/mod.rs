@@ -10,6 +10,7 @@ mod reads;
 mod rescore;
 mod score_cache;
 pub mod state;
+mod sweep_due;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -37,6 +38,7 @@ use cache::LeadCache;
 pub use entities::{decision, fact, lead_score, model, request, rescore_job, sweep_pass};
 use reads::ScoreReader;
 use score_cache::{CacheWrites, ScoreCache};
+use sweep_due::{DueWrite, sweep_due_us};
 
 /// Leads whose score inputs an SQLite store keeps in memory unless told otherwise.
 pub const DEFAULT_SCORE_CACHE_LEADS: usize = score_cache::DEFAULT_CAPACITY;
@@ -549,7 +551,7 @@ impl Store {
             now,
         );
         changed.merged_lead_id = source.to_owned();
-        save_lead(txn, &mut lead, model, now).await?;
+        save_lead(txn, &mut lead, model, now, DueWrite::WhenEarlier).await?;
         written.wrote(tenant, source, None);
         record(written, &lead.row)?;
         Ok(Some(events::message(changed)))
@@ -724,7 +726,7 @@ impl Sweep<'_> {
                 || grade != lead.row.announced_grade;
             if lines.is_empty() && !moved {
                 let due = sweep_due_us(&lead.score, model, now);
-                if due != lead.row.sweep_due_us {
+                if DueWrite::Always.writes(lead.row.sweep_due_us, due) {
                     due_times.push(
                         &lead_score::Entity::update_many()
                             .col_expr(lead_score::Column::SweepDueUs, Expr::value(due))
@@ -749,7 +751,7 @@ impl Sweep<'_> {
                 )));
                 self.swept.announced += 1;
             }
-            save_lead(&txn, &mut lead, model, now).await?;
+            save_lead(&txn, &mut lead, model, now, DueWrite::Always).await?;
             record(&mut written, &lead.row)?;
         }
         due_times.run(&txn).await?;
@@ -1006,14 +1008,6 @@ impl Announced {
     }
 }
 
-/// When the sweeper next needs `score`, as stored: never before the next sweep after `now`
-/// (one that is due at once is visited by the next sweep, and a sweep at `now` that just
-/// visited the lead does not visit it again).
-fn sweep_due_us(score: &LeadScore, model: &Model, now: DateTime<Utc>) -> Option<i64> {
-    let due = score.next_sweep_due(model, now)?;
-    Some(Ord::max(due.timestamp_micros(), now.timestamp_micros() + 1))
-}
-
 /// `lead`'s row as saved at `now`: its state, profile and what it announces.
 fn saved_row(
     lead: &LeadState,
@@ -1032,13 +1026,16 @@ fn saved_row(
     })
 }
 
+/// Writes `lead` as saved at `now` under `model`, its due time as `due_write` says.
 async fn save_lead(
     txn: &DatabaseTransaction,
     lead: &mut LeadState,
     model: &Model,
     now: DateTime<Utc>,
+    due_write: DueWrite,
 ) -> Result<(), Error> {
     let saved = saved_row(lead, &Announced::of(lead, model, now), now)?;
+    let writes_due = due_write.writes(lead.row.sweep_due_us, saved.sweep_due_us);
     let mut row: lead_score::ActiveModel = lead.row.clone().into();
     row.state = Set(saved.state);
     row.profile = Set(saved.profile);
@@ -1047,7 +1044,9 @@ async fn save_lead(
     row.announced_score = Set(saved.announced_score);
     row.announced_grade = Set(saved.announced_grade);
     row.updated_at = Set(saved.updated_at);
-    row.sweep_due_us = Set(saved.sweep_due_us);
+    if writes_due {
+        row.sweep_due_us = Set(saved.sweep_due_us);
+    }
     lead.row = row.update(txn).await?;
     Ok(())
 }

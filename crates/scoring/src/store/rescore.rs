@@ -343,7 +343,8 @@ async fn write_step(
         record(written, row)?;
     }
     let mut script = WriteScript::new(txn.get_database_backend());
-    cache::save_rows(&mut script, replayed.rows);
+    // A rescore may change the model, which moves due times either way.
+    cache::save_rows(&mut script, replayed.rows, true);
     outbox::enqueue_into(&mut script, replayed.messages, Packing::Bundled)?;
     script.run(txn).await?;
     done.processed += replayed.processed;
