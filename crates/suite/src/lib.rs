@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// Name of the drain runtime's threads.
-pub const DRAIN_THREAD_NAME: &str = "leadflow-drain";
+const DRAIN_THREAD_NAME: &str = "leadflow-drain";
 
 /// Each service's configuration.
 #[derive(Debug, Clone)]

@@ -40,7 +40,7 @@ impl DueWrite {
 /// Whether a row storing `stored` must be given `due` so that no sweep the lead needs is
 /// missed: `due` is earlier, or the row stores no time at all. A stored time with `due` none
 /// (no sweep will change the lead) stays; it costs one early visit.
-pub(super) fn must_store(stored: Option<i64>, due: Option<i64>) -> bool {
+fn must_store(stored: Option<i64>, due: Option<i64>) -> bool {
     match (stored, due) {
         (_, None) => false,
         (None, Some(_)) => true,
