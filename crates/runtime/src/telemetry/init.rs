@@ -159,6 +159,7 @@ fn build_and_install(
         .with_threads(false)
         .with_context_activation(false)
         .with_filter(span_filter());
+    super::layer::set_trace_ids_in_logs(log_filter.max_level_hint());
     let subscriber = tracing_subscriber::registry()
         .with(fmt_layer.with_filter(log_filter))
         .with(otel_layer);
