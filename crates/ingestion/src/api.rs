@@ -137,13 +137,20 @@ impl IngestionService for IngestionApi {
             .into());
         }
         let now = self.clock.now();
-        let validated: Vec<Result<Command, FieldViolations>> = items
+        let mut commands = Vec::with_capacity(items.len());
+        let checked: Vec<Checked> = items
             .into_iter()
-            .map(|item| convert::batch_item(item, now))
-            .collect();
-        let commands: Vec<Command> = validated
-            .iter()
-            .filter_map(|r| r.as_ref().ok().cloned())
+            .map(|item| match convert::batch_item(item, now) {
+                Ok(command) => {
+                    let kind = match command {
+                        Command::Identify(_) => Checked::Identify,
+                        Command::Track(_) => Checked::Track,
+                    };
+                    commands.push(command);
+                    kind
+                }
+                Err(violations) => Checked::Rejected(violations),
+            })
             .collect();
         let mut accepted = self
             .store
@@ -151,21 +158,22 @@ impl IngestionService for IngestionApi {
             .await?
             .into_iter();
         let mut response = pb::BatchResponse::default();
-        for (index, item) in validated.into_iter().enumerate() {
+        for (index, item) in checked.into_iter().enumerate() {
             let result = match item {
-                Ok(command) => {
+                Checked::Rejected(violations) => {
+                    response.rejected_count += 1;
+                    ItemResult::Error(item_error(index, violations))
+                }
+                kind => {
                     let Some(answer) = accepted.next() else {
                         return Err(Status::internal("batch answers out of step"));
                     };
                     response.accepted_count += 1;
-                    match command {
-                        Command::Identify(_) => ItemResult::Identify(identify_response(answer)),
-                        Command::Track(_) => ItemResult::Track(track_response(answer)),
+                    if matches!(kind, Checked::Identify) {
+                        ItemResult::Identify(identify_response(answer))
+                    } else {
+                        ItemResult::Track(track_response(answer))
                     }
-                }
-                Err(violations) => {
-                    response.rejected_count += 1;
-                    ItemResult::Error(item_error(index, violations))
                 }
             };
             response.results.push(pb::BatchItemResult {
@@ -304,6 +312,14 @@ fn single_violation(field: &str, description: impl Into<String>) -> FieldViolati
     let mut violations = FieldViolations::new();
     violations.add(field, description);
     violations
+}
+
+/// A `Batch` item once checked: the kind of command it was accepted as (the store answers
+/// accepted commands in order), or why it was rejected.
+enum Checked {
+    Identify,
+    Track,
+    Rejected(FieldViolations),
 }
 
 fn item_error(index: usize, violations: FieldViolations) -> ItemError {

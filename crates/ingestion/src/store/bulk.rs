@@ -49,7 +49,7 @@ pub(super) async fn try_apply(
     txn: &mut impl BatchedReads,
     script: &mut WriteScript,
     tenant: &str,
-    commands: &[Command],
+    commands: &[&Command],
     now: DateTime<Utc>,
     events: &mut Vec<NewMessage>,
 ) -> Result<Option<Vec<Accepted>>, Error> {
@@ -236,10 +236,13 @@ async fn known(
     txn: &mut impl BatchedReads,
     script: &mut WriteScript,
     tenant: &str,
-    commands: &[Command],
+    commands: &[&Command],
 ) -> Result<Known, Error> {
     let backend = txn.backend();
-    let message_ids: Vec<&str> = commands.iter().map(Command::message_id).collect();
+    let message_ids: Vec<&str> = commands
+        .iter()
+        .map(|command| command.message_id())
+        .collect();
     let mut reads: Vec<Statement> = message_ids
         .chunks(MAX_ROWS_PER_STATEMENT)
         .map(|chunk| {

@@ -144,10 +144,7 @@ async fn apply_group(
     for run in group.chunk_by(|a, b| a.tenant == b.tenant) {
         // A later run of the same tenant reads what the earlier ones wrote: its reads run the
         // writes queued before them first.
-        let commands: Vec<Command> = run
-            .iter()
-            .flat_map(|j| j.commands.iter().cloned())
-            .collect();
+        let commands: Vec<&Command> = run.iter().flat_map(|job| &job.commands).collect();
         let mut events = Vec::new();
         let tenant = &run[0].tenant;
         let Some(answered) =
@@ -186,11 +183,12 @@ async fn apply_alone(db: &DatabaseConnection, job: &Job) -> Result<Vec<Accepted>
     let mut txn = db.begin().await?;
     let mut script = WriteScript::new(txn.get_database_backend());
     let mut events = Vec::new();
+    let commands: Vec<&Command> = job.commands.iter().collect();
     let bulk = bulk::try_apply(
         &mut txn,
         &mut script,
         &job.tenant,
-        &job.commands,
+        &commands,
         job.now,
         &mut events,
     )
