@@ -266,6 +266,25 @@ fn cost_per_activity(activities: u64, usage: Usage) -> Vec<Figure> {
     out
 }
 
+/// What the closed-loop `Track` phase cost the suite process per call, until its activities were
+/// drained: ingestion's share and the downstream work each activity sets off. No target; like
+/// [`cost_per_activity`] it shows a saving on this path that `Track`'s noisy rate hides.
+fn cost_per_track(calls: u64, usage: Usage) -> Figure {
+    #[allow(clippy::cast_precision_loss)]
+    let calls = calls.max(1) as f64;
+    Figure::new(
+        "ingestion.track_cpu_us_per_call",
+        format!(
+            "Track: the suite's CPU per call, drained ({:.1} s of CPU, all four services)",
+            usage.cpu_seconds
+        ),
+        usage.cpu_seconds * 1e6 / calls,
+        "µs",
+        None,
+        None,
+    )
+}
+
 /// The figures of the table, from the ceilings and the runs; names of those not measured go to
 /// `missing`.
 pub(crate) fn figures(
@@ -312,6 +331,9 @@ pub(crate) fn figures(
                 Some(("echo p99, same concurrency".to_owned(), echo.latency.p99_us)),
                 None,
             ));
+            if let Some(usage) = sqlite.track_usage {
+                out.push(cost_per_track(track.items, usage));
+            }
         }
         None => missing.push("Track".into()),
     }
@@ -817,5 +839,19 @@ mod tests {
         };
         let figures = cost_per_activity(1_000, unaccounted);
         assert_eq!(figures.len(), 1, "no bytes figure without I/O accounting");
+    }
+
+    #[test]
+    fn a_track_phase_cost_is_shared_out_per_call() {
+        let usage = Usage {
+            cpu_seconds: 1.5,
+            bytes_written: None,
+        };
+        let figure = cost_per_track(5_000, usage);
+        assert_eq!(
+            (figure.id, figure.value),
+            ("ingestion.track_cpu_us_per_call", 300.0)
+        );
+        assert_eq!(show(figure.value, figure.unit), "300 µs");
     }
 }

@@ -471,17 +471,17 @@ impl Backlog {
 
     /// Waits, as [`wait_drained`](Self::wait_drained), after `phase`; says so when the next
     /// phase must run on a busy suite.
-    async fn drain_after(&self, phase: &str, suite: &Suite, plan: &Plan) -> anyhow::Result<()> {
-        if self
+    async fn drain_after(&self, phase: &str, suite: &Suite, plan: &Plan) -> anyhow::Result<bool> {
+        let drained = self
             .wait_drained(suite, plan.poll, plan.phase_timeout)
             .await?
-            .is_none()
-        {
+            .is_some();
+        if !drained {
             eprintln!(
                 "  (the {phase} phase's activities were not drained; the next phase runs on a busy suite)"
             );
         }
-        Ok(())
+        Ok(drained)
     }
 
     /// Waits until also handoff has applied everything qualification sent.
@@ -617,6 +617,9 @@ pub(crate) struct LeadflowRun {
     pub(crate) end_to_end: Option<EndToEnd>,
     /// Unary `Track`, closed loop.
     pub(crate) track: Option<Phase>,
+    /// What the suite process used from the first closed-loop `Track` call until the phase's
+    /// activities were drained (none when they were not drained in time).
+    pub(crate) track_usage: Option<Usage>,
     /// Unary `Track`, one request in flight: each waits for a commit of its own.
     pub(crate) track_one: Option<Phase>,
     /// `GetScore`, closed loop.
@@ -912,6 +915,7 @@ async fn phases(
         batch,
         end_to_end,
         track: None,
+        track_usage: None,
         track_one: None,
         get_score_max: None,
         get_score_fixed: None,
@@ -952,6 +956,7 @@ async fn phases(
         }
     };
     eprintln!("  Track, {} in flight", plan.concurrency);
+    let usage_at_start = suite.usage();
     run.track = Some(
         load::closed_loop(
             &format!("{backend}: Track"),
@@ -961,7 +966,11 @@ async fn phases(
         )
         .await?,
     );
-    backlog.drain_after("Track", suite, plan).await?;
+    if backlog.drain_after("Track", suite, plan).await? {
+        run.track_usage = usage_at_start
+            .zip(suite.usage())
+            .map(|(start, drained)| start.until(drained));
+    }
     run.track_one = Some(
         load::closed_loop(
             &format!("{backend}: Track one in flight"),

@@ -9,6 +9,7 @@ const FIGURES: &[&str] = &[
     "ingestion.batch_activities_per_sec",
     "ingestion.track_rps",
     "ingestion.track_p99_us",
+    "ingestion.track_cpu_us_per_call",
     "ingestion.track_p50_one_in_flight_us",
     "pipeline.end_to_end_activities_per_sec",
     "pipeline.cpu_us_per_activity",
