@@ -84,6 +84,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
         .connect_timeout(Duration::from_secs(10))
         .acquire_timeout(Duration::from_secs(30));
     if url.starts_with("sqlite:") {
+        use_sqlite_page_cache();
         let sqlite = SqliteConnectOptions::from_str(url)
             .map_err(|err| DbErr::Custom(format!("invalid sqlite url: {err}")))?;
         let path = sqlite.get_filename();
@@ -147,6 +148,7 @@ pub async fn reader(url: &str, writer: &DatabaseConnection) -> Result<DatabaseCo
     if !reads_beside_writer(url) {
         return Ok(writer.clone());
     }
+    use_sqlite_page_cache();
     let mut options = ConnectOptions::new(url.to_owned());
     options
         .sqlx_logging(false)
@@ -164,6 +166,16 @@ pub async fn reader(url: &str, writer: &DatabaseConnection) -> Result<DatabaseCo
                 .row_buffer_size(SQLITE_ROW_BUFFER)
         });
     Ok(Database::connect(options).await?)
+}
+
+/// Puts SQLite's page cache behind [`leadflow_sqlite_pcache`], which skips the whole-cache scan
+/// SQLite's commits otherwise make after most B-tree rebalances. It must come before the
+/// process's first SQLite connection; if something opened one earlier, SQLite keeps its plain
+/// cache (slower commits, same results).
+fn use_sqlite_page_cache() {
+    if let Err(refused) = leadflow_sqlite_pcache::install() {
+        tracing::debug!(error = %refused, "sqlite keeps its own page cache");
+    }
 }
 
 fn create_dir(dir: &Path) -> Result<(), DbError> {
@@ -406,6 +418,72 @@ mod tests {
                 "{expected} missing: sqlite compiled with {options:?}"
             );
         }
+    }
+
+    /// The writer's commits skip the page cache scan that SQLite's B-tree rebalancing would
+    /// otherwise force (the wrapper is in place), and the data stays whole through what moves
+    /// pages around: random keys (pages split and renumbered), rolled-back savepoints (pages
+    /// past the end of the database dropped), deletes (pages freed and reused).
+    #[tokio::test]
+    async fn commits_skip_needless_page_cache_scans_and_keep_every_row() {
+        let file = leadflow_test_support::TestDb::sqlite("page_cache");
+        let db = connect(&file.url, 1).await.expect("connect");
+        let before = leadflow_sqlite_pcache::truncations();
+        db.execute_unprepared("CREATE TABLE t (k TEXT PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID")
+            .await
+            .expect("create the table");
+        let insert = |rows: usize| {
+            let values = (0..rows)
+                .map(|_| format!("('{}', randomblob(300))", uuid::Uuid::new_v4()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("INSERT INTO t (k, v) VALUES {values}")
+        };
+        let mut kept: u64 = 0;
+        for round in 0..30 {
+            let txn = db.begin().await.expect("begin");
+            txn.execute_unprepared(&insert(60)).await.expect("insert");
+            let undone = txn.begin().await.expect("savepoint");
+            undone
+                .execute_unprepared(&insert(200))
+                .await
+                .expect("insert");
+            undone.rollback().await.expect("roll the savepoint back");
+            let deleted = if round % 3 == 2 {
+                txn.execute_unprepared("DELETE FROM t WHERE k < '4'")
+                    .await
+                    .expect("delete")
+                    .rows_affected()
+            } else {
+                0
+            };
+            txn.commit().await.expect("commit");
+            kept = kept + 60 - deleted;
+        }
+        let after = leadflow_sqlite_pcache::truncations();
+        assert!(
+            after.skipped > before.skipped,
+            "no truncation skipped: {before:?} then {after:?}"
+        );
+        let one = |sql: &'static str| {
+            let db = db.clone();
+            async move {
+                db.query_one_raw(Statement::from_string(DatabaseBackend::Sqlite, sql))
+                    .await
+                    .expect("query")
+                    .expect("a row")
+            }
+        };
+        let check: String = one("PRAGMA integrity_check")
+            .await
+            .try_get_by_index(0)
+            .expect("text");
+        assert_eq!(check, "ok");
+        let rows: i64 = one("SELECT count(*) FROM t")
+            .await
+            .try_get_by_index(0)
+            .expect("count");
+        assert_eq!(rows as u64, kept);
     }
 
     /// The writer connection runs with the settings documented above: WAL, `synchronous=NORMAL`,
