@@ -53,10 +53,8 @@ pub(crate) fn install() -> Result<(), c_int> {
     if own.xCreate.is_none() || own.xFetch.is_none() || own.xTruncate.is_none() {
         return Err(ffi::SQLITE_MISUSE);
     }
-    if INNER.set(Inner(own)).is_err() {
-        // Installed before, and still in place: SQLite is not initialised yet.
-        return Ok(());
-    }
+    // `crate::install` runs this once, so the table is never stored twice.
+    INNER.set(Inner(own)).map_err(|_| ffi::SQLITE_MISUSE)?;
     let wrapper = ffi::sqlite3_pcache_methods2 {
         iVersion: 1,
         pArg: std::ptr::null_mut(),
