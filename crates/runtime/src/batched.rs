@@ -95,13 +95,18 @@ impl BatchedTransaction {
         Ok(Self { inner })
     }
 
-    /// Runs the writes queued in `script`, then commits.
-    pub async fn commit(self, script: &mut WriteScript) -> Result<(), DbErr> {
+    /// Runs the writes queued in `script`, then commits. The connection goes back to the pool
+    /// when the returned [`Committed`] is dropped, or carries the next transaction.
+    pub async fn commit(self, script: &mut WriteScript) -> Result<Committed, DbErr> {
         match self.inner {
-            Inner::Sqlite(mut held) => held.commit(script.take()).await,
+            Inner::Sqlite(mut held) => {
+                held.commit(script.take()).await?;
+                Ok(Committed { held: Some(held) })
+            }
             Inner::Other(txn) => {
                 script.run(&txn).await?;
-                txn.commit().await
+                txn.commit().await?;
+                Ok(Committed { held: None })
             }
         }
     }
@@ -111,6 +116,33 @@ impl BatchedTransaction {
         match self.inner {
             Inner::Sqlite(mut held) => held.rollback().await,
             Inner::Other(txn) => txn.rollback().await,
+        }
+    }
+}
+
+/// A committed [`BatchedTransaction`]'s connection (on SQLite), which can carry the next
+/// transaction without going back through the pool. Handing a connection back costs a trip to
+/// SQLite's thread (sqlx pings every connection it takes back) and the next transaction waits
+/// for it: a writer with the next group already waiting saves both by keeping the connection.
+/// Dropped, it goes back to the pool.
+#[derive(Debug)]
+pub struct Committed {
+    /// The connection, its transaction ended; `None` on PostgreSQL.
+    held: Option<HeldSqlite>,
+}
+
+impl Committed {
+    /// A new transaction on the same connection, as [`BatchedTransaction::begin`] would start
+    /// it. Without a connection to keep (PostgreSQL), one from `db`'s pool.
+    pub async fn begin_next(self, db: &DatabaseConnection) -> Result<BatchedTransaction, DbErr> {
+        match self.held {
+            Some(mut held) => {
+                held.state = State::NotBegun;
+                Ok(BatchedTransaction {
+                    inner: Inner::Sqlite(held),
+                })
+            }
+            None => BatchedTransaction::begin(db).await,
         }
     }
 }
@@ -454,7 +486,45 @@ mod tests {
         assert_eq!(stored(&conn).await, vec![1, 5]);
     }
 
+    /// A committed transaction's connection carries the next one, which sees what the first
+    /// wrote; on SQLite it does not go back to the pool in between (the writer's pool has one
+    /// connection, and nobody else can take it), and it does once the last one ends.
+    async fn a_committed_connection_carries_the_next_transaction(db: TestDb) {
+        let conn = notes(&db).await;
+        let backend = conn.get_database_backend();
+        let txn = BatchedTransaction::begin(&conn).await.expect("begin");
+        let mut script = WriteScript::new(backend);
+        add(&mut script, [1]);
+        let committed = txn.commit(&mut script).await.expect("commit");
+        if backend == DatabaseBackend::Sqlite {
+            let pool = conn.get_sqlite_connection_pool();
+            assert!(
+                pool.try_acquire().is_none(),
+                "the connection stays with the writer"
+            );
+        }
+
+        let mut next = committed.begin_next(&conn).await.expect("begin next");
+        add(&mut script, [2]);
+        let seen = next
+            .read(&mut script, vec![between(backend, 0, 10)])
+            .await
+            .expect("read");
+        assert_eq!(ids(&seen[0]), vec![1, 2]);
+        let committed = next.commit(&mut script).await.expect("commit next");
+
+        let mut undone = committed.begin_next(&conn).await.expect("begin third");
+        add(&mut script, [3]);
+        undone
+            .read(&mut script, vec![between(backend, 0, 10)])
+            .await
+            .expect("read third");
+        undone.rollback().await.expect("rollback");
+        assert_eq!(stored(&conn).await, vec![1, 2]);
+    }
+
     on_both_backends! {
+        carried => a_committed_connection_carries_the_next_transaction;
         rounds => reads_see_earlier_writes_and_commit_keeps_all;
         undone => rollback_and_drop_undo_everything;
         failure => a_failing_statement_undoes_the_transaction;

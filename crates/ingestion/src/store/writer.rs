@@ -5,8 +5,10 @@
 //! cannot take (a merge, a lead merged away) or that fails is applied job by job instead, each in
 //! its own transaction, so one job's error is never another's.
 
+use std::time::{Duration, Instant};
+
 use chrono::{DateTime, Utc};
-use leadflow_runtime::batched::{BatchedReads, BatchedTransaction};
+use leadflow_runtime::batched::{BatchedReads, BatchedTransaction, Committed};
 use leadflow_runtime::outbox::{self, Packing, SharedDeletes, Wakeup};
 use leadflow_runtime::queue::take_waiting;
 use leadflow_runtime::script::WriteScript;
@@ -72,17 +74,39 @@ impl Writer {
     }
 }
 
+/// How long the writer keeps its connection across groups that follow each other without a
+/// pause, instead of handing it back to the pool between them (which costs a trip to SQLite's
+/// thread, and the next group waits for it). The relay's own writes share the connection: they
+/// wait at most this long plus one group.
+const KEEP_CONNECTION_FOR: Duration = Duration::from_millis(10);
+
+/// Whether the writer keeps the connection it has held for `held_for` to begin the next
+/// group: only when that group is already waiting, and not past [`KEEP_CONNECTION_FOR`].
+fn keep_connection(next_waiting: bool, held_for: Duration) -> bool {
+    next_waiting && held_for < KEEP_CONNECTION_FOR
+}
+
+/// A committed group's connection, kept for the next group, and since when it is held.
+struct Kept {
+    committed: Committed,
+    since: Instant,
+}
+
 async fn run(
     db: DatabaseConnection,
     wakeup: Wakeup,
     deletes: SharedDeletes,
     mut queue: mpsc::Receiver<Job>,
 ) {
+    let mut kept: Option<Kept> = None;
     while let Some(first) = queue.recv().await {
         // The transaction is opened before the group is taken: while it waits for the
         // connection (the relay shares it), the jobs that arrive join this group instead of
         // each waiting a whole commit for the next one.
-        let txn = BatchedTransaction::begin(&db).await;
+        let (txn, since) = match kept.take() {
+            Some(Kept { committed, since }) => (committed.begin_next(&db).await, since),
+            None => (BatchedTransaction::begin(&db).await, Instant::now()),
+        };
         let group = take_waiting(
             first,
             &mut queue,
@@ -94,10 +118,13 @@ async fn run(
             Err(err) => Err(err.into()),
         };
         match committed {
-            Ok(Some(answers)) => {
+            Ok(Some((answers, committed))) => {
                 wakeup.wake();
                 for (job, answers) in group.into_iter().zip(answers) {
                     let _ = job.reply.send(Ok(answers));
+                }
+                if keep_connection(!queue.is_empty(), since.elapsed()) {
+                    kept = Some(Kept { committed, since });
                 }
             }
             Ok(None) => apply_each(&db, &wakeup, group).await,
@@ -112,23 +139,27 @@ async fn run(
 /// The whole group in `txn` on the set-based path (each run of jobs of one tenant as one
 /// batch, received at the time of its first job), with the relay's deletes waiting in
 /// `deletes`, each job's answers in order; or `None`, having written nothing, when a job needs
-/// the command-by-command path.
+/// the command-by-command path. Committed, the connection comes back with the answers.
 async fn commit_group(
     mut txn: BatchedTransaction,
     deletes: &SharedDeletes,
     group: &[Job],
-) -> Result<Option<Vec<Vec<Accepted>>>, Error> {
+) -> Result<Option<(Vec<Vec<Accepted>>, Committed)>, Error> {
     let mut script = WriteScript::new(txn.backend());
     let carried = deletes.claim_into(&mut script);
     match apply_group(&mut txn, &mut script, group).await {
         Ok(Some(answers)) => {
-            txn.commit(&mut script).await?;
+            let committed = txn.commit(&mut script).await?;
             carried.committed();
-            Ok(Some(answers))
+            Ok(Some((answers, committed)))
         }
-        other => {
+        Ok(None) => {
             txn.rollback().await?;
-            other
+            Ok(None)
+        }
+        Err(err) => {
+            txn.rollback().await?;
+            Err(err)
         }
     }
 }
@@ -205,4 +236,24 @@ async fn apply_alone(db: &DatabaseConnection, job: &Job) -> Result<Vec<Accepted>
     script.run(&txn).await?;
     txn.commit().await?;
     Ok(answers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_connection_only_for_a_group_already_waiting() {
+        assert!(keep_connection(true, Duration::ZERO));
+        assert!(!keep_connection(false, Duration::ZERO));
+    }
+
+    #[test]
+    fn hands_the_connection_back_once_held_long_enough() {
+        assert!(keep_connection(
+            true,
+            KEEP_CONNECTION_FOR - Duration::from_micros(1)
+        ));
+        assert!(!keep_connection(true, KEEP_CONNECTION_FOR));
+    }
 }
