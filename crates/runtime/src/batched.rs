@@ -476,6 +476,17 @@ mod tests {
         assert!(failed.is_err(), "a duplicate key fails the commit");
         assert_eq!(stored(&conn).await, vec![1]);
 
+        // One multi-row insert failing at its third row: on SQLite (`OR FAIL`) its first two
+        // rows stay in the transaction until the rollback that the failure brings undoes them.
+        let txn = BatchedTransaction::begin(&conn).await.expect("begin");
+        add(&mut script, [7, 8, 1, 9]);
+        let failed = txn.commit(&mut script).await;
+        assert!(
+            failed.is_err(),
+            "a duplicate key inside a multi-row insert fails"
+        );
+        assert_eq!(stored(&conn).await, vec![1]);
+
         let txn = BatchedTransaction::begin(&conn)
             .await
             .expect("begin after a failure");
@@ -523,7 +534,23 @@ mod tests {
         assert_eq!(stored(&conn).await, vec![1, 2]);
     }
 
+    /// Multi-row inserts on SQLite say `OR FAIL`, which spares them a statement journal;
+    /// PostgreSQL has no such clause.
+    async fn inserts_on_sqlite_keep_no_statement_journal(db: TestDb) {
+        let conn = notes(&db).await;
+        let backend = conn.get_database_backend();
+        let mut script = WriteScript::new(backend);
+        add(&mut script, [1, 2]);
+        let sql = script.take().remove(0).sql;
+        let expected = match backend {
+            DatabaseBackend::Sqlite => "INSERT OR FAIL INTO \"notes\" ",
+            _ => "INSERT INTO \"notes\" ",
+        };
+        assert!(sql.starts_with(expected), "{sql}");
+    }
+
     on_both_backends! {
+        or_fail => inserts_on_sqlite_keep_no_statement_journal;
         carried => a_committed_connection_carries_the_next_transaction;
         rounds => reads_see_earlier_writes_and_commit_keeps_all;
         undone => rollback_and_drop_undo_everything;
