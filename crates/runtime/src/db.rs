@@ -28,8 +28,9 @@ const SQLITE_CACHE_SIZE: &str = "-24576";
 /// on every commit: a longer interval copies them far fewer times, and the writer that commits
 /// stalls on a checkpoint's copy and `fsync` a quarter as often. 64 MiB of WAL at 4 KiB pages
 /// (from 16 MiB: in alternating runs of 100,000 activities the suite wrote 3.47 GB instead of
-/// 4.28 GB for the ingest and drain, with 5% less CPU; see BENCHMARKS.md).
-const SQLITE_WAL_AUTOCHECKPOINT: &str = "16000";
+/// 4.28 GB for the ingest and drain, with 5% less CPU; see BENCHMARKS.md). A running service
+/// copies most of it beforehand from a connection of its own ([`crate::checkpoints`]).
+pub(crate) const SQLITE_WAL_AUTOCHECKPOINT: &str = "16000";
 
 /// Prepared statements each read-only SQLite connection keeps (sqlx's default is 100): reads
 /// are a handful of statements, `IN` lists padded to a dozen lengths ([`in_list`]).

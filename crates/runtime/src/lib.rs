@@ -1,11 +1,12 @@
 //! Plumbing every Leadflow service shares, and only that: configuration pieces, telemetry,
-//! authentication, database connection and migrations, planner statistics, error mapping,
+//! authentication, database connection and migrations, WAL checkpoints, planner statistics, error mapping,
 //! queue draining, the transactional outbox, health and reflection wiring, graceful shutdown,
 //! a lower-priority runtime for background work, and an injectable clock.
 
 pub mod auth;
 pub mod background;
 pub mod batched;
+pub mod checkpoints;
 pub mod client;
 pub mod clock;
 pub mod db;

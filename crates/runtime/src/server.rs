@@ -91,7 +91,8 @@ pub async fn serve(
 }
 
 /// Serves a service until `shutdown` fires, the way every Leadflow service runs: health follows
-/// the store (checked now, then watched), its tables' planner statistics are kept fresh
+/// the store (checked now, then watched), an SQLite store's WAL is copied beside its writer
+/// ([`crate::checkpoints`]), its tables' planner statistics are kept fresh
 /// ([`crate::statistics`]), the server drains in-flight calls, then the `background` tasks
 /// (relays, sweepers) finish their current work, then the store closes.
 #[allow(clippy::too_many_arguments)]
@@ -109,6 +110,11 @@ pub async fn run_until_shutdown(
         service,
         db.clone(),
         health.clone(),
+        shutdown.clone(),
+    )));
+    background.push(tokio::spawn(crate::checkpoints::keep_copying(
+        service,
+        db.clone(),
         shutdown.clone(),
     )));
     background.push(tokio::spawn(crate::statistics::keep_fresh(
