@@ -26,11 +26,14 @@ const SQLITE_CACHE_SIZE: &str = "-24576";
 /// (SQLite's default is 1,000). A checkpoint writes each page once however often it changed
 /// since the last one, and the hot pages (index interiors, the outbox head, busy leads) change
 /// on every commit: a longer interval copies them far fewer times, and the writer that commits
-/// stalls on a checkpoint's copy and `fsync` a quarter as often. 64 MiB of WAL at 4 KiB pages
-/// (from 16 MiB: in alternating runs of 100,000 activities the suite wrote 3.47 GB instead of
-/// 4.28 GB for the ingest and drain, with 5% less CPU; see BENCHMARKS.md). A running service
-/// copies most of it beforehand from a connection of its own ([`crate::checkpoints`]).
-pub(crate) const SQLITE_WAL_AUTOCHECKPOINT: &str = "16000";
+/// stalls on a checkpoint's copy and `fsync` less often. 128 MiB of WAL at 4 KiB pages. From
+/// 16 MiB to 64 MiB, alternating runs of 100,000 activities wrote 3.47 GB instead of 4.28 GB
+/// for the ingest and drain, with 5% less CPU. A running service copies most of the WAL
+/// beforehand from a connection of its own ([`crate::checkpoints`]), so the writer's checkpoint
+/// is a backstop that copies what the last step left; from 64 MiB to 128 MiB it ran half as
+/// often, with 6% fewer bytes written and `Batch` 7% faster at 200,000 activities (see
+/// BENCHMARKS.md).
+pub(crate) const SQLITE_WAL_AUTOCHECKPOINT: &str = "32000";
 
 /// Prepared statements each read-only SQLite connection keeps (sqlx's default is 100): reads
 /// are a handful of statements, `IN` lists padded to a dozen lengths ([`in_list`]).
