@@ -96,9 +96,17 @@ pub async fn keep_copying(
     }
 }
 
-/// A connection to the same SQLite file as the writer's pool `db`, with its settings.
+/// The page cache of the checkpoint connection, in KiB when negative: a checkpoint copies
+/// frames through a buffer of its own, and the connection reads only the schema's pages. With
+/// the writer's 24 MiB the cache would take its first 512 pages (2 MiB) in one allocation.
+const CACHE_SIZE: &str = "-64";
+
+/// A connection to the same SQLite file as the writer's pool `db`, with its settings but a
+/// page cache of a few pages ([`CACHE_SIZE`]).
 pub async fn open_beside(db: &DatabaseConnection) -> Result<SqliteConnection, sqlx::Error> {
-    let options = db.get_sqlite_connection_pool().connect_options();
+    let options = (*db.get_sqlite_connection_pool().connect_options())
+        .clone()
+        .pragma("cache_size", CACHE_SIZE);
     SqliteConnection::connect_with(&options).await
 }
 
@@ -203,6 +211,15 @@ mod tests {
         let mut conn = open_beside(&db)
             .await
             .expect("a connection beside the writer");
+        let cache: i64 = sqlx::query_scalar("PRAGMA cache_size")
+            .fetch_one(&mut conn)
+            .await
+            .expect("the cache size");
+        assert_eq!(
+            cache.to_string(),
+            CACHE_SIZE,
+            "a small cache beside the writer"
+        );
 
         write_pages(&db, 100).await;
         let small = copy_if_due(&mut conn).await.expect("look").expect("a wal");
