@@ -98,7 +98,8 @@ pub async fn keep_copying(
 
 /// The page cache of the checkpoint connection, in KiB when negative: a checkpoint copies
 /// frames through a buffer of its own, and the connection reads only the schema's pages. With
-/// the writer's 24 MiB the cache would take its first 512 pages (2 MiB) in one allocation.
+/// the writer's 24 MiB the suite's peak RSS at a million activities was ~50 MiB higher
+/// (BENCHMARKS.md, twenty-eighth session).
 const CACHE_SIZE: &str = "-64";
 
 /// A connection to the same SQLite file as the writer's pool `db`, with its settings but a

@@ -1,7 +1,7 @@
 //! Plumbing every Leadflow service shares, and only that: configuration pieces, telemetry,
-//! authentication, database connection and migrations, WAL checkpoints, planner statistics, error mapping,
-//! queue draining, the transactional outbox, health and reflection wiring, graceful shutdown,
-//! a lower-priority runtime for background work, and an injectable clock.
+//! authentication, database connection and migrations, WAL checkpoints, planner statistics,
+//! error mapping, queue draining, the transactional outbox, health and reflection wiring,
+//! graceful shutdown, a lower-priority runtime for background work, and an injectable clock.
 
 pub mod auth;
 pub mod background;
