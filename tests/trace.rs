@@ -1,7 +1,9 @@
 //! One trace across the four services: a single `Track` that makes a fitting lead raise its hand
 //! is one trace holding spans of ingestion (the call), scoring and qualification (their outbox
 //! deliveries), and handoff (the hand-off request, and its warm-context lookups back at scoring
-//! and ingestion) — the asynchronous outbox hops continue the trace stored on each row.
+//! and ingestion) — the asynchronous outbox hops continue the trace stored on each row. The
+//! services run as `leadflow up` runs them, so the trace also crosses from the runtime that
+//! accepts the calls to the drain's runtime that applies the deliveries.
 //!
 //! Telemetry is process-wide, so this test binary initialises it once, with an in-memory span
 //! exporter, and holds one test: the journey on SQLite, then on PostgreSQL.
@@ -25,6 +27,7 @@ use leadflow_runtime::auth::AuthArgs;
 use leadflow_runtime::clock::SystemClock;
 use leadflow_runtime::outbox::OutboxArgs;
 use leadflow_runtime::telemetry::{self, TelemetryArgs};
+use leadflow_suite::{Configs, Listeners};
 use leadflow_test_support::TestDb;
 use opentelemetry::Value;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
@@ -99,72 +102,65 @@ async fn one_trace_across_four_services(dbs: &[TestDb; 4], spans: &InMemorySpanE
     let (handoff_listener, handoff_addr) = listener().await;
     let url = |addr: SocketAddr| format!("http://{addr}");
     let shutdown = CancellationToken::new();
-    let clock = Arc::new(SystemClock);
-    let tasks = vec![
-        tokio::spawn(leadflow_ingestion::serve(
-            leadflow_ingestion::Config {
-                listen_addr: ingestion_addr,
-                database_url: Some(dbs[0].url.clone()),
-                data_dir: std::env::temp_dir(),
-                database_max_connections: 5,
-                scoring_url: url(scoring_addr),
-                auth: AuthArgs::default(),
-                outbox: outbox(),
-            },
-            ingestion_listener,
-            clock.clone(),
-            shutdown.clone(),
-        )),
-        tokio::spawn(leadflow_scoring::serve(
-            leadflow_scoring::Config {
-                listen_addr: scoring_addr,
-                database_url: Some(dbs[1].url.clone()),
-                data_dir: std::env::temp_dir(),
-                database_max_connections: 5,
-                qualification_url: url(qualification_addr),
-                sweep_interval_ms: 60_000,
-                score_cache_leads: leadflow_scoring::DEFAULT_SCORE_CACHE_LEADS,
-                auth: AuthArgs::default(),
-                outbox: outbox(),
-            },
-            scoring_listener,
-            clock.clone(),
-            shutdown.clone(),
-        )),
-        tokio::spawn(leadflow_qualification::serve(
-            leadflow_qualification::Config {
-                listen_addr: qualification_addr,
-                database_url: Some(dbs[2].url.clone()),
-                data_dir: std::env::temp_dir(),
-                database_max_connections: 5,
-                handoff_url: url(handoff_addr),
-                recycle_interval_ms: 60_000,
-                auth: AuthArgs::default(),
-                outbox: outbox(),
-            },
-            qualification_listener,
-            clock.clone(),
-            shutdown.clone(),
-        )),
-        tokio::spawn(leadflow_handoff::serve(
-            leadflow_handoff::Config {
-                listen_addr: handoff_addr,
-                database_url: Some(dbs[3].url.clone()),
-                data_dir: std::env::temp_dir(),
-                database_max_connections: 5,
-                ingestion_url: url(ingestion_addr),
-                scoring_url: url(scoring_addr),
-                qualification_url: url(qualification_addr),
-                sla_sweep_interval_ms: 60_000,
-                webhook_poll_ms: 60_000,
-                auth: AuthArgs::default(),
-                outbox: outbox(),
-            },
-            handoff_listener,
-            clock,
-            shutdown.clone(),
-        )),
-    ];
+    let configs = Configs {
+        ingestion: leadflow_ingestion::Config {
+            listen_addr: ingestion_addr,
+            database_url: Some(dbs[0].url.clone()),
+            data_dir: std::env::temp_dir(),
+            database_max_connections: 5,
+            scoring_url: url(scoring_addr),
+            auth: AuthArgs::default(),
+            outbox: outbox(),
+        },
+        scoring: leadflow_scoring::Config {
+            listen_addr: scoring_addr,
+            database_url: Some(dbs[1].url.clone()),
+            data_dir: std::env::temp_dir(),
+            database_max_connections: 5,
+            qualification_url: url(qualification_addr),
+            sweep_interval_ms: 60_000,
+            score_cache_leads: leadflow_scoring::DEFAULT_SCORE_CACHE_LEADS,
+            auth: AuthArgs::default(),
+            outbox: outbox(),
+        },
+        qualification: leadflow_qualification::Config {
+            listen_addr: qualification_addr,
+            database_url: Some(dbs[2].url.clone()),
+            data_dir: std::env::temp_dir(),
+            database_max_connections: 5,
+            handoff_url: url(handoff_addr),
+            recycle_interval_ms: 60_000,
+            auth: AuthArgs::default(),
+            outbox: outbox(),
+        },
+        handoff: leadflow_handoff::Config {
+            listen_addr: handoff_addr,
+            database_url: Some(dbs[3].url.clone()),
+            data_dir: std::env::temp_dir(),
+            database_max_connections: 5,
+            ingestion_url: url(ingestion_addr),
+            scoring_url: url(scoring_addr),
+            qualification_url: url(qualification_addr),
+            sla_sweep_interval_ms: 60_000,
+            webhook_poll_ms: 60_000,
+            auth: AuthArgs::default(),
+            outbox: outbox(),
+        },
+    };
+    let listeners = Listeners {
+        ingestion: ingestion_listener,
+        scoring: scoring_listener,
+        qualification: qualification_listener,
+        handoff: handoff_listener,
+    };
+    // As `leadflow up` runs them: the drain (internal deliveries, relays) on its own
+    // lower-priority runtime, which the trace must cross.
+    let suite = tokio::spawn(leadflow_suite::run(
+        configs,
+        listeners,
+        Arc::new(SystemClock),
+        shutdown.clone(),
+    ));
 
     let identity = Some(LeadIdentity {
         user_id: "dana".into(),
@@ -286,11 +282,9 @@ async fn one_trace_across_four_services(dbs: &[TestDb; 4], spans: &InMemorySpanE
     );
 
     shutdown.cancel();
-    for task in tasks {
-        tokio::time::timeout(Duration::from_secs(20), task)
-            .await
-            .expect("stops")
-            .expect("task")
-            .expect("clean");
-    }
+    tokio::time::timeout(Duration::from_secs(20), suite)
+        .await
+        .expect("stops")
+        .expect("task")
+        .expect("clean");
 }

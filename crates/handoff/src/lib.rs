@@ -24,11 +24,13 @@ use anyhow::Context;
 use leadflow_proto::handoff::v1::handoff_internal_service_server::HandoffInternalServiceServer;
 use leadflow_proto::handoff::v1::handoff_service_server::HandoffServiceServer;
 use leadflow_runtime::auth::{AuthArgs, Keys};
+use leadflow_runtime::background::RunOn;
 use leadflow_runtime::clock::SharedClock;
 use leadflow_runtime::lease::{self, Lease};
 use leadflow_runtime::outbox::{OutboxArgs, Relay, Wakeup};
 use leadflow_runtime::server::{self, Health, MAX_MESSAGE_BYTES};
 use tokio::net::TcpListener;
+use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::service::Routes;
@@ -123,11 +125,27 @@ pub async fn serve(
     clock: SharedClock,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_with_drain_on(config, listener, clock, shutdown, Handle::current()).await
+}
+
+/// [`serve`], with the drain on `drain`: the internal RPCs qualification's relay calls, the
+/// relays back to qualification and scoring, the SLA sweeper, the webhook dispatcher and the
+/// store's connections and upkeep. In one process with the other services (`leadflow up`) that
+/// is their lower-priority runtime, while the public RPCs the CRM connectors call are answered
+/// on the runtime this runs on, at the callers' priority.
+pub async fn serve_with_drain_on(
+    config: Config,
+    listener: TcpListener,
+    clock: SharedClock,
+    shutdown: CancellationToken,
+    drain: Handle,
+) -> anyhow::Result<()> {
     let keys = Keys::from_args(&config.auth).context("api keys")?;
     keys.log_mode(SERVICE);
     let leadflow_runtime::db::Pools {
         writer: db, reader, ..
-    } = leadflow_runtime::db::open_with_reader::<store::migrations::Migrator>(
+    } = leadflow_runtime::db::open_on::<store::migrations::Migrator>(
+        &drain,
         &config.database_url(),
         config.database_max_connections,
     )
@@ -153,9 +171,12 @@ pub async fn serve(
         keys.public(),
     );
     let internal = InterceptedService::new(
-        HandoffInternalServiceServer::new(api)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        RunOn::new(
+            HandoffInternalServiceServer::new(api)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            drain.clone(),
+        ),
         keys.internal(),
     );
     let routes = Routes::new(public).add_service(internal);
@@ -165,14 +186,14 @@ pub async fn serve(
     ]);
     let interval = Duration::from_millis(config.sla_sweep_interval_ms.max(1));
     let lease = Lease::new(db.clone(), "handoff.sla_sweeper", lease::ttl_for(interval));
-    let sweeper = tokio::spawn(lease::every(lease, interval, shutdown.clone(), {
+    let sweeper = drain.spawn(lease::every(lease, interval, shutdown.clone(), {
         let (store, clock) = (store.clone(), clock.clone());
         move || sweep(store.clone(), clock.clone())
     }));
     let interval = Duration::from_millis(config.webhook_poll_ms.max(1));
     let lease = Lease::new(db.clone(), "handoff.webhooks", lease::ttl_for(interval));
     let dispatcher = Dispatcher::new(store, clock)?;
-    let dispatcher = tokio::spawn(lease::every(lease, interval, shutdown.clone(), move || {
+    let dispatcher = drain.spawn(lease::every(lease, interval, shutdown.clone(), move || {
         let dispatcher = dispatcher.clone();
         async move {
             if let Err(err) = dispatcher.run_once().await {
@@ -180,27 +201,35 @@ pub async fn serve(
             }
         }
     }));
-    let to_qualification = Relay::new(
-        db.clone(),
-        QualificationSink::new(&config.qualification_url, keys.internal_key())?,
-        config.outbox.relay_config(store::QUALIFICATION),
-        qualification_wakeup,
-    )
-    .with_reader(reader.clone());
-    let to_scoring = Relay::new(
-        db.clone(),
-        ScoringSink::new(&config.scoring_url, keys.internal_key())?,
-        config.outbox.relay_config(store::SCORING),
-        scoring_wakeup,
-    )
-    .with_reader(reader);
+    let (to_qualification, to_scoring) = {
+        // The relays' channels spawn their connections' tasks where they are created.
+        let _on_drain = drain.enter();
+        let to_qualification = Relay::new(
+            db.clone(),
+            QualificationSink::new(&config.qualification_url, keys.internal_key())?,
+            config.outbox.relay_config(store::QUALIFICATION),
+            qualification_wakeup,
+        )
+        .with_reader(reader.clone());
+        let to_scoring = Relay::new(
+            db.clone(),
+            ScoringSink::new(&config.scoring_url, keys.internal_key())?,
+            config.outbox.relay_config(store::SCORING),
+            scoring_wakeup,
+        )
+        .with_reader(reader);
+        (to_qualification, to_scoring)
+    };
     let relays = [
-        tokio::spawn(to_qualification.run(shutdown.clone())),
-        tokio::spawn(to_scoring.run(shutdown.clone())),
+        drain.spawn(to_qualification.run(shutdown.clone())),
+        drain.spawn(to_scoring.run(shutdown.clone())),
     ];
     let mut background = vec![sweeper, dispatcher];
     background.extend(relays);
-    server::run_until_shutdown(SERVICE, listener, routes, health, db, background, shutdown).await?;
+    server::run_until_shutdown(
+        SERVICE, listener, routes, health, db, background, &drain, shutdown,
+    )
+    .await?;
     Ok(())
 }
 

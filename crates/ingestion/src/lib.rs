@@ -144,7 +144,16 @@ pub async fn serve_with_relay_on(
         .with_shared_deletes(deletes);
         relay_runtime.spawn(relay.run(shutdown.clone()))
     };
-    server::run_until_shutdown(SERVICE, listener, routes, health, db, vec![relay], shutdown)
-        .await?;
+    server::run_until_shutdown(
+        SERVICE,
+        listener,
+        routes,
+        health,
+        db,
+        vec![relay],
+        &Handle::current(),
+        shutdown,
+    )
+    .await?;
     Ok(())
 }

@@ -22,11 +22,13 @@ use anyhow::Context;
 use leadflow_proto::qualification::v1::qualification_internal_service_server::QualificationInternalServiceServer;
 use leadflow_proto::qualification::v1::qualification_service_server::QualificationServiceServer;
 use leadflow_runtime::auth::{AuthArgs, Keys};
+use leadflow_runtime::background::RunOn;
 use leadflow_runtime::clock::SharedClock;
 use leadflow_runtime::lease::{self, Lease};
 use leadflow_runtime::outbox::{OutboxArgs, Relay, SharedDeletes, Wakeup};
 use leadflow_runtime::server::{self, Health, MAX_MESSAGE_BYTES};
 use tokio::net::TcpListener;
+use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::service::Routes;
@@ -101,11 +103,26 @@ pub async fn serve(
     clock: SharedClock,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_with_drain_on(config, listener, clock, shutdown, Handle::current()).await
+}
+
+/// [`serve`], with the drain on `drain`: the internal RPCs scoring's relay calls, the relay to
+/// handoff, the recycler and the store's connections and upkeep. In one process with the other
+/// services (`leadflow up`) that is their lower-priority runtime, while the public RPCs are
+/// answered on the runtime this runs on, at the callers' priority.
+pub async fn serve_with_drain_on(
+    config: Config,
+    listener: TcpListener,
+    clock: SharedClock,
+    shutdown: CancellationToken,
+    drain: Handle,
+) -> anyhow::Result<()> {
     let keys = Keys::from_args(&config.auth).context("api keys")?;
     keys.log_mode(SERVICE);
     let leadflow_runtime::db::Pools {
         writer: db, reader, ..
-    } = leadflow_runtime::db::open_with_reader::<store::migrations::Migrator>(
+    } = leadflow_runtime::db::open_on::<store::migrations::Migrator>(
+        &drain,
         &config.database_url(),
         config.database_max_connections,
     )
@@ -125,9 +142,12 @@ pub async fn serve(
         keys.public(),
     );
     let internal = InterceptedService::new(
-        QualificationInternalServiceServer::new(api)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        RunOn::new(
+            QualificationInternalServiceServer::new(api)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            drain.clone(),
+        ),
         keys.internal(),
     );
     let routes = Routes::new(public).add_service(internal);
@@ -141,10 +161,14 @@ pub async fn serve(
         "qualification.recycler",
         lease::ttl_for(interval),
     );
-    let recycler = tokio::spawn(lease::every(lease, interval, shutdown.clone(), move || {
+    let recycler = drain.spawn(lease::every(lease, interval, shutdown.clone(), move || {
         recycle(store.clone(), clock.clone())
     }));
-    let sink = HandoffSink::new(&config.handoff_url, keys.internal_key())?;
+    let sink = {
+        // The channel to handoff spawns its connection's tasks where it is created.
+        let _on_drain = drain.enter();
+        HandoffSink::new(&config.handoff_url, keys.internal_key())?
+    };
     let relay = Relay::new(
         db.clone(),
         sink,
@@ -153,7 +177,7 @@ pub async fn serve(
     )
     .with_reader(reader)
     .with_shared_deletes(deletes);
-    let relay = tokio::spawn(relay.run(shutdown.clone()));
+    let relay = drain.spawn(relay.run(shutdown.clone()));
     server::run_until_shutdown(
         SERVICE,
         listener,
@@ -161,6 +185,7 @@ pub async fn serve(
         health,
         db,
         vec![relay, recycler],
+        &drain,
         shutdown,
     )
     .await?;

@@ -9,9 +9,15 @@
 //! left over (all of it once the burst ends). Nothing is dropped or reordered: the outbox holds
 //! what waits, and its backlog gauge shows how much.
 
+use std::convert::Infallible;
 use std::io;
+use std::task::{Context, Poll};
 
+use futures::future::BoxFuture;
 use tokio::runtime::{Builder, Handle, Runtime};
+use tonic::server::NamedService;
+use tower_service::Service;
+use tracing::Instrument;
 
 /// How much lower than the thread that starts the runtime: a nice value 10 higher. Against a
 /// busy foreground thread, a busy background one gets about a tenth of a core (the kernel weighs
@@ -61,6 +67,55 @@ impl Drop for Background {
             // Does not block, so it may run inside another runtime's task.
             runtime.shutdown_background();
         }
+    }
+}
+
+/// A gRPC service whose calls run on another runtime: in one process, a service's internal
+/// RPCs (the drain's deliveries from the service before it) run on the [`Background`] runtime,
+/// while its public RPCs, accepted on the same connection-serving runtime, are answered at the
+/// callers' priority. The call keeps its server span, so its trace and logs are the caller's.
+/// A call whose task panics is answered `INTERNAL`.
+#[derive(Debug, Clone)]
+pub struct RunOn<S> {
+    inner: S,
+    runtime: Handle,
+}
+
+impl<S> RunOn<S> {
+    /// Runs `inner`'s calls on `runtime`.
+    pub fn new(inner: S, runtime: Handle) -> Self {
+        Self { inner, runtime }
+    }
+}
+
+impl<S: NamedService> NamedService for RunOn<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, Req, Body> Service<Req> for RunOn<S>
+where
+    S: Service<Req, Response = http::Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+    Body: Default + Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let task = self
+            .runtime
+            .spawn(self.inner.call(request).in_current_span());
+        Box::pin(async move {
+            task.await.unwrap_or_else(|err| {
+                tracing::error!(error = %err, "call failed on the background runtime");
+                Ok(tonic::Status::internal("the call failed").into_http())
+            })
+        })
     }
 }
 
@@ -123,6 +178,42 @@ mod tests {
         assert_eq!(started, expected, "a thread a task starts");
         assert_eq!(blocking, expected, "a blocking thread");
         assert_eq!(nice(), foreground, "the caller keeps its priority");
+    }
+
+    /// The wrapped service answers on the background runtime's threads; a call that panics
+    /// there is answered `INTERNAL`, and the service keeps serving.
+    #[test]
+    fn calls_run_on_the_given_runtime_and_a_panic_is_an_internal_error() {
+        let background = Background::start("test-run-on", 1).expect("start the runtime");
+        let foreground = Builder::new_current_thread()
+            .build()
+            .expect("a current-thread runtime");
+        let inner = tower::service_fn(|request: http::Request<&'static str>| async move {
+            assert_ne!(*request.body(), "panic", "asked to panic");
+            let thread = std::thread::current().name().unwrap_or_default().to_owned();
+            Ok::<_, Infallible>(http::Response::new(thread))
+        });
+        let mut service = RunOn::new(inner, background.handle().clone());
+        foreground.block_on(async {
+            let answered = service
+                .call(http::Request::new("hello"))
+                .await
+                .expect("infallible");
+            assert_eq!(answered.body(), "test-run-on");
+
+            let failed = service
+                .call(http::Request::new("panic"))
+                .await
+                .expect("infallible");
+            let code = failed.headers().get("grpc-status").map(|v| v.to_str().ok());
+            assert_eq!(code, Some(Some("13")), "INTERNAL: {:?}", failed.headers());
+
+            let again = service
+                .call(http::Request::new("again"))
+                .await
+                .expect("infallible");
+            assert_eq!(again.body(), "test-run-on");
+        });
     }
 
     #[test]

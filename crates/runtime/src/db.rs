@@ -69,6 +69,9 @@ pub enum DbError {
     /// The database refused or failed.
     #[error(transparent)]
     Db(#[from] DbErr),
+    /// The task opening the store on another runtime panicked or was stopped.
+    #[error("opening the store stopped: {0}")]
+    Stopped(#[from] tokio::task::JoinError),
 }
 
 /// Opens a connection pool for `url`.
@@ -245,6 +248,20 @@ pub async fn open_with_reader<M: MigratorTrait>(
         reader,
         reads_beside_writer: reads_beside_writer(url),
     })
+}
+
+/// [`open_with_reader`] run on `runtime`: the pools' first connections and their upkeep tasks
+/// start there, so on the drain's [`crate::background`] runtime each SQLite connection's
+/// worker thread runs at that runtime's lower priority.
+pub async fn open_on<M: MigratorTrait>(
+    runtime: &tokio::runtime::Handle,
+    url: &str,
+    max_connections: u32,
+) -> Result<Pools, DbError> {
+    let url = url.to_owned();
+    runtime
+        .spawn(async move { open_with_reader::<M>(&url, max_connections).await })
+        .await?
 }
 
 /// Rebuilds the SQLite table `table` as a `WITHOUT ROWID` table, keeping its rows, columns and

@@ -94,7 +94,9 @@ pub async fn serve(
 /// the store (checked now, then watched), an SQLite store's WAL is copied beside its writer
 /// ([`crate::checkpoints`]), its tables' planner statistics are kept fresh
 /// ([`crate::statistics`]), the server drains in-flight calls, then the `background` tasks
-/// (relays, sweepers) finish their current work, then the store closes.
+/// (relays, sweepers) finish their current work, then the store closes. The store's upkeep
+/// (health watch, checkpoints, statistics) runs on `upkeep`: the service's own runtime when it
+/// runs alone, the drain's lower-priority runtime in one process with the others.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_until_shutdown(
     service: &'static str,
@@ -103,21 +105,22 @@ pub async fn run_until_shutdown(
     health: Health,
     db: sea_orm::DatabaseConnection,
     mut background: Vec<tokio::task::JoinHandle<()>>,
+    upkeep: &tokio::runtime::Handle,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     health.set(crate::db::ping(&db).await).await;
-    background.push(tokio::spawn(watch_store(
+    background.push(upkeep.spawn(watch_store(
         service,
         db.clone(),
         health.clone(),
         shutdown.clone(),
     )));
-    background.push(tokio::spawn(crate::checkpoints::keep_copying(
+    background.push(upkeep.spawn(crate::checkpoints::keep_copying(
         service,
         db.clone(),
         shutdown.clone(),
     )));
-    background.push(tokio::spawn(crate::statistics::keep_fresh(
+    background.push(upkeep.spawn(crate::statistics::keep_fresh(
         service,
         db.clone(),
         shutdown.clone(),

@@ -11,6 +11,7 @@ use leadflow_runtime::auth::tenant_of;
 use leadflow_runtime::clock::SharedClock;
 use leadflow_runtime::error::FieldViolations;
 use leadflow_runtime::outbox::inbox::check_headers;
+use tokio::runtime::Handle;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
@@ -30,19 +31,32 @@ pub const MAX_MODEL_PAGE: usize = 100;
 pub struct ScoringApi {
     store: Store,
     clock: SharedClock,
+    /// Where rescore jobs run; `None`: on the runtime that starts them.
+    jobs_on: Option<Handle>,
 }
 
 impl ScoringApi {
     /// Handlers over `store`, reading time from `clock`.
     pub fn new(store: Store, clock: SharedClock) -> Self {
-        Self { store, clock }
+        Self {
+            store,
+            clock,
+            jobs_on: None,
+        }
+    }
+
+    /// Runs rescore jobs on `runtime` (the drain's, in one process with the other services).
+    #[must_use]
+    pub fn with_jobs_on(mut self, runtime: Handle) -> Self {
+        self.jobs_on = Some(runtime);
+        self
     }
 
     /// Runs a rescore job in the background, recording a failure on the job.
     pub fn spawn_job(&self, job: rescore_job::Model) {
         let store = self.store.clone();
         let clock = self.clock.clone();
-        tokio::spawn(async move {
+        let job = async move {
             let (tenant, job_id) = (job.tenant_id.clone(), job.job_id.clone());
             let now = {
                 let clock = clock.clone();
@@ -57,7 +71,11 @@ impl ScoringApi {
                     tracing::error!(tenant, job_id, error = %err, "cannot record the job's failure");
                 }
             }
-        });
+        };
+        match &self.jobs_on {
+            Some(runtime) => drop(runtime.spawn(job)),
+            None => drop(tokio::spawn(job)),
+        }
     }
 
     async fn lead(&self, tenant: &str, lead_id: &str) -> Result<(LeadState, Arc<Model>), Error> {

@@ -20,11 +20,13 @@ use anyhow::Context;
 use leadflow_proto::scoring::v1::scoring_internal_service_server::ScoringInternalServiceServer;
 use leadflow_proto::scoring::v1::scoring_service_server::ScoringServiceServer;
 use leadflow_runtime::auth::{AuthArgs, Keys};
+use leadflow_runtime::background::RunOn;
 use leadflow_runtime::clock::SharedClock;
 use leadflow_runtime::lease::{self, Lease};
 use leadflow_runtime::outbox::{OutboxArgs, Relay, SharedDeletes, Wakeup};
 use leadflow_runtime::server::{self, Health, MAX_MESSAGE_BYTES};
 use tokio::net::TcpListener;
+use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::service::Routes;
@@ -106,13 +108,29 @@ pub async fn serve(
     clock: SharedClock,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_with_drain_on(config, listener, clock, shutdown, Handle::current()).await
+}
+
+/// [`serve`], with the drain on `drain`: the internal RPCs ingestion's relay calls, the relay to
+/// qualification, the sweeper, rescore jobs and the store's connections and upkeep. In one process with the
+/// other services (`leadflow up`) that is their lower-priority runtime, while the public RPCs
+/// (`GetScore` and the rest) are answered on the runtime this runs on, at the callers'
+/// priority.
+pub async fn serve_with_drain_on(
+    config: Config,
+    listener: TcpListener,
+    clock: SharedClock,
+    shutdown: CancellationToken,
+    drain: Handle,
+) -> anyhow::Result<()> {
     let keys = Keys::from_args(&config.auth).context("api keys")?;
     keys.log_mode(SERVICE);
     let leadflow_runtime::db::Pools {
         writer: db,
         reader,
         reads_beside_writer,
-    } = leadflow_runtime::db::open_with_reader::<store::migrations::Migrator>(
+    } = leadflow_runtime::db::open_on::<store::migrations::Migrator>(
+        &drain,
         &config.database_url(),
         config.database_max_connections,
     )
@@ -125,7 +143,7 @@ pub async fn serve(
         .with_reader(reader.clone(), reads_beside_writer)
         .with_score_cache_leads(config.score_cache_leads)
         .with_inbox_retention(config.outbox.inbox_retention());
-    let api = ScoringApi::new(store.clone(), clock.clone());
+    let api = ScoringApi::new(store.clone(), clock.clone()).with_jobs_on(drain.clone());
     for job in store
         .unfinished_jobs()
         .await
@@ -141,9 +159,12 @@ pub async fn serve(
         keys.public(),
     );
     let internal = InterceptedService::new(
-        ScoringInternalServiceServer::new(api)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        RunOn::new(
+            ScoringInternalServiceServer::new(api)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            drain.clone(),
+        ),
         keys.internal(),
     );
     let routes = Routes::new(public).add_service(internal);
@@ -154,11 +175,15 @@ pub async fn serve(
     ]);
     let interval = Duration::from_millis(config.sweep_interval_ms.max(1));
     let lease = Lease::new(db.clone(), "scoring.sweeper", lease::ttl_for(interval));
-    let sweeper = tokio::spawn(lease::every(lease, interval, shutdown.clone(), {
+    let sweeper = drain.spawn(lease::every(lease, interval, shutdown.clone(), {
         let store = store.clone();
         move || sweep(store.clone(), clock.clone())
     }));
-    let sink = QualificationSink::new(&config.qualification_url, keys.internal_key())?;
+    let sink = {
+        // The channel to qualification spawns its connection's tasks where it is created.
+        let _on_drain = drain.enter();
+        QualificationSink::new(&config.qualification_url, keys.internal_key())?
+    };
     let relay = Relay::new(
         db.clone(),
         sink,
@@ -167,7 +192,7 @@ pub async fn serve(
     )
     .with_reader(reader)
     .with_shared_deletes(deletes);
-    let relay = tokio::spawn(relay.run(shutdown.clone()));
+    let relay = drain.spawn(relay.run(shutdown.clone()));
     server::run_until_shutdown(
         SERVICE,
         listener,
@@ -175,6 +200,7 @@ pub async fn serve(
         health,
         db,
         vec![relay, sweeper],
+        &drain,
         shutdown,
     )
     .await?;

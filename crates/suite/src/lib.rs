@@ -1,9 +1,9 @@
 //! The four services in one process, as `leadflow up` runs them and the benchmark measures
-//! them: ingestion's API on the caller's runtime; what drains ingestion's outbox (its relay,
-//! then scoring, qualification and handoff) on a runtime of lower priority
-//! ([`leadflow_runtime::background`]), so that in one process the callers' writes are
-//! acknowledged first and the drain catches up behind the outbox. Each service is the same
-//! `serve` its own binary runs.
+//! them: every service's public API on the caller's runtime; what drains ingestion's outbox
+//! (its relay, then scoring's, qualification's and handoff's internal RPCs, relays, sweepers
+//! and stores) on a runtime of lower priority ([`leadflow_runtime::background`]), so that in
+//! one process the callers' writes are acknowledged and their reads answered first, and the
+//! drain catches up behind the outbox. Each service is the same `serve` its own binary runs.
 
 use anyhow::Context;
 use leadflow_runtime::background::Background;
@@ -63,26 +63,34 @@ pub async fn run(
         ),
         shutdown.clone(),
     ));
-    let scoring = drain.handle().spawn(cancel_on_error(
-        leadflow_scoring::serve(
+    let scoring = tokio::spawn(cancel_on_error(
+        leadflow_scoring::serve_with_drain_on(
             configs.scoring,
             listeners.scoring,
             clock.clone(),
             shutdown.clone(),
+            drain.handle().clone(),
         ),
         shutdown.clone(),
     ));
-    let qualification = drain.handle().spawn(cancel_on_error(
-        leadflow_qualification::serve(
+    let qualification = tokio::spawn(cancel_on_error(
+        leadflow_qualification::serve_with_drain_on(
             configs.qualification,
             listeners.qualification,
             clock.clone(),
             shutdown.clone(),
+            drain.handle().clone(),
         ),
         shutdown.clone(),
     ));
-    let handoff = drain.handle().spawn(cancel_on_error(
-        leadflow_handoff::serve(configs.handoff, listeners.handoff, clock, shutdown.clone()),
+    let handoff = tokio::spawn(cancel_on_error(
+        leadflow_handoff::serve_with_drain_on(
+            configs.handoff,
+            listeners.handoff,
+            clock,
+            shutdown.clone(),
+            drain.handle().clone(),
+        ),
         shutdown,
     ));
     let (ingestion, scoring, qualification, handoff) =

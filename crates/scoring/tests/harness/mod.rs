@@ -20,6 +20,7 @@ use leadflow_proto::scoring::v1::{
     scoring_service_client::ScoringServiceClient,
 };
 use leadflow_runtime::auth::AuthArgs;
+use leadflow_runtime::background::Background;
 use leadflow_runtime::clock::ManualClock;
 use leadflow_runtime::outbox::OutboxArgs;
 use leadflow_scoring::Config;
@@ -35,12 +36,15 @@ pub(crate) const TENANT: &str = "default";
 /// The inbox retention the test servers run with, in hours.
 pub(crate) const INBOX_RETENTION_HOURS: u64 = 24;
 
-/// A running scoring server and its clock.
+/// A running scoring server and its clock, run as `leadflow up` runs it: its public RPCs on
+/// the test's runtime, its drain (internal RPCs, relay, sweeper, rescore jobs, store) on a
+/// lower-priority runtime of its own.
 pub(crate) struct Scoring {
     addr: SocketAddr,
     pub(crate) clock: ManualClock,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    drain: Background,
 }
 
 impl Scoring {
@@ -88,17 +92,20 @@ impl Scoring {
             },
         };
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(leadflow_scoring::serve(
+        let drain = Background::start("scoring-test-drain", 1).expect("start the drain runtime");
+        let task = tokio::spawn(leadflow_scoring::serve_with_drain_on(
             config,
             listener,
             Arc::new(clock.clone()),
             shutdown.clone(),
+            drain.handle().clone(),
         ));
         Self {
             addr,
             clock,
             shutdown,
             task,
+            drain,
         }
     }
 
@@ -126,6 +133,7 @@ impl Scoring {
             .expect("stops in time")
             .expect("task")
             .expect("served without error");
+        drop(self.drain);
     }
 }
 
