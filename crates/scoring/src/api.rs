@@ -72,10 +72,8 @@ impl ScoringApi {
                 }
             }
         };
-        match &self.jobs_on {
-            Some(runtime) => drop(runtime.spawn(job)),
-            None => drop(tokio::spawn(job)),
-        }
+        let runtime = self.jobs_on.clone().unwrap_or_else(Handle::current);
+        drop(runtime.spawn(job));
     }
 
     async fn lead(&self, tenant: &str, lead_id: &str) -> Result<(LeadState, Arc<Model>), Error> {

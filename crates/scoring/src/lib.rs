@@ -112,10 +112,10 @@ pub async fn serve(
 }
 
 /// [`serve`], with the drain on `drain`: the internal RPCs ingestion's relay calls, the relay to
-/// qualification, the sweeper, rescore jobs and the store's connections and upkeep. In one process with the
-/// other services (`leadflow up`) that is their lower-priority runtime, while the public RPCs
-/// (`GetScore` and the rest) are answered on the runtime this runs on, at the callers'
-/// priority.
+/// qualification, the sweeper, rescore jobs and the store's connections and upkeep. In one
+/// process with the other services (`leadflow up`) that is their lower-priority runtime, while
+/// the public RPCs (`GetScore` and the rest) are answered on the runtime this runs on, at the
+/// callers' priority.
 pub async fn serve_with_drain_on(
     config: Config,
     listener: TcpListener,

@@ -3,7 +3,8 @@
 //! (its relay, then scoring's, qualification's and handoff's internal RPCs, relays, sweepers
 //! and stores) on a runtime of lower priority ([`leadflow_runtime::background`]), so that in
 //! one process the callers' writes are acknowledged and their reads answered first, and the
-//! drain catches up behind the outbox. Each service is the same `serve` its own binary runs.
+//! drain catches up behind the outbox. Each service runs the code its own binary runs: its
+//! `serve` is the same function on one runtime.
 
 use anyhow::Context;
 use leadflow_runtime::background::Background;
