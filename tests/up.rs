@@ -23,19 +23,37 @@ const SERVICES: [(&str, &str); 4] = [
     ("handoff", "leadflow.handoff.v1.HandoffService"),
 ];
 
-/// A port that was free a moment ago.
-async fn free_port() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    listener.local_addr().expect("addr").port()
+/// The first of `count` consecutive ports that were all free a moment ago: `leadflow up` binds
+/// one per service from its base port. A port the system hands out may have a neighbour in use
+/// (a client socket of another test), so each candidate's neighbours are bound too.
+async fn free_ports(count: u16) -> u16 {
+    for _ in 0..100 {
+        let first = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = first.local_addr().expect("addr").port();
+        let Some(last) = base.checked_add(count - 1) else {
+            continue;
+        };
+        let mut held = Vec::new();
+        for port in base + 1..=last {
+            match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                Ok(listener) => held.push(listener),
+                Err(_) => break,
+            }
+        }
+        if held.len() == usize::from(count - 1) {
+            return base;
+        }
+    }
+    panic!("no {count} consecutive free ports on 127.0.0.1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_serves_every_service_and_stops_on_ctrl_c() {
     let data_dir =
         std::env::temp_dir().join(format!("leadflow-up-{}", uuid::Uuid::new_v4().simple()));
-    let port = free_port().await;
+    let port = free_ports(4).await;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_leadflow"))
         .arg("up")
         .env("LEADFLOW_DATA_DIR", &data_dir)
@@ -155,9 +173,10 @@ fn nice_in(stat: &str) -> i32 {
         .expect("a nice value")
 }
 
-/// Scoring, qualification and handoff run on the `leadflow-drain` runtime, niced, and so do the
-/// SQLite connection threads they opened; ingestion's runtime and its SQLite thread keep the
-/// process's priority.
+/// The drain (scoring's, qualification's and handoff's deliveries and stores) runs on the
+/// `leadflow-drain` runtime, niced, and so do the SQLite connection threads of those three
+/// stores; the main runtime, which answers every public call, and ingestion's SQLite thread
+/// keep the process's priority.
 #[cfg(target_os = "linux")]
 fn drain_threads_yield_to_ingestion(pid: &str) {
     let base = nice_in(&std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat"));
