@@ -146,68 +146,85 @@ async fn up_serves_every_service_and_stops_on_ctrl_c() {
     let _ = std::fs::remove_dir_all(&data_dir);
 }
 
-/// Name and nice value of each thread of process `pid`, from `/proc`.
+/// Linux's number for the `SCHED_IDLE` scheduling policy.
 #[cfg(target_os = "linux")]
-fn threads(pid: &str) -> Vec<(String, i32)> {
+const SCHED_IDLE: i32 = 5;
+
+/// Name, nice value and scheduling policy of each thread of process `pid`, from `/proc`.
+#[cfg(target_os = "linux")]
+fn threads(pid: &str) -> Vec<(String, i32, i32)> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("list the threads");
     tasks
         .filter_map(|task| {
             let dir = task.ok()?.path();
             let name = std::fs::read_to_string(dir.join("comm")).ok()?;
-            Some((
-                name.trim().to_owned(),
-                nice_in(&std::fs::read_to_string(dir.join("stat")).ok()?),
-            ))
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            Some((name.trim().to_owned(), nice_in(&stat), policy_in(&stat)))
         })
         .collect()
 }
 
-/// The nice value in a `/proc/<pid>/stat` line: the 19th field, the 17th after the name.
+/// Field `number` (counted from 1, as `proc(5)` does) of a `/proc/<pid>/stat` line, after the
+/// name (the 2nd field, which may hold spaces).
 #[cfg(target_os = "linux")]
-fn nice_in(stat: &str) -> i32 {
+fn stat_field(stat: &str, number: usize) -> i32 {
     let (_, after_name) = stat.rsplit_once(')').expect("a stat line");
     after_name
         .split_whitespace()
-        .nth(16)
-        .and_then(|nice| nice.parse().ok())
-        .expect("a nice value")
+        .nth(number - 3)
+        .and_then(|field| field.parse().ok())
+        .unwrap_or_else(|| panic!("field {number} of {stat}"))
+}
+
+/// The nice value in a `/proc/<pid>/stat` line: the 19th field.
+#[cfg(target_os = "linux")]
+fn nice_in(stat: &str) -> i32 {
+    stat_field(stat, 19)
+}
+
+/// The scheduling policy in a `/proc/<pid>/stat` line: the 41st field.
+#[cfg(target_os = "linux")]
+fn policy_in(stat: &str) -> i32 {
+    stat_field(stat, 41)
 }
 
 /// The drain (scoring's, qualification's and handoff's deliveries and stores) runs on the
-/// `leadflow-drain` runtime, niced, and so do the SQLite connection threads of those three
-/// stores; the main runtime, which answers every public call, and ingestion's SQLite thread
-/// keep the process's priority.
+/// `leadflow-drain` runtime, under `SCHED_IDLE` and niced, and so do the SQLite connection
+/// threads of those three stores; the main runtime, which answers every public call, and
+/// ingestion's SQLite thread keep the process's priority.
 #[cfg(target_os = "linux")]
 fn drain_threads_yield_to_ingestion(pid: &str) {
     let base = nice_in(&std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat"));
     let lowered = (base + leadflow_runtime::background::NICE_INCREMENT).min(19);
     let threads = threads(pid);
-    let nices = |name: &str| -> Vec<i32> {
+    let background = (lowered, SCHED_IDLE);
+    let foreground = (base, 0);
+    let priorities = |name: &str| -> Vec<(i32, i32)> {
         threads
             .iter()
-            .filter(|(thread, _)| thread.starts_with(name))
-            .map(|(_, nice)| *nice)
+            .filter(|(thread, ..)| thread.starts_with(name))
+            .map(|(_, nice, policy)| (*nice, *policy))
             .collect()
     };
-    let drain = nices("leadflow-drain");
+    let drain = priorities("leadflow-drain");
     assert!(!drain.is_empty(), "a drain runtime: {threads:?}");
     assert!(
-        drain.iter().all(|n| *n == lowered),
-        "drain threads niced: {threads:?}"
+        drain.iter().all(|p| *p == background),
+        "drain threads idle and niced: {threads:?}"
     );
-    let foreground = nices("tokio-rt");
-    assert!(!foreground.is_empty(), "the main runtime: {threads:?}");
+    let main = priorities("tokio-rt");
+    assert!(!main.is_empty(), "the main runtime: {threads:?}");
     assert!(
-        foreground.iter().all(|n| *n == base),
+        main.iter().all(|p| *p == foreground),
         "main runtime at base: {threads:?}"
     );
-    let sqlite = nices("sqlx-sqlite");
+    let sqlite = priorities("sqlx-sqlite");
     assert!(
-        sqlite.contains(&base),
+        sqlite.contains(&foreground),
         "ingestion's SQLite thread at base: {threads:?}"
     );
     assert!(
-        sqlite.iter().filter(|n| **n == lowered).count() >= 3,
-        "the other three services' SQLite threads niced: {threads:?}"
+        sqlite.iter().filter(|p| **p == background).count() >= 3,
+        "the other three services' SQLite threads idle and niced: {threads:?}"
     );
 }

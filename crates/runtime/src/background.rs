@@ -1,13 +1,19 @@
 //! A tokio runtime for work that can wait while callers are served: its threads, and the threads
-//! they start (each SQLite connection's worker thread among them), run at a lower CPU priority
-//! than the rest of the process.
+//! they start (each SQLite connection's worker thread among them), run only on CPU time the rest
+//! of the process leaves (Linux's `SCHED_IDLE` policy), niced as well.
 //!
 //! `leadflow up` runs the whole suite in one process, where a separate deployment would give
 //! each service its own CPUs. There, the services that drain ingestion's outbox — scoring,
-//! qualification and handoff — run on this runtime, so a burst of `Track` and `Batch` calls is
-//! committed and acknowledged first and the pipeline behind the outbox catches up with the CPU
-//! left over (all of it once the burst ends). Nothing is dropped or reordered: the outbox holds
-//! what waits, and its backlog gauge shows how much.
+//! qualification and handoff — run their drain on this runtime, so a burst of `Track` and
+//! `Batch` calls is committed and acknowledged first and the pipeline behind the outbox catches
+//! up with the CPU left over (all of it once the burst ends). Nothing is dropped or reordered:
+//! the outbox holds what waits, and its backlog gauge shows how much.
+//!
+//! Why `SCHED_IDLE` and not only a higher nice value: a thread of normal priority that wakes
+//! (ingestion's writer, back from a trip to its SQLite thread) preempts a `SCHED_IDLE` thread at
+//! once, while behind a niced thread it may wait out the rest of that thread's time slice. The
+//! nice value stays raised too: it lowers the threads' I/O priority, and it is the fallback
+//! where the policy cannot be set.
 
 use std::convert::Infallible;
 use std::io;
@@ -19,9 +25,10 @@ use tonic::server::NamedService;
 use tower_service::Service;
 use tracing::Instrument;
 
-/// How much lower than the thread that starts the runtime: a nice value 10 higher. Against a
-/// busy foreground thread, a busy background one gets about a tenth of a core (the kernel weighs
-/// nice 10 at 110 against nice 0 at 1,024); with the foreground idle it gets all of it.
+/// How much lower than the thread that starts the runtime: a nice value 10 higher. Where
+/// `SCHED_IDLE` cannot be set, a busy background thread then gets about a tenth of a core against
+/// a busy foreground one (the kernel weighs nice 10 at 110 against nice 0 at 1,024); with the
+/// foreground idle it gets all of it.
 pub const NICE_INCREMENT: i32 = 10;
 
 /// The highest nice value Linux accepts (the lowest priority).
@@ -37,17 +44,17 @@ pub struct Background {
 }
 
 impl Background {
-    /// Starts `workers` worker threads named `name` (and blocking threads on demand), each
-    /// [`NICE_INCREMENT`] below the priority of the calling thread. Where thread priorities
-    /// cannot be lowered (not Linux, or refused), the runtime runs at the caller's priority and
-    /// a warning says so.
+    /// Starts `workers` worker threads named `name` (and blocking threads on demand), each under
+    /// `SCHED_IDLE` and [`NICE_INCREMENT`] below the nice value of the calling thread. Where
+    /// thread priorities cannot be lowered (not Linux, or refused), the runtime runs at the
+    /// caller's priority and a warning says so.
     pub fn start(name: &str, workers: usize) -> io::Result<Self> {
         let nice = lowered(current_nice());
         let runtime = Builder::new_multi_thread()
             .worker_threads(workers.max(1))
             .thread_name(name)
             .enable_all()
-            .on_thread_start(move || set_current_nice(nice))
+            .on_thread_start(move || lower_current_thread(nice))
             .build()?;
         Ok(Self {
             handle: runtime.handle().clone(),
@@ -124,6 +131,27 @@ fn lowered(nice: i32) -> i32 {
     nice.saturating_add(NICE_INCREMENT).min(LOWEST_PRIORITY)
 }
 
+/// Puts the calling thread under `SCHED_IDLE`, then sets its nice value to `nice` (setting the
+/// policy resets it). Threads it starts later inherit both.
+#[cfg(target_os = "linux")]
+fn lower_current_thread(nice: i32) {
+    use thread_priority::{
+        NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+        set_thread_priority_and_policy, thread_native_id,
+    };
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    if let Err(err) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle)
+    {
+        tracing::warn!(%err, "cannot put a background thread under SCHED_IDLE");
+    }
+    set_current_nice(nice);
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_current_thread(nice: i32) {
+    set_current_nice(nice);
+}
+
 #[cfg(target_os = "linux")]
 fn current_nice() -> i32 {
     // On Linux the nice value is per thread, and `None` names the calling one.
@@ -155,29 +183,43 @@ mod tests {
         rustix::process::getpriority_process(None).expect("read this thread's nice value")
     }
 
+    /// The calling thread's nice value, and whether it runs under `SCHED_IDLE`.
+    fn priority() -> (i32, bool) {
+        use thread_priority::{NormalThreadSchedulePolicy, ThreadSchedulePolicy};
+        let policy = thread_priority::thread_schedule_policy().expect("read the policy");
+        let idle = policy == ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+        (nice(), idle)
+    }
+
     #[test]
     fn its_threads_and_the_threads_they_start_run_at_a_lower_priority() {
         let foreground = nice();
         let background = Background::start("test-background", 1).expect("start the runtime");
         let (worker, started, blocking) = background.handle().block_on(async {
-            let worker = tokio::spawn(async { nice() }).await.expect("worker task");
+            let worker = tokio::spawn(async { priority() })
+                .await
+                .expect("worker task");
             let started = tokio::spawn(async {
                 // As sqlx starts an SQLite connection's worker thread from the task opening it.
-                std::thread::spawn(nice).join().expect("started thread")
+                std::thread::spawn(priority).join().expect("started thread")
             })
             .await
             .expect("starting task");
-            let blocking = tokio::task::spawn_blocking(nice)
+            let blocking = tokio::task::spawn_blocking(priority)
                 .await
                 .expect("blocking task");
             (worker, started, blocking)
         });
-        let expected = lowered(foreground);
-        assert!(expected > foreground || foreground == LOWEST_PRIORITY);
+        let expected = (lowered(foreground), true);
+        assert!(expected.0 > foreground || foreground == LOWEST_PRIORITY);
         assert_eq!(worker, expected, "a worker thread");
         assert_eq!(started, expected, "a thread a task starts");
         assert_eq!(blocking, expected, "a blocking thread");
-        assert_eq!(nice(), foreground, "the caller keeps its priority");
+        assert_eq!(
+            priority(),
+            (foreground, false),
+            "the caller keeps its priority"
+        );
     }
 
     /// The wrapped service answers on the background runtime's threads; a call that panics
