@@ -953,6 +953,100 @@ async fn the_callers_trace_continues_through_the_outbox(db: TestDb) {
     server.stop().await;
 }
 
+/// Batches on a lead that already exists: one only tracks it (on SQLite its row is not read),
+/// the next links a new cookie to it and then names the lead by that cookie alone (its row,
+/// not found by the cookie before the batch, is read by the command-by-command path). Every
+/// item lands on the one lead, and the profile change sticks.
+async fn batches_on_a_known_lead_track_it_and_change_its_profile(db: TestDb) {
+    let server = Ingestion::start(&db, Options::default()).await;
+    let mut client = server.client(None);
+    let known = client
+        .identify(identify(
+            "k0",
+            "ann@acme.io",
+            "",
+            common::Profile {
+                email: Some("ann@acme.io".into()),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("identify")
+        .into_inner()
+        .lead_id;
+    let batch = |items: Vec<pb::batch_item::Item>| pb::BatchRequest {
+        items: items
+            .into_iter()
+            .map(|i| pb::BatchItem { item: Some(i) })
+            .collect(),
+    };
+    let leads_of = |response: pb::BatchResponse| -> Vec<String> {
+        response
+            .results
+            .into_iter()
+            .map(|r| match r.result.expect("result") {
+                ItemResult::Track(t) => t.lead_id,
+                ItemResult::Identify(i) => i.lead_id,
+                ItemResult::Error(e) => panic!("unexpected error {e:?}"),
+            })
+            .collect()
+    };
+    let tracked = client
+        .batch(batch(vec![
+            pb::batch_item::Item::Track(track(
+                "k1",
+                "ann@acme.io",
+                "",
+                activity("page_view", 3, &[]),
+            )),
+            pb::batch_item::Item::Track(track(
+                "k2",
+                "ann@acme.io",
+                "",
+                activity("email_open", 2, &[]),
+            )),
+        ]))
+        .await
+        .expect("tracking batch")
+        .into_inner();
+    assert_eq!(leads_of(tracked), [known.clone(), known.clone()]);
+    let named = client
+        .batch(batch(vec![
+            pb::batch_item::Item::Track(track(
+                "k3",
+                "ann@acme.io",
+                "cookie-7",
+                activity("page_view", 1, &[]),
+            )),
+            pb::batch_item::Item::Identify(identify(
+                "k4",
+                "",
+                "cookie-7",
+                common::Profile {
+                    title: Some("CTO".into()),
+                    ..Default::default()
+                },
+            )),
+        ]))
+        .await
+        .expect("naming batch")
+        .into_inner();
+    assert_eq!(leads_of(named), [known.clone(), known.clone()]);
+    let lead = client
+        .get_lead(pb::GetLeadRequest { lead_id: known })
+        .await
+        .expect("lead")
+        .into_inner()
+        .lead
+        .expect("lead");
+    assert_eq!(lead.activity_count, 3);
+    assert_eq!(lead.anonymous_ids, ["cookie-7"]);
+    let profile = lead.profile.expect("profile");
+    assert_eq!(profile.email.as_deref(), Some("ann@acme.io"));
+    assert_eq!(profile.title.as_deref(), Some("CTO"));
+    server.stop().await;
+}
+
 /// One batch that introduces a visitor, then names them, then repeats a message id: the repeat
 /// has no second effect, and every item lands on the one lead.
 async fn a_batch_links_its_own_ids_and_applies_a_repeated_message_once(db: TestDb) {
@@ -1602,6 +1696,7 @@ on_both_backends! {
     group_commit => concurrent_writes_are_committed_together_and_answered_alone;
     group_commit_tenants => interleaved_tenants_in_one_group_lose_no_write;
     batch_linking => a_batch_links_its_own_ids_and_applies_a_repeated_message_once;
+    batch_known_lead => batches_on_a_known_lead_track_it_and_change_its_profile;
     anonymous_linking => anonymous_history_joins_the_known_lead;
     merge => two_known_leads_merge;
     outbox_delivery => every_event_reaches_scoring_once_in_order_despite_failures;

@@ -25,7 +25,11 @@ use crate::error::Error;
 
 /// A lead touched by the batch, as it will be written back.
 struct Draft {
-    row: lead::Model,
+    /// The lead's row. `None` for a lead the batch only tracks on SQLite, where it is not read:
+    /// its row does not change, and an identity there always names a live lead (a merge moves
+    /// a lead's identities in the transaction that marks it merged, and SQLite's one writer
+    /// reads and writes a batch in one snapshot).
+    row: Option<lead::Model>,
     /// The parsed profile, once a command needed it. A lead only tracked keeps `None`: its row
     /// did not change (activities are rows of their own), so it is not written back.
     profile: Option<Profile>,
@@ -112,7 +116,25 @@ pub(super) async fn try_apply(
         steps.push(Step::Apply(lead_id));
     }
 
-    let Some(mut drafts) = load_drafts(txn, script, leads, tenant, &steps, &new_leads, now).await?
+    let identified: HashSet<&str> = commands
+        .iter()
+        .zip(&steps)
+        .filter_map(|(command, step)| match (command, step) {
+            (Command::Identify(_), Step::Apply(lead_id)) => Some(lead_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    let Some(mut drafts) = load_drafts(
+        txn,
+        script,
+        leads,
+        tenant,
+        &steps,
+        &identified,
+        &new_leads,
+        now,
+    )
+    .await?
     else {
         return Ok(None);
     };
@@ -140,8 +162,8 @@ pub(super) async fn try_apply(
             .ok_or_else(|| Error::LeadNotFound(lead_id.clone()))?;
         let accepted = match command {
             Command::Identify(c) => {
-                draft.row.updated_at = now;
-                let profile = draft.profile_mut()?;
+                let (row, profile) = draft.identified(&lead_id)?;
+                row.updated_at = now;
                 profile.apply(&c.profile);
                 events.push(events::profile_changed(tenant, &lead_id, profile, now));
                 Accepted {
@@ -194,13 +216,18 @@ pub(super) async fn try_apply(
 }
 
 impl Draft {
-    fn profile_mut(&mut self) -> Result<&mut Profile, Error> {
-        if self.profile.is_none() {
-            self.profile = Some(super::parse_profile(&self.row.profile)?);
-        }
-        self.profile
+    /// The lead's row and its parsed profile, to change for an `Identify` of lead `lead_id`;
+    /// [`load_drafts`] reads the row of every lead an `Identify` changes.
+    fn identified(&mut self, lead_id: &str) -> Result<(&mut lead::Model, &mut Profile), Error> {
+        let row = self
+            .row
             .as_mut()
-            .ok_or_else(|| Error::LeadNotFound(self.row.lead_id.clone()))
+            .ok_or_else(|| Error::LeadNotFound(lead_id.to_owned()))?;
+        let profile = match &mut self.profile {
+            Some(profile) => profile,
+            empty => empty.insert(super::parse_profile(&row.profile)?),
+        };
+        Ok((row, profile))
     }
 }
 
@@ -221,15 +248,43 @@ struct Known {
     answered: HashMap<String, Accepted>,
     /// The leads its ids already point at, by (kind, id).
     links: HashMap<(String, String), String>,
-    /// On SQLite, the rows of those leads by id, read in the same round: a single writer needs
-    /// no row locks, so nothing asks for them to be read in key order.
+    /// On SQLite, the rows of the leads its `Identify` commands' ids point at, by id, read in
+    /// the same round: a single writer needs no row locks, so nothing asks for them to be read
+    /// in key order.
     leads: Option<HashMap<String, lead::Model>>,
+}
+
+/// The ids `commands` name, by kind, sorted and deduplicated, in chunks of at most
+/// [`MAX_ROWS_PER_STATEMENT`]: one indexed lookup each.
+fn id_lookups<'a>(
+    commands: impl Iterator<Item = &'a Command> + Clone,
+) -> Vec<(&'static str, Vec<&'a str>)> {
+    let mut lookups = Vec::new();
+    for (kind, of) in [
+        (
+            USER,
+            (|who: &Identity| who.user_id.as_deref()) as fn(&Identity) -> Option<&str>,
+        ),
+        (ANONYMOUS, |who: &Identity| who.anonymous_id.as_deref()),
+    ] {
+        let mut ids: Vec<&str> = commands
+            .clone()
+            .filter_map(|command| of(identity_of(command)))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        lookups.extend(
+            ids.chunks(MAX_ROWS_PER_STATEMENT)
+                .map(|chunk| (kind, chunk.to_vec())),
+        );
+    }
+    lookups
 }
 
 /// The stored answers of the batch's message ids and the leads its ids point at, in one round
 /// of reads: the answers, then one indexed lookup per kind of id (the key is tenant, kind, id,
 /// so leaving the kind out would scan the tenant's every identity), and on SQLite the rows of
-/// the leads those lookups find. The ids of commands answered before are looked up too: what
+/// the leads the `Identify` commands' ids find. The ids of commands answered before are looked up too: what
 /// they point at is as true as any other link, and reading them beside the answers saves a
 /// round.
 async fn known(
@@ -253,25 +308,7 @@ async fn known(
         })
         .collect();
     let answer_reads = reads.len();
-    let mut lookups: Vec<(&str, Vec<&str>)> = Vec::new();
-    for (kind, of) in [
-        (
-            USER,
-            (|who: &Identity| who.user_id.as_deref()) as fn(&Identity) -> Option<&str>,
-        ),
-        (ANONYMOUS, |who: &Identity| who.anonymous_id.as_deref()),
-    ] {
-        let mut ids: Vec<&str> = commands
-            .iter()
-            .filter_map(|command| of(identity_of(command)))
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        lookups.extend(
-            ids.chunks(MAX_ROWS_PER_STATEMENT)
-                .map(|chunk| (kind, chunk.to_vec())),
-        );
-    }
+    let lookups = id_lookups(commands.iter().copied());
     let identities_of = |kind: &str, ids: &[&str]| {
         identity::Entity::find()
             .filter(identity::Column::TenantId.eq(tenant))
@@ -283,9 +320,15 @@ async fn known(
             .iter()
             .map(|(kind, ids)| identities_of(kind, ids).build(backend)),
     );
+    // On SQLite only the leads an `Identify` changes are read (see [`Draft::row`]).
     let prefetch = backend == DatabaseBackend::Sqlite;
     if prefetch {
-        reads.extend(lookups.iter().map(|(kind, ids)| {
+        let identified = commands
+            .iter()
+            .copied()
+            .filter(|command| matches!(command, Command::Identify(_)));
+        let identified_lookups = id_lookups(identified);
+        reads.extend(identified_lookups.iter().map(|(kind, ids)| {
             let linked = identities_of(kind, ids)
                 .select_only()
                 .column(identity::Column::LeadId)
@@ -331,14 +374,18 @@ async fn known(
 
 /// The drafts of every lead the steps apply to: existing ones from `prefetched` or else read
 /// (and on PostgreSQL locked, in key order so concurrent batches cannot deadlock), new ones
-/// fresh. `None` when an identity points at a lead that is missing or merged away: the
-/// command-by-command path answers that.
+/// fresh. With `prefetched` (SQLite), a lead only tracked gets no row (see [`Draft::row`]).
+/// `None` when an identity points at a lead that is missing or merged away, or when the row of
+/// a lead in `identified` was not prefetched (its identity was linked earlier in this batch):
+/// the command-by-command path answers that.
+#[allow(clippy::too_many_arguments)]
 async fn load_drafts(
     txn: &mut impl BatchedReads,
     script: &mut WriteScript,
     prefetched: Option<HashMap<String, lead::Model>>,
     tenant: &str,
     steps: &[Step],
+    identified: &HashSet<&str>,
     new_leads: &HashSet<String>,
     now: DateTime<Utc>,
 ) -> Result<Option<HashMap<String, Draft>>, Error> {
@@ -351,18 +398,39 @@ async fn load_drafts(
         .collect();
     existing.sort_unstable();
     existing.dedup();
-    let rows = match prefetched {
-        Some(mut leads) => existing.iter().filter_map(|id| leads.remove(*id)).collect(),
-        None => read_leads(txn, script, tenant, &existing).await?,
-    };
     let mut drafts = HashMap::with_capacity(existing.len() + new_leads.len());
-    for row in rows {
-        if row.merged_into.is_some() {
-            return Ok(None);
+    match prefetched {
+        Some(mut leads) => {
+            for id in existing {
+                let row = leads.remove(id);
+                if row.is_none() && identified.contains(id) {
+                    return Ok(None);
+                }
+                drafts.insert(id.to_owned(), Draft { row, profile: None });
+            }
         }
-        drafts.insert(row.lead_id.clone(), Draft { row, profile: None });
+        None => {
+            let rows = read_leads(txn, script, tenant, &existing).await?;
+            if rows.len() != existing.len() {
+                return Ok(None);
+            }
+            for row in rows {
+                drafts.insert(
+                    row.lead_id.clone(),
+                    Draft {
+                        row: Some(row),
+                        profile: None,
+                    },
+                );
+            }
+        }
     }
-    if drafts.len() != existing.len() {
+    if drafts.values().any(|draft| {
+        draft
+            .row
+            .as_ref()
+            .is_some_and(|row| row.merged_into.is_some())
+    }) {
         return Ok(None);
     }
     for id in new_leads {
@@ -377,7 +445,7 @@ async fn load_drafts(
         drafts.insert(
             id.clone(),
             Draft {
-                row,
+                row: Some(row),
                 profile: Some(Profile::default()),
             },
         );
@@ -426,10 +494,11 @@ fn write(
 ) {
     let mut leads: Vec<lead::ActiveModel> = drafts
         .into_values()
-        .filter_map(|mut draft| {
+        .filter_map(|draft| {
             let profile = draft.profile.as_ref()?;
-            draft.row.profile = super::serialize_profile(profile);
-            Some(draft.row.into_active_model())
+            let mut row = draft.row?;
+            row.profile = super::serialize_profile(profile);
+            Some(row.into_active_model())
         })
         .collect();
     leads.sort_unstable_by(|a, b| a.lead_id.as_ref().cmp(b.lead_id.as_ref()));
