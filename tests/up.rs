@@ -194,11 +194,12 @@ fn policy_in(stat: &str) -> i32 {
 /// ingestion's SQLite thread keep the process's priority.
 #[cfg(target_os = "linux")]
 fn drain_threads_yield_to_ingestion(pid: &str) {
-    let base = nice_in(&std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat"));
+    let process = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let base = nice_in(&process);
     let lowered = (base + leadflow_runtime::background::NICE_INCREMENT).min(19);
     let threads = threads(pid);
     let background = (lowered, SCHED_IDLE);
-    let foreground = (base, 0);
+    let foreground = (base, policy_in(&process));
     let priorities = |name: &str| -> Vec<(i32, i32)> {
         threads
             .iter()

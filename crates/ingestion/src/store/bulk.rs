@@ -284,9 +284,9 @@ fn id_lookups<'a>(
 /// The stored answers of the batch's message ids and the leads its ids point at, in one round
 /// of reads: the answers, then one indexed lookup per kind of id (the key is tenant, kind, id,
 /// so leaving the kind out would scan the tenant's every identity), and on SQLite the rows of
-/// the leads the `Identify` commands' ids find. The ids of commands answered before are looked up too: what
-/// they point at is as true as any other link, and reading them beside the answers saves a
-/// round.
+/// the leads the `Identify` commands' ids find. The ids of commands answered before are looked
+/// up too: what they point at is as true as any other link, and reading them beside the
+/// answers saves a round.
 async fn known(
     txn: &mut impl BatchedReads,
     script: &mut WriteScript,
