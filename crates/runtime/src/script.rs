@@ -55,6 +55,18 @@ impl WriteScript {
         self.statements.push(statement.build(self.backend));
     }
 
+    /// Adds `statement`, built for this script's backend, at the end.
+    pub fn push_statement(&mut self, statement: Statement) {
+        debug_assert_eq!(statement.db_backend, self.backend);
+        self.statements.push(statement);
+    }
+
+    /// Adds every statement of `other` (built for the same backend) at the end.
+    pub fn append(&mut self, mut other: WriteScript) {
+        debug_assert_eq!(other.backend, self.backend);
+        self.statements.append(&mut other.statements);
+    }
+
     /// Adds multi-row inserts of `rows`, in order, in the chunks [`chunked`] makes for the
     /// backend, each with `on_conflict` when given.
     pub fn insert_many<A>(&mut self, rows: Vec<A>, on_conflict: Option<&OnConflict>)

@@ -18,6 +18,7 @@ use sea_orm::{
     QueryOrder, QuerySelect, QueryTrait, Statement,
 };
 
+use super::links::LinkCache;
 use super::{ANONYMOUS, Accepted, USER, activity, events, identity, lead, request};
 use crate::convert::Command;
 use crate::domain::{Identity, Profile};
@@ -49,6 +50,9 @@ enum Step {
 /// writes queued in `script` run before the first) and adding the writes to `script` (which
 /// the caller runs in `txn`), and appends the events they produce; or returns `None` having
 /// added nothing when the batch needs the command-by-command path.
+///
+/// With `learnt`, the identity links read and written are remembered there, for
+/// [`try_apply_predicted`].
 pub(super) async fn try_apply(
     txn: &mut impl BatchedReads,
     script: &mut WriteScript,
@@ -56,12 +60,135 @@ pub(super) async fn try_apply(
     commands: &[&Command],
     now: DateTime<Utc>,
     events: &mut Vec<NewMessage>,
+    mut learnt: Option<&mut LinkCache>,
+) -> Result<Option<Vec<Accepted>>, Error> {
+    let known = known(txn, script, tenant, commands).await?;
+    if let Some(learnt) = learnt.as_deref_mut() {
+        for ((kind, external_id), lead_id) in &known.links {
+            learnt.learn(tenant, kind, external_id, lead_id);
+        }
+    }
+    apply_known(txn, script, tenant, commands, now, events, known, learnt).await
+}
+
+/// [`try_apply`] without its round of reads, on SQLite, for a batch of `Track` commands only,
+/// every id of which `links` knows: it predicts that no message id was answered before and
+/// that each id still points at the lead `links` remembers, and adds to `script` a check that
+/// aborts the transaction when a link does not hold ([`expect_links`]); a message id answered
+/// before aborts it too, as the insert of its answer fails. Once aborted, apply the batch with
+/// [`try_apply`]. `None`, having added nothing, when the batch cannot be predicted.
+pub(super) async fn try_apply_predicted(
+    txn: &mut impl BatchedReads,
+    script: &mut WriteScript,
+    tenant: &str,
+    commands: &[&Command],
+    now: DateTime<Utc>,
+    events: &mut Vec<NewMessage>,
+    links: &LinkCache,
+) -> Result<Option<Vec<Accepted>>, Error> {
+    if txn.backend() != DatabaseBackend::Sqlite {
+        return Ok(None);
+    }
+    let mut predicted = HashMap::new();
+    for command in commands {
+        let Command::Track(track) = command else {
+            return Ok(None);
+        };
+        for (kind, id) in identity_ids(&track.identity) {
+            let Some(lead_id) = links.lead_of(tenant, kind, id) else {
+                return Ok(None);
+            };
+            predicted.insert(key(kind, id), lead_id);
+        }
+    }
+    let mut writes = WriteScript::new(DatabaseBackend::Sqlite);
+    let known = Known {
+        answered: HashMap::new(),
+        links: predicted.clone(),
+        leads: Some(HashMap::new()),
+    };
+    let mut predicted_events = Vec::new();
+    let Some(answers) = apply_known(
+        txn,
+        &mut writes,
+        tenant,
+        commands,
+        now,
+        &mut predicted_events,
+        known,
+        None,
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
+    expect_links(script, tenant, &predicted);
+    script.append(writes);
+    events.append(&mut predicted_events);
+    Ok(Some(answers))
+}
+
+/// The user and anonymous ids of `who`, by kind.
+pub(super) fn identity_ids(who: &Identity) -> impl Iterator<Item = (&'static str, &str)> {
+    [(USER, &who.user_id), (ANONYMOUS, &who.anonymous_id)]
+        .into_iter()
+        .filter_map(|(kind, id)| Some((kind, id.as_deref()?)))
+}
+
+/// Most links one check of [`expect_links`] holds: three values each, and the statement stays
+/// small enough to share a script with others.
+const LINKS_PER_CHECK: usize = 100;
+
+/// Adds to `script` a check that aborts the transaction unless every identity in `links`
+/// (by kind and id, of `tenant`) points at its lead: an insert into the `expected_links` view,
+/// whose trigger raises an error when the count of links found falls short (migration
+/// [`ExpectedLinks`](super::migrations)). SQLite only.
+pub(super) fn expect_links(
+    script: &mut WriteScript,
+    tenant: &str,
+    links: &HashMap<(String, String), String>,
+) {
+    let links: Vec<_> = links.iter().collect();
+    for chunk in links.chunks(LINKS_PER_CHECK) {
+        let rows = vec!["(?, ?, ?)"; chunk.len()].join(", ");
+        let sql = format!(
+            "INSERT INTO expected_links (holds) SELECT count(*) = ? FROM (VALUES {rows}) AS expected \
+             JOIN identities ON identities.tenant_id = ? AND identities.kind = expected.column1 \
+             AND identities.external_id = expected.column2 AND identities.lead_id = expected.column3"
+        );
+        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 3 + 2);
+        values.push((chunk.len() as i64).into());
+        for ((kind, external_id), lead_id) in chunk {
+            values.push(kind.as_str().into());
+            values.push(external_id.as_str().into());
+            values.push(lead_id.as_str().into());
+        }
+        values.push(tenant.into());
+        script.push_statement(Statement::from_sql_and_values(
+            DatabaseBackend::Sqlite,
+            sql,
+            values,
+        ));
+    }
+}
+
+/// The rest of [`try_apply`], once what the store knows of the batch is known.
+#[allow(clippy::too_many_arguments)]
+async fn apply_known(
+    txn: &mut impl BatchedReads,
+    script: &mut WriteScript,
+    tenant: &str,
+    commands: &[&Command],
+    now: DateTime<Utc>,
+    events: &mut Vec<NewMessage>,
+    known: Known,
+    mut learnt: Option<&mut LinkCache>,
 ) -> Result<Option<Vec<Accepted>>, Error> {
     let Known {
         answered,
         mut links,
         leads,
-    } = known(txn, script, tenant, commands).await?;
+    } = known;
 
     // Resolve every command to its lead, in order, as the command-by-command path would.
     let mut steps = Vec::with_capacity(commands.len());
@@ -105,6 +232,9 @@ pub(super) async fn try_apply(
                 && !links.contains_key(&key(kind, id))
             {
                 links.insert(key(kind, id), lead_id.clone());
+                if let Some(learnt) = learnt.as_deref_mut() {
+                    learnt.learn(tenant, kind, id, &lead_id);
+                }
                 new_identities.push(identity::ActiveModel {
                     tenant_id: Set(tenant.to_owned()),
                     kind: Set(kind.to_owned()),
@@ -509,4 +639,87 @@ fn write(
     script.insert_many(identities, None);
     script.insert_many(activities, None);
     script.insert_many(requests, None);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::migrations::{LINK_DOES_NOT_HOLD, Migrator};
+    use leadflow_runtime::batched::BatchedTransaction;
+    use sea_orm::{ConnectionTrait, DatabaseConnection};
+
+    async fn identity_count(db: &DatabaseConnection) -> usize {
+        identity::Entity::find()
+            .all(db)
+            .await
+            .expect("read identities")
+            .len()
+    }
+
+    /// Commits the check of `links` with an insert of a new identity behind it.
+    async fn commit_checked(
+        db: &DatabaseConnection,
+        links: &HashMap<(String, String), String>,
+    ) -> Result<(), sea_orm::DbErr> {
+        let txn = BatchedTransaction::begin(db).await?;
+        let mut script = WriteScript::new(DatabaseBackend::Sqlite);
+        expect_links(&mut script, "acme", links);
+        script.insert_many(
+            vec![identity::ActiveModel {
+                tenant_id: Set("acme".into()),
+                kind: Set(USER.into()),
+                external_id: Set(format!("new-{}", uuid::Uuid::now_v7())),
+                lead_id: Set("lead-a".into()),
+            }],
+            None,
+        );
+        txn.commit(&mut script).await.map(drop)
+    }
+
+    #[tokio::test]
+    async fn a_transaction_checking_links_commits_only_when_every_link_holds() {
+        let file = leadflow_test_support::TestDb::sqlite("links");
+        let db = leadflow_runtime::db::open::<Migrator>(&file.url, 1)
+            .await
+            .expect("open");
+        db.execute_unprepared(
+            "INSERT INTO identities (tenant_id, kind, external_id, lead_id) VALUES \
+             ('acme', 'user', 'ada', 'lead-a'), ('acme', 'anonymous', 'cookie-1', 'lead-a'), \
+             ('globex', 'user', 'bob', 'lead-b')",
+        )
+        .await
+        .expect("seed identities");
+        let link =
+            |kind: &str, id: &str, lead: &str| ((kind.to_owned(), id.to_owned()), lead.to_owned());
+
+        let holding = HashMap::from([
+            link(USER, "ada", "lead-a"),
+            link(ANONYMOUS, "cookie-1", "lead-a"),
+        ]);
+        commit_checked(&db, &holding)
+            .await
+            .expect("links that hold");
+        assert_eq!(identity_count(&db).await, 4);
+
+        for stale in [
+            link(USER, "ada", "lead-b"),
+            link(ANONYMOUS, "cookie-2", "lead-a"),
+            link(USER, "bob", "lead-b"),
+        ] {
+            let mut links = holding.clone();
+            links.insert(stale.0.clone(), stale.1.clone());
+            let err = commit_checked(&db, &links)
+                .await
+                .expect_err("a link that does not hold aborts");
+            assert!(
+                err.to_string().contains(LINK_DOES_NOT_HOLD),
+                "{stale:?}: {err}"
+            );
+            assert_eq!(
+                identity_count(&db).await,
+                4,
+                "{stale:?}: nothing is written"
+            );
+        }
+    }
 }

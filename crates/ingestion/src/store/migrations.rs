@@ -23,6 +23,7 @@ impl MigratorTrait for Migrator {
             }),
             Box::new(ActivitySummaryFromTimeline),
             Box::new(leadflow_runtime::outbox::OutboxBacklogCountsMessages),
+            Box::new(ExpectedLinks),
         ]
     }
 }
@@ -248,6 +249,45 @@ impl MigrationTrait for ActivitySummaryFromTimeline {
                 )
                 .await?;
         }
+        Ok(())
+    }
+
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+}
+
+/// On SQLite, the `expected_links` view, into which a transaction inserts whether the identity
+/// links it relied on without reading them hold: its trigger aborts the transaction when they do
+/// not (`bulk::expect_links`). A view with an `INSTEAD OF` trigger stores nothing. PostgreSQL
+/// reads its links, so it gets nothing.
+#[derive(Debug)]
+pub(super) struct ExpectedLinks;
+
+impl MigrationName for ExpectedLinks {
+    fn name(&self) -> &str {
+        "m20261207_000001_expected_links"
+    }
+}
+
+/// The message of the error a link that does not hold raises.
+pub(super) const LINK_DOES_NOT_HOLD: &str = "an identity link a write relied on does not hold";
+
+#[async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)] // the trait signature of sea-orm-migration elides it
+impl MigrationTrait for ExpectedLinks {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        if manager.get_database_backend() != sea_orm::DatabaseBackend::Sqlite {
+            return Ok(());
+        }
+        let db = manager.get_connection();
+        db.execute_unprepared("CREATE VIEW IF NOT EXISTS expected_links (holds) AS SELECT 1")
+            .await?;
+        db.execute_unprepared(&format!(
+            "CREATE TRIGGER IF NOT EXISTS expected_links_hold INSTEAD OF INSERT ON expected_links \
+             WHEN NOT NEW.holds BEGIN SELECT RAISE(ABORT, '{LINK_DOES_NOT_HOLD}'); END"
+        ))
+        .await?;
         Ok(())
     }
 

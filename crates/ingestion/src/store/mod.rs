@@ -4,6 +4,7 @@
 mod bulk;
 mod entities;
 mod events;
+mod links;
 pub mod migrations;
 mod timeline;
 mod writer;

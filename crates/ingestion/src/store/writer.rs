@@ -12,9 +12,10 @@ use leadflow_runtime::batched::{BatchedReads, BatchedTransaction, Committed};
 use leadflow_runtime::outbox::{self, Packing, SharedDeletes, Wakeup};
 use leadflow_runtime::queue::take_waiting;
 use leadflow_runtime::script::WriteScript;
-use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, TransactionTrait};
 use tokio::sync::{mpsc, oneshot};
 
+use super::links::LinkCache;
 use super::{Accepted, bulk, one_by_one};
 use crate::convert::Command;
 use crate::error::Error;
@@ -99,6 +100,7 @@ async fn run(
     mut queue: mpsc::Receiver<Job>,
 ) {
     let mut kept: Option<Kept> = None;
+    let mut links = LinkCache::default();
     while let Some(first) = queue.recv().await {
         // The transaction is opened before the group is taken: while it waits for the
         // connection (the relay shares it), the jobs that arrive join this group instead of
@@ -114,7 +116,7 @@ async fn run(
             MAX_GROUP_COMMANDS,
         );
         let committed = match txn {
-            Ok(txn) => commit_group(txn, &deletes, &group).await,
+            Ok(txn) => commit_group(&db, txn, &deletes, &group, &mut links).await,
             Err(err) => Err(err.into()),
         };
         match committed {
@@ -140,14 +142,41 @@ async fn run(
 /// batch, received at the time of its first job), with the relay's deletes waiting in
 /// `deletes`, each job's answers in order; or `None`, having written nothing, when a job needs
 /// the command-by-command path. Committed, the connection comes back with the answers.
+///
+/// On SQLite a group `links` can predict is first sent without reading, in one trip with its
+/// commit ([`bulk::try_apply_predicted`]); when a prediction does not hold, its links are
+/// forgotten and the group is applied again, reading.
 async fn commit_group(
+    db: &DatabaseConnection,
     mut txn: BatchedTransaction,
     deletes: &SharedDeletes,
     group: &[Job],
+    links: &mut LinkCache,
 ) -> Result<Option<(Vec<Vec<Accepted>>, Committed)>, Error> {
+    let sqlite = txn.backend() == DatabaseBackend::Sqlite;
+    if sqlite {
+        let mut script = WriteScript::new(DatabaseBackend::Sqlite);
+        if let Some(answers) =
+            apply_group(&mut txn, &mut script, group, Lookup::Predict(links)).await?
+        {
+            let carried = deletes.claim_into(&mut script);
+            match txn.commit(&mut script).await {
+                Ok(committed) => {
+                    carried.committed();
+                    return Ok(Some((answers, committed)));
+                }
+                Err(err) => {
+                    tracing::debug!(jobs = group.len(), error = %err, "a predicted group did not hold, reading it");
+                    forget_links(links, group);
+                    txn = BatchedTransaction::begin(db).await?;
+                }
+            }
+        }
+    }
     let mut script = WriteScript::new(txn.backend());
     let carried = deletes.claim_into(&mut script);
-    match apply_group(&mut txn, &mut script, group).await {
+    let learnt = sqlite.then_some(links);
+    match apply_group(&mut txn, &mut script, group, Lookup::Read(learnt)).await {
         Ok(Some(answers)) => {
             let committed = txn.commit(&mut script).await?;
             carried.committed();
@@ -164,11 +193,34 @@ async fn commit_group(
     }
 }
 
-/// Applies each run of jobs of one tenant, reading in `txn` and adding the writes to `script`.
+/// How [`apply_group`] finds what the store knows of each batch.
+enum Lookup<'a> {
+    /// Reads it, remembering the links read and written when given a cache.
+    Read(Option<&'a mut LinkCache>),
+    /// Predicts it from the links remembered ([`bulk::try_apply_predicted`]).
+    Predict(&'a LinkCache),
+}
+
+/// Forgets every link the group's `Track` commands named.
+fn forget_links(links: &mut LinkCache, group: &[Job]) {
+    for job in group {
+        for command in &job.commands {
+            if let Command::Track(track) = command {
+                for (kind, id) in bulk::identity_ids(&track.identity) {
+                    links.forget(&job.tenant, kind, id);
+                }
+            }
+        }
+    }
+}
+
+/// Applies each run of jobs of one tenant, reading in `txn` (or predicting, per `lookup`) and
+/// adding the writes to `script`.
 async fn apply_group(
     txn: &mut BatchedTransaction,
     script: &mut WriteScript,
     group: &[Job],
+    mut lookup: Lookup<'_>,
 ) -> Result<Option<Vec<Vec<Accepted>>>, Error> {
     let mut answers = Vec::with_capacity(group.len());
     let mut traced = Vec::with_capacity(group.len());
@@ -178,9 +230,26 @@ async fn apply_group(
         let commands: Vec<&Command> = run.iter().flat_map(|job| &job.commands).collect();
         let mut events = Vec::new();
         let tenant = &run[0].tenant;
-        let Some(answered) =
-            bulk::try_apply(txn, script, tenant, &commands, run[0].now, &mut events).await?
-        else {
+        let now = run[0].now;
+        let applied = match &mut lookup {
+            Lookup::Read(learnt) => {
+                bulk::try_apply(
+                    txn,
+                    script,
+                    tenant,
+                    &commands,
+                    now,
+                    &mut events,
+                    learnt.as_deref_mut(),
+                )
+                .await?
+            }
+            Lookup::Predict(links) => {
+                bulk::try_apply_predicted(txn, script, tenant, &commands, now, &mut events, links)
+                    .await?
+            }
+        };
+        let Some(answered) = applied else {
             return Ok(None);
         };
         // The set-based path produces one event per command it applied (not answered before).
@@ -222,6 +291,7 @@ async fn apply_alone(db: &DatabaseConnection, job: &Job) -> Result<Vec<Accepted>
         &commands,
         job.now,
         &mut events,
+        None,
     )
     .await?;
     let answers = match bulk {
