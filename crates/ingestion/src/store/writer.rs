@@ -3,7 +3,9 @@
 //! by then (up to [`MAX_GROUP_COMMANDS`] commands), applies them in arrival order with the
 //! set-based path, and answers each job only after that commit. A group the set-based path
 //! cannot take (a merge, a lead merged away) or that fails is applied job by job instead, each in
-//! its own transaction, so one job's error is never another's.
+//! its own transaction, so one job's error is never another's. On SQLite a group of `Track`s
+//! on visitors the writer has seen is written without its round of reads, the links it relied
+//! on checked inside the transaction ([`commit_group`]).
 
 use std::time::{Duration, Instant};
 
