@@ -5,6 +5,7 @@
 //! command. Anything else returns `None` before writing, and the caller takes the
 //! command-by-command path, which handles every case.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
@@ -101,31 +102,29 @@ pub(super) async fn try_apply_predicted(
             predicted.insert(key(kind, id), lead_id);
         }
     }
-    let mut writes = WriteScript::new(DatabaseBackend::Sqlite);
+    // The check goes first; `apply_known` adds nothing (writes or events) when it gives up.
+    let mut checked = WriteScript::new(DatabaseBackend::Sqlite);
+    expect_links(&mut checked, tenant, &predicted);
     let known = Known {
         answered: HashMap::new(),
-        links: predicted.clone(),
+        links: predicted,
         leads: Some(HashMap::new()),
     };
-    let mut predicted_events = Vec::new();
-    let Some(answers) = apply_known(
+    let answers = apply_known(
         txn,
-        &mut writes,
+        &mut checked,
         tenant,
         commands,
         now,
-        &mut predicted_events,
+        events,
         known,
         None,
     )
-    .await?
-    else {
-        return Ok(None);
-    };
-    expect_links(script, tenant, &predicted);
-    script.append(writes);
-    events.append(&mut predicted_events);
-    Ok(Some(answers))
+    .await?;
+    if answers.is_some() {
+        script.append(checked);
+    }
+    Ok(answers)
 }
 
 /// The user and anonymous ids of `who`, by kind.
@@ -227,18 +226,16 @@ async fn apply_known(
             }
             (Some(_), Some(_)) => return Ok(None),
         };
-        for (kind, id) in [(USER, &who.user_id), (ANONYMOUS, &who.anonymous_id)] {
-            if let Some(id) = id
-                && !links.contains_key(&key(kind, id))
-            {
-                links.insert(key(kind, id), lead_id.clone());
+        for (kind, id) in identity_ids(who) {
+            if let Entry::Vacant(unlinked) = links.entry(key(kind, id)) {
+                unlinked.insert(lead_id.clone());
                 if let Some(learnt) = learnt.as_deref_mut() {
                     learnt.learn(tenant, kind, id, &lead_id);
                 }
                 new_identities.push(identity::ActiveModel {
                     tenant_id: Set(tenant.to_owned()),
                     kind: Set(kind.to_owned()),
-                    external_id: Set(id.clone()),
+                    external_id: Set(id.to_owned()),
                     lead_id: Set(lead_id.clone()),
                 });
             }
