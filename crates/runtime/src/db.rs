@@ -91,7 +91,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
         .connect_timeout(Duration::from_secs(10))
         .acquire_timeout(Duration::from_secs(30));
     if url.starts_with("sqlite:") {
-        use_sqlite_page_cache();
+        configure_sqlite();
         let sqlite = SqliteConnectOptions::from_str(url)
             .map_err(|err| DbErr::Custom(format!("invalid sqlite url: {err}")))?;
         let path = sqlite.get_filename();
@@ -155,7 +155,7 @@ pub async fn reader(url: &str, writer: &DatabaseConnection) -> Result<DatabaseCo
     if !reads_beside_writer(url) {
         return Ok(writer.clone());
     }
-    use_sqlite_page_cache();
+    configure_sqlite();
     let mut options = ConnectOptions::new(url.to_owned());
     options
         .sqlx_logging(false)
@@ -179,7 +179,13 @@ pub async fn reader(url: &str, writer: &DatabaseConnection) -> Result<DatabaseCo
 /// SQLite's commits otherwise make after most B-tree rebalances. It must come before the
 /// process's first SQLite connection; if something opened one earlier, SQLite keeps its plain
 /// cache (slower commits, same results).
-fn use_sqlite_page_cache() {
+///
+/// It also gives each SQLite connection a larger arena for its small allocations
+/// ([`leadflow_sqlite_pcache::configure_memory`]), under the same condition.
+fn configure_sqlite() {
+    if let Err(refused) = leadflow_sqlite_pcache::configure_memory() {
+        tracing::debug!(error = %refused, "sqlite keeps its default lookaside arena");
+    }
     if let Err(refused) = leadflow_sqlite_pcache::install() {
         tracing::debug!(error = %refused, "sqlite keeps its own page cache");
     }

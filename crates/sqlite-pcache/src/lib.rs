@@ -14,21 +14,27 @@
 //! (`SQLITE_CONFIG_PCACHE2`), forwards every call to SQLite's own cache, and keeps an upper
 //! bound on the page numbers each cache holds that follows a page moved away and back. A
 //! truncation that cannot remove anything is skipped; any other is forwarded as it came.
+//!
+//! The crate also holds SQLite's other process-wide setting Leadflow makes: how connections
+//! allocate their small objects ([`configure_memory`]).
 
 mod bound;
+mod memory;
 mod shim;
+
+pub use memory::{LOOKASIDE_SLOT_SIZE, LOOKASIDE_SLOTS};
 
 use std::sync::OnceLock;
 use std::sync::atomic::Ordering;
 
-/// SQLite refused the page cache (its result code), typically because the process had opened
-/// an SQLite connection before; SQLite then keeps its own cache, unwrapped.
+/// SQLite refused a process-wide setting (its result code), typically because the process had
+/// opened an SQLite connection before; SQLite then keeps its defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refused(pub i32);
 
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "sqlite refused the page cache (code {})", self.0)
+        write!(f, "sqlite refused the setting (code {})", self.0)
     }
 }
 
@@ -40,6 +46,15 @@ impl std::error::Error for Refused {}
 pub fn install() -> Result<(), Refused> {
     static INSTALLED: OnceLock<Result<(), Refused>> = OnceLock::new();
     *INSTALLED.get_or_init(|| shim::install().map_err(Refused))
+}
+
+/// Gives every SQLite connection a lookaside arena of [`LOOKASIDE_SLOTS`] slots and turns
+/// SQLite's memory statistics off (see the `memory` module); call it before the process opens
+/// its first SQLite connection. Only the first call does anything; every call returns its
+/// outcome.
+pub fn configure_memory() -> Result<(), Refused> {
+    static CONFIGURED: OnceLock<Result<(), Refused>> = OnceLock::new();
+    *CONFIGURED.get_or_init(|| memory::configure().map_err(Refused))
 }
 
 /// How many cache truncations the process's SQLite asked for, by what the wrapper did.
