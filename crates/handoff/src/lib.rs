@@ -142,15 +142,14 @@ pub async fn serve_with_drain_on(
 ) -> anyhow::Result<()> {
     let keys = Keys::from_args(&config.auth).context("api keys")?;
     keys.log_mode(SERVICE);
-    let leadflow_runtime::db::Pools {
-        writer: db, reader, ..
-    } = leadflow_runtime::db::open_on::<store::migrations::Migrator>(
+    let stores = leadflow_runtime::db::open_on::<store::migrations::Migrator>(
         &drain,
         &config.database_url(),
         config.database_max_connections,
     )
     .await
     .context("open the handoff database")?;
+    let (db, reader) = (stores.writer.clone(), stores.reader.clone());
     let (qualification_wakeup, scoring_wakeup) = (Wakeup::new(), Wakeup::new());
     let store = Store::new(
         db.clone(),
@@ -227,7 +226,7 @@ pub async fn serve_with_drain_on(
     let mut background = vec![sweeper, dispatcher];
     background.extend(relays);
     server::run_until_shutdown(
-        SERVICE, listener, routes, health, db, background, &drain, shutdown,
+        SERVICE, listener, routes, health, stores, background, &drain, shutdown,
     )
     .await?;
     Ok(())

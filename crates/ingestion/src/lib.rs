@@ -102,14 +102,13 @@ pub async fn serve_with_relay_on(
 ) -> anyhow::Result<()> {
     let keys = Keys::from_args(&config.auth).context("api keys")?;
     keys.log_mode(SERVICE);
-    let leadflow_runtime::db::Pools {
-        writer: db, reader, ..
-    } = leadflow_runtime::db::open_with_reader::<store::migrations::Migrator>(
+    let stores = leadflow_runtime::db::open_with_reader::<store::migrations::Migrator>(
         &config.database_url(),
         config.database_max_connections,
     )
     .await
     .context("open the ingestion database")?;
+    let (db, reader) = (stores.writer.clone(), stores.reader.clone());
     let wakeup = Wakeup::new();
     let deletes = SharedDeletes::new();
     let store = Store::new(db.clone(), wakeup.clone(), deletes.clone()).with_reader(reader.clone());
@@ -149,7 +148,7 @@ pub async fn serve_with_relay_on(
         listener,
         routes,
         health,
-        db,
+        stores,
         vec![relay],
         &Handle::current(),
         shutdown,

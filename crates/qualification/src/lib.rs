@@ -119,15 +119,14 @@ pub async fn serve_with_drain_on(
 ) -> anyhow::Result<()> {
     let keys = Keys::from_args(&config.auth).context("api keys")?;
     keys.log_mode(SERVICE);
-    let leadflow_runtime::db::Pools {
-        writer: db, reader, ..
-    } = leadflow_runtime::db::open_on::<store::migrations::Migrator>(
+    let stores = leadflow_runtime::db::open_on::<store::migrations::Migrator>(
         &drain,
         &config.database_url(),
         config.database_max_connections,
     )
     .await
     .context("open the qualification database")?;
+    let (db, reader) = (stores.writer.clone(), stores.reader.clone());
     let wakeup = Wakeup::new();
     let deletes = SharedDeletes::new();
     let store = Store::new(db.clone(), wakeup.clone())
@@ -183,7 +182,7 @@ pub async fn serve_with_drain_on(
         listener,
         routes,
         health,
-        db,
+        stores,
         vec![relay, recycler],
         &drain,
         shutdown,

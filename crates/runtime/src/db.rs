@@ -242,6 +242,18 @@ pub struct Pools {
     pub reads_beside_writer: bool,
 }
 
+impl Pools {
+    /// Closes both pools, waiting for connections in use to come back: the reader first, so
+    /// that on an SQLite file the writer's connection is the last one and copies the
+    /// write-ahead log back into the database and removes it (a read-only connection cannot).
+    pub async fn close(self) -> Result<(), DbErr> {
+        if self.reads_beside_writer {
+            self.reader.close().await?;
+        }
+        self.writer.close().await
+    }
+}
+
 /// [`open`], then the [`reader`] beside it: how every service opens its store.
 pub async fn open_with_reader<M: MigratorTrait>(
     url: &str,

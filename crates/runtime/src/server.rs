@@ -94,7 +94,7 @@ pub async fn serve(
 /// the store (checked now, then watched), an SQLite store's WAL is copied beside its writer
 /// ([`crate::checkpoints`]), its tables' planner statistics are kept fresh
 /// ([`crate::statistics`]), the server drains in-flight calls, then the `background` tasks
-/// (relays, sweepers) finish their current work, then the store closes. The store's upkeep
+/// (relays, sweepers) finish their current work, then the store closes ([`crate::db::Pools::close`]). The store's upkeep
 /// (health watch, checkpoints, statistics) runs on `upkeep`: the service's own runtime when it
 /// runs alone, the drain's lower-priority runtime in one process with the others.
 #[allow(clippy::too_many_arguments)]
@@ -103,12 +103,13 @@ pub async fn run_until_shutdown(
     listener: TcpListener,
     routes: Routes,
     health: Health,
-    db: sea_orm::DatabaseConnection,
+    stores: crate::db::Pools,
     mut background: Vec<tokio::task::JoinHandle<()>>,
     upkeep: &tokio::runtime::Handle,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    health.set(crate::db::ping(&db).await).await;
+    let db = &stores.writer;
+    health.set(crate::db::ping(db).await).await;
     background.push(upkeep.spawn(watch_store(
         service,
         db.clone(),
@@ -133,7 +134,7 @@ pub async fn run_until_shutdown(
             tracing::error!(service, error = %err, "background task failed");
         }
     }
-    if let Err(err) = db.close().await {
+    if let Err(err) = stores.close().await {
         tracing::warn!(service, error = %err, "closing the store failed");
     }
     tracing::info!(service, "stopped");

@@ -125,17 +125,15 @@ pub async fn serve_with_drain_on(
 ) -> anyhow::Result<()> {
     let keys = Keys::from_args(&config.auth).context("api keys")?;
     keys.log_mode(SERVICE);
-    let leadflow_runtime::db::Pools {
-        writer: db,
-        reader,
-        reads_beside_writer,
-    } = leadflow_runtime::db::open_on::<store::migrations::Migrator>(
+    let stores = leadflow_runtime::db::open_on::<store::migrations::Migrator>(
         &drain,
         &config.database_url(),
         config.database_max_connections,
     )
     .await
     .context("open the scoring database")?;
+    let (db, reader) = (stores.writer.clone(), stores.reader.clone());
+    let reads_beside_writer = stores.reads_beside_writer;
     let wakeup = Wakeup::new();
     let deletes = SharedDeletes::new();
     let store = Store::new(db.clone(), wakeup.clone())
@@ -198,7 +196,7 @@ pub async fn serve_with_drain_on(
         listener,
         routes,
         health,
-        db,
+        stores,
         vec![relay, sweeper],
         &drain,
         shutdown,

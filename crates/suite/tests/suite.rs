@@ -148,4 +148,11 @@ async fn the_suite_serves_until_shut_down_then_stops_cleanly() {
         .expect("stops in time")
         .expect("the suite's task")
         .expect("every service stopped cleanly");
+    for db in &dbs {
+        let file = db.url.strip_prefix("sqlite://").expect("an sqlite file");
+        assert!(
+            !std::path::Path::new(&format!("{file}-wal")).exists(),
+            "{file}: every connection closed, so sqlite copied its write-ahead log back and removed it"
+        );
+    }
 }
