@@ -12,8 +12,8 @@ use leadflow_runtime::lease::{CreateLeases, Lease, lease_row};
 use leadflow_runtime::outbox::{
     self, CreateOutboxAndInbox, DeliveryError, InboxProcessedAtIndex, InboxWithoutRowid,
     KeyIndexOnlyOnPostgres, NewMessage, OutboxBacklogCountsMessages, OutboxBundles, OutboxMessage,
-    OutboxSink, Packing, Relay, RelayConfig, SharedDeletes, Wakeup, inbox, inbox_message,
-    outbox_message,
+    OutboxPayloadLz4, OutboxSink, Packing, Relay, RelayConfig, SharedDeletes, Wakeup, inbox,
+    inbox_message, outbox_message,
 };
 use leadflow_runtime::script::WriteScript;
 use leadflow_test_support::{Backend, TestDb, on_both_backends};
@@ -40,6 +40,7 @@ impl MigratorTrait for Migrator {
                 destinations: &["receiver"],
             }),
             Box::new(OutboxBacklogCountsMessages),
+            Box::new(OutboxPayloadLz4),
         ]
     }
 }
@@ -1488,4 +1489,49 @@ async fn two_pods_migrating_at_once_apply_each_migration_once() {
         n,
         i64::try_from(Migrator::migrations().len()).expect("fits")
     );
+}
+
+/// On PostgreSQL a bundle large enough to be compressed is compressed with lz4, not pglz.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_bundle_on_postgres_is_compressed_with_lz4() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let conn = connect(&db).await;
+    let txn = conn.begin().await.expect("begin");
+    let messages = (0..64)
+        .map(|n| NewMessage {
+            destination: "large",
+            message_id: format!("large-{n}"),
+            tenant_id: "t".into(),
+            partition_key: "lead-1".into(),
+            payload: format!("the same activity of lead-1, again and again: {n:04}")
+                .repeat(8)
+                .into_bytes(),
+        })
+        .collect();
+    outbox::enqueue(&txn, messages, Packing::Bundled)
+        .await
+        .expect("enqueue");
+    txn.commit().await.expect("commit");
+    let row = conn
+        .query_one_raw(Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT pg_column_compression(payload) AS method, octet_length(payload) AS size \
+             FROM outbox WHERE destination = 'large'",
+        ))
+        .await
+        .expect("query")
+        .expect("the bundle's row");
+    let size: i32 = row.try_get("", "size").expect("size");
+    assert!(size > 8192, "large enough to be compressed: {size} bytes");
+    let method: Option<String> = row.try_get("", "method").expect("method");
+    assert_eq!(method.as_deref(), Some("lz4"));
+    let delivered = outbox::outbox_message::Entity::find()
+        .filter(outbox_message::Column::Destination.eq("large"))
+        .one(&conn)
+        .await
+        .expect("read")
+        .expect("the row");
+    assert_eq!(delivered.payload.len() as i32, size, "read back whole");
 }

@@ -23,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(leadflow_runtime::outbox::OutboxBundles { destinations: &[] }),
             Box::new(DropStatusDeadlineIndex),
             Box::new(leadflow_runtime::outbox::OutboxBacklogCountsMessages),
+            Box::new(leadflow_runtime::outbox::OutboxPayloadLz4),
         ]
     }
 }

@@ -24,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(ActivitySummaryFromTimeline),
             Box::new(leadflow_runtime::outbox::OutboxBacklogCountsMessages),
             Box::new(ExpectedLinks),
+            Box::new(leadflow_runtime::outbox::OutboxPayloadLz4),
         ]
     }
 }

@@ -22,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(ListLeadsByStageEntry),
             Box::new(ListAllLeadsByStageEntry),
             Box::new(leadflow_runtime::outbox::OutboxBacklogCountsMessages),
+            Box::new(leadflow_runtime::outbox::OutboxPayloadLz4),
         ]
     }
 }

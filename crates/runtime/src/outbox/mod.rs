@@ -28,7 +28,7 @@ pub use deletes::{ClaimedDeletes, SharedDeletes};
 pub use entity::{inbox_message, outbox_message};
 pub use migration::{
     CreateOutboxAndInbox, InboxProcessedAtIndex, InboxWithoutRowid, KeyIndexOnlyOnPostgres,
-    OutboxBacklogCountsMessages, OutboxBundles,
+    OutboxBacklogCountsMessages, OutboxBundles, OutboxPayloadLz4,
 };
 pub use relay::{
     Backlog, DEFAULT_SQLITE_LANES, DeliveryError, OutboxSink, Relay, RelayConfig, RelayError,

@@ -26,6 +26,7 @@ impl MigratorTrait for Migrator {
             }),
             Box::new(leadflow_runtime::outbox::OutboxBacklogCountsMessages),
             Box::new(SweepDueTimes),
+            Box::new(leadflow_runtime::outbox::OutboxPayloadLz4),
         ]
     }
 }
