@@ -94,9 +94,10 @@ pub async fn serve(
 /// the store (checked now, then watched), an SQLite store's WAL is copied beside its writer
 /// ([`crate::checkpoints`]), its tables' planner statistics are kept fresh
 /// ([`crate::statistics`]), the server drains in-flight calls, then the `background` tasks
-/// (relays, sweepers) finish their current work, then the store closes ([`crate::db::Pools::close`]). The store's upkeep
-/// (health watch, checkpoints, statistics) runs on `upkeep`: the service's own runtime when it
-/// runs alone, the drain's lower-priority runtime in one process with the others.
+/// (relays, sweepers) finish their current work, then the store's pools close
+/// ([`crate::db::Pools::close`]). The store's upkeep (health watch, checkpoints, statistics)
+/// runs on `upkeep`: the service's own runtime when it runs alone, the drain's lower-priority
+/// runtime in one process with the others.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_until_shutdown(
     service: &'static str,

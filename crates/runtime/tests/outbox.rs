@@ -1527,7 +1527,7 @@ async fn a_large_bundle_on_postgres_is_compressed_with_lz4() {
     assert!(size > 8192, "large enough to be compressed: {size} bytes");
     let method: Option<String> = row.try_get("", "method").expect("method");
     assert_eq!(method.as_deref(), Some("lz4"));
-    let delivered = outbox::outbox_message::Entity::find()
+    let delivered = outbox_message::Entity::find()
         .filter(outbox_message::Column::Destination.eq("large"))
         .one(&conn)
         .await
